@@ -1,0 +1,230 @@
+"""The multi-fidelity HIP-NN-TS model: shared trunk + per-fidelity hierarchical heads.
+
+``forward`` returns energies of *all* fidelities in one pass (heads are linear, so extra
+fidelities cost almost nothing); :meth:`MultiFidelityHipnn.energy_and_forces` gives one
+fidelity's energy and its forces ``-dE/dx`` by autograd.  Everything is TorchScript-able,
+so an exported model needs nothing but torch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from mfcalc.model.heads import HierarchicalHeads
+from mfcalc.model.interaction import InteractionLayer
+from mfcalc.neighbors import radius_pairs
+
+
+
+
+class Residual(nn.Module):
+    """y = R softplus(L(x)) + b_R + A x, with A the identity when widths agree (hippynn's resnet)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.post = nn.Linear(n_out, n_out)
+        nn.init.xavier_normal_(self.post.weight)
+        self.skip = nn.Linear(n_in, n_out, bias=False) if n_in != n_out else nn.Identity()
+        self.act = nn.Softplus()
+
+    def forward(self, pre: Tensor, x: Tensor) -> Tensor:
+        return self.post(self.act(pre)) + self.skip(x)
+
+
+class AtomLayer(nn.Module):
+    """Per-atom Linear(F, F) with activation, residual or plain."""
+
+    def __init__(self, width: int, resnet: bool):
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        nn.init.xavier_normal_(self.linear.weight)
+        self.residual = Residual(width, width) if resnet else None
+        self.act = nn.Softplus()
+
+    def forward(self, x: Tensor) -> Tensor:
+        res = self.residual
+        if res is not None:
+            return res(self.linear(x), x)
+        return self.act(self.linear(x))
+
+
+class Block(nn.Module):
+    """One interaction layer followed by ``n_atom_layers`` atom layers."""
+
+    def __init__(self, n_in: int, n_out: int, n_atom_layers: int, resnet: bool, **interaction):
+        super().__init__()
+        self.interaction = InteractionLayer(n_in, n_out, **interaction)
+        self.residual = Residual(n_in, n_out) if resnet else None
+        self.act = nn.Softplus()
+        self.atom_layers = nn.ModuleList([AtomLayer(n_out, resnet) for _ in range(n_atom_layers)])
+
+    def forward(self, z: Tensor, pair_first: Tensor, pair_second: Tensor, r: Tensor, rhat: Tensor) -> Tensor:
+        pre = self.interaction(z, pair_first, pair_second, r, rhat)
+        res = self.residual
+        z = res(pre, z) if res is not None else self.act(pre)
+        for layer in self.atom_layers:
+            z = layer(z)
+        return z
+
+
+class MultiFidelityHipnn(nn.Module):
+    """HIP-NN-TS trunk shared by all fidelities, one linear energy head per fidelity and level.
+
+    Args:
+        species: atomic numbers the model knows, e.g. ``[1, 6, 7, 8]``.
+        fidelities: fidelity names in head order, e.g. ``["xtb", "dft", "cc"]``.
+        n_features: width F of every interaction block.
+        n_sensitivities: radial functions per interaction.
+        n_interactions: number of interaction blocks (hierarchy levels = this + 1).
+        n_atom_layers: atom layers after each interaction.
+        tensor_order: 0, 1 or 2 (HIP-NN-TS tensor sensitivity).
+        cutoff: Angstrom.
+        soft_min, soft_max: Angstrom, sensitivity centre range (``soft_max`` defaults to
+            ``cutoff - 1``).
+        resnet: residual blocks (hippynn's default) or plain ``softplus(L(x))``.
+        cusp_reg: eps inside the tensor norms.
+    """
+
+    def __init__(self, species: List[int], fidelities: List[str], n_features: int = 20, n_sensitivities: int = 20,
+                 n_interactions: int = 2, n_atom_layers: int = 3, tensor_order: int = 2, cutoff: float = 5.5,
+                 soft_min: float = 0.75, soft_max: Optional[float] = None, resnet: bool = True,
+                 cusp_reg: float = 1e-6):
+        super().__init__()
+        species = sorted(int(z) for z in species)
+        if not species or species[0] < 1 or species[-1] > 118 or len(set(species)) != len(species):
+            raise ValueError(f"species must be distinct atomic numbers in 1..118, got {species}")
+        if not fidelities or len(set(fidelities)) != len(fidelities):
+            raise ValueError(f"fidelities must be distinct names, got {fidelities}")
+        if n_interactions < 1:
+            raise ValueError("n_interactions must be >= 1")
+        soft_max = float(cutoff - 1.0 if soft_max is None else soft_max)
+        self.species: List[int] = species
+        self.fidelities: List[str] = list(fidelities)
+        self.cutoff = float(cutoff)
+        self.hparams = json.dumps(dict(
+            species=species, fidelities=list(fidelities), n_features=n_features, n_sensitivities=n_sensitivities,
+            n_interactions=n_interactions, n_atom_layers=n_atom_layers, tensor_order=tensor_order,
+            cutoff=float(cutoff), soft_min=float(soft_min), soft_max=soft_max, resnet=resnet, cusp_reg=cusp_reg))
+        table = torch.full((119,), -1, dtype=torch.long)
+        table[torch.tensor(species)] = torch.arange(len(species))
+        self.register_buffer("species_table", table, persistent=False)
+        widths = [len(species)] + [n_features] * n_interactions
+        self.blocks = nn.ModuleList([
+            Block(widths[n], widths[n + 1], n_atom_layers, resnet, n_sensitivities=n_sensitivities,
+                  tensor_order=tensor_order, soft_min=soft_min, soft_max=soft_max, cutoff=cutoff, cusp_reg=cusp_reg)
+            for n in range(n_interactions)
+        ])
+        self.heads = HierarchicalHeads(widths, len(fidelities))
+
+    @classmethod
+    def from_hparams(cls, hparams: str) -> "MultiFidelityHipnn":
+        return cls(**json.loads(hparams))
+
+    # ---- input checks (TorchScript raises these as plain errors with the message) -----------
+    def _species_index(self, numbers: Tensor) -> Tensor:
+        idx = self.species_table[numbers.clamp(0, 118)]
+        bad = (idx < 0) | (numbers < 0) | (numbers > 118)
+        if bool(bad.any()):
+            unknown: List[int] = torch.unique(numbers[bad]).tolist()
+            raise ValueError("element(s) with atomic number " + str(unknown) + " not in the model species "
+                             + str(self.species))
+        return idx
+
+    def _check_inputs(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int) -> None:
+        if positions.dim() != 2 or positions.shape[1] != 3:
+            raise ValueError("positions must have shape (n_atoms, 3), got " + str(list(positions.shape)))
+        if numbers.shape[0] != positions.shape[0] or mol_index.shape[0] != positions.shape[0]:
+            raise ValueError("numbers, positions and mol_index must have the same number of atoms")
+        if not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions contain NaN or infinite values")
+        if positions.shape[0] > 0:
+            if bool((mol_index[1:] < mol_index[:-1]).any()) or int(mol_index.min()) < 0 \
+                    or int(mol_index.max()) >= n_mol:
+                raise ValueError("mol_index must be sorted and in [0, n_mol)")
+
+    # ---- the network -------------------------------------------------------------------------
+    def forward(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int,
+                cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None, pair_first: Optional[Tensor] = None,
+                pair_second: Optional[Tensor] = None, shifts: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Energies of all fidelities for a batch of structures.
+
+        Args:
+            numbers: (A,) int64 atomic numbers.
+            positions: (A, 3) Angstrom (set ``requires_grad`` for forces).
+            mol_index: (A,) int64 structure of each atom, sorted.
+            n_mol: number of structures B.
+            cell: (B, 3, 3) Angstrom lattice vectors as rows; with ``pbc`` for periodic systems.
+            pbc: (B, 3) bool.
+            pair_first, pair_second, shifts: a precomputed pair list (see
+                :mod:`mfcalc.neighbors`); searched here when omitted.
+
+        Returns:
+            ``energy`` (B, F) eV; ``energy_levels`` (B, L, F) per-level sums;
+            ``atom_energy`` (A, F) eV; ``hierarchicality`` (B, F) sum over atoms and levels
+            n >= 1 of (E^n)^2 / ((E^n)^2 + (E^{n-1})^2).
+        """
+        self._check_inputs(numbers, positions, mol_index, n_mol)
+        species = self._species_index(numbers)
+        if pair_first is None or pair_second is None or shifts is None:
+            pair_first, pair_second, shifts = radius_pairs(positions, mol_index, n_mol, self.cutoff, cell, pbc)
+        vec = positions[pair_second] - positions[pair_first]
+        if cell is not None and shifts.shape[0] > 0:
+            offset = torch.bmm(shifts.to(positions.dtype)[:, None, :], cell.to(positions.dtype)[mol_index[pair_first]])
+            vec = vec + offset.squeeze(1)
+        r = torch.linalg.norm(vec, dim=1)
+        rhat = vec / r[:, None]
+        z = nn.functional.one_hot(species, len(self.species)).to(positions.dtype)
+        features = [z]
+        for block in self.blocks:
+            z = block(z, pair_first, pair_second, r, rhat)
+            features.append(z)
+        atom_levels = self.heads(features)  # (A, L, F)
+        n_levels, n_fid = atom_levels.shape[1], atom_levels.shape[2]
+        mol_levels = torch.zeros(n_mol, n_levels, n_fid, dtype=positions.dtype, device=positions.device)
+        mol_levels = mol_levels.index_add(0, mol_index, atom_levels)
+        sq = atom_levels ** 2
+        # (A, L-1, F); the 1e-12 keeps the ratio finite when two levels are both zero
+        ratio = sq[:, 1:] / (sq[:, 1:] + sq[:, :-1] + 1e-12)
+        hier = torch.zeros(n_mol, n_fid, dtype=positions.dtype, device=positions.device)
+        hier = hier.index_add(0, mol_index, ratio.sum(dim=1))
+        return {
+            "energy": mol_levels.sum(dim=1),
+            "energy_levels": mol_levels,
+            "atom_energy": atom_levels.sum(dim=1),
+            "hierarchicality": hier,
+        }
+
+    @torch.jit.export
+    def fidelity_index(self, fidelity: str) -> int:
+        """Head index of a fidelity name; raises naming the known ones."""
+        for k, name in enumerate(self.fidelities):
+            if name == fidelity:
+                return k
+        raise ValueError("unknown fidelity '" + fidelity + "'; this model has " + str(self.fidelities))
+
+    @torch.jit.export
+    def energy_and_forces(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, fidelity: int,
+                          cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None,
+                          create_graph: bool = False, pair_first: Optional[Tensor] = None,
+                          pair_second: Optional[Tensor] = None, shifts: Optional[Tensor] = None
+                          ) -> Tuple[Tensor, Tensor]:
+        """One fidelity's energies (B,) eV and forces (A, 3) eV/Angstrom = -dE/dx by autograd.
+
+        ``create_graph=True`` keeps the graph so a force loss can be back-propagated
+        (training); leave it False for MD and optimisation.
+        """
+        if fidelity < 0 or fidelity >= len(self.fidelities):
+            raise ValueError("fidelity index " + str(fidelity) + " out of range for " + str(self.fidelities))
+        if not positions.requires_grad:
+            positions = positions.detach().requires_grad_(True)
+        out = self.forward(numbers, positions, mol_index, n_mol, cell, pbc, pair_first, pair_second, shifts)
+        energy = out["energy"][:, fidelity]
+        grads = torch.autograd.grad([energy.sum()], [positions], create_graph=create_graph, allow_unused=True)
+        grad = grads[0]
+        if grad is None:
+            grad = torch.zeros_like(positions)
+        return energy, -grad

@@ -1,0 +1,85 @@
+"""HIP-NN-TS interaction layers with tensor sensitivities of order l = 0, 1, 2.
+
+For pair p = (i, j) with unit vector r_hat and sensitivities s_nu(r), the layer forms
+environment sums of the sender features z_j for the components
+
+    l = 0:  s_nu                       (1 component)
+    l = 1:  s_nu * r_hat^a             (3 components)
+    l = 2:  s_nu * (r_hat r_hat^T - I/3)  [xx, xy, xz, yy, yz]  (5 components, traceless)
+
+and contracts them with one weight tensor V shared by all orders (weight tying):
+
+    u^c_i = sum_p sum_nu s^c_nu(p) (z_j V_nu)                       (A, C, F_out)
+    a_i   = u^0_i + t1 * sqrt(|u^{1}_i|^2 + eps) + t2 * sqrt(||U^{2}_i||_F^2 + eps) + W z_i + b
+
+The product z_j V_nu is formed per atom before the pair sum, which is the same linear map
+as hippynn's envsum-then-GEMM but never materialises a (P, C, N_s, F_in) tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mfcalc.model.sensitivity import InverseSensitivity
+
+N_COMPONENTS = (1, 4, 9)  # components carried for tensor order 0, 1, 2
+
+
+class InteractionLayer(nn.Module):
+    """One HIP-NN-TS interaction; returns the pre-activation (A, F_out).
+
+    Args:
+        n_in, n_out: feature widths.
+        n_sensitivities: N_s radial functions.
+        tensor_order: 0 (HIP-NN), 1 or 2 (HIP-NN-TS).
+        soft_min, soft_max, cutoff: Angstrom, see :class:`InverseSensitivity`.
+        cusp_reg: eps inside the norms' square roots (keeps second derivatives finite).
+    """
+
+    def __init__(self, n_in: int, n_out: int, n_sensitivities: int, tensor_order: int, soft_min: float,
+                 soft_max: float, cutoff: float, cusp_reg: float = 1e-6):
+        super().__init__()
+        if tensor_order not in (0, 1, 2):
+            raise ValueError(f"tensor_order must be 0, 1 or 2, got {tensor_order}")
+        self.tensor_order = tensor_order
+        self.n_components = N_COMPONENTS[tensor_order]
+        self.cusp_reg = float(cusp_reg)
+        self.sensitivity = InverseSensitivity(n_sensitivities, soft_min, soft_max, cutoff)
+        std = math.sqrt(2.0 / (n_sensitivities * n_in + n_out))
+        self.V = nn.Parameter(torch.randn(n_sensitivities, n_in, n_out) * std)
+        self.self_linear = nn.Linear(n_in, n_out)
+        nn.init.xavier_normal_(self.self_linear.weight)
+        self.t1 = nn.Parameter(torch.randn(n_out)) if tensor_order >= 1 else None
+        self.t2 = nn.Parameter(torch.randn(n_out)) if tensor_order >= 2 else None
+
+    def _angular(self, sens: Tensor, rhat: Tensor) -> Tensor:
+        """(P, N_s) sensitivities -> (P, C, N_s) with the tensor components stacked."""
+        parts = [sens[:, None, :]]
+        if self.tensor_order >= 1:
+            parts.append(rhat[:, :, None] * sens[:, None, :])
+        if self.tensor_order >= 2:
+            x, y, z = rhat[:, 0], rhat[:, 1], rhat[:, 2]
+            quad = torch.stack([x * x - 1.0 / 3.0, x * y, x * z, y * y - 1.0 / 3.0, y * z], dim=1)
+            parts.append(quad[:, :, None] * sens[:, None, :])
+        return torch.cat(parts, dim=1)
+
+    def forward(self, z: Tensor, pair_first: Tensor, pair_second: Tensor, r: Tensor, rhat: Tensor) -> Tensor:
+        """z (A, F_in); pairs (P,) receiver/sender; r (P,) Angstrom; rhat (P, 3) -> (A, F_out)."""
+        sens = self._angular(self.sensitivity(r), rhat)  # (P, C, N_s)
+        z_v = torch.einsum("af,nfo->ano", z, self.V)  # (A, N_s, F_out)
+        per_pair = torch.bmm(sens, z_v[pair_second])  # (P, C, F_out)
+        u = torch.zeros(z.shape[0], self.n_components, z_v.shape[2], dtype=z.dtype, device=z.device)
+        u = u.index_add(0, pair_first, per_pair)
+        out = u[:, 0] + self.self_linear(z)
+        t1 = self.t1
+        if t1 is not None:
+            out = out + t1 * torch.sqrt((u[:, 1:4] ** 2).sum(dim=1) + self.cusp_reg)
+        t2 = self.t2
+        if t2 is not None:
+            q = u[:, 4:9]
+            frob2 = 2.0 * ((q ** 2).sum(dim=1) + q[:, 0] * q[:, 3])
+            out = out + t2 * torch.sqrt(frob2 + self.cusp_reg)
+        return out
