@@ -34,13 +34,13 @@ def _segment_arange(counts: Tensor) -> Tensor:
 
 
 def _periodic_images(pos: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Tensor, pbc: Tensor
-                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Wrap atoms into their cell and list the images within ``cutoff`` of it.
 
     Returns:
-        home (A, 3) wrapped positions; image_pos (I, 3); image_atom (I,) atom each image
-        copies; image_shift (I, 3) lattice shift of the image relative to the wrapped atom.
-        The wrap itself is folded into the shifts by the caller via ``home``.
+        home (A, 3) wrapped positions, ``positions - wrap @ cell``; image_pos (I, 3);
+        image_atom (I,) atom each image copies; image_shift (I, 3) lattice shift of the
+        image relative to the *unwrapped* atom; wrap (A, 3) integer lattice offsets.
     """
     eye = torch.eye(3, dtype=pos.dtype, device=pos.device).expand(n_mol, 3, 3)
     periodic_sys = pbc.any(dim=1)
@@ -71,7 +71,7 @@ def _periodic_images(pos: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, 
     image_shift = grid[shift_k].to(pos.dtype)
     image_pos = torch.bmm((frac[atom_k] + image_shift)[:, None, :], cell_eff[mol_index[atom_k]]).squeeze(1)
     home = torch.bmm(frac[:, None, :], cell_eff[mol_index]).squeeze(1)
-    return home, image_pos, atom_k, image_shift - wrap[atom_k]
+    return home, image_pos, atom_k, image_shift - wrap[atom_k], wrap
 
 
 def _dense_candidates(mol_index: Tensor, image_mol_sorted: Tensor, n_mol: int) -> Tuple[Tensor, Tensor]:
@@ -110,28 +110,32 @@ def _binned_candidates(home: Tensor, mol_index: Tensor, image_pos: Tensor, image
 
 
 def _prepare(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Optional[Tensor],
-             pbc: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Home positions and the structure-sorted image list (positions, atom, shift)."""
+             pbc: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Home positions, the structure-sorted image list (positions, atom, shift) and the wrap."""
     pos = positions.detach()
     if cell is not None and pbc is not None and bool(pbc.any()):
-        home, image_pos, image_atom, image_shift = _periodic_images(pos, mol_index, n_mol, cutoff,
-                                                                    cell.detach().to(pos.dtype), pbc)
+        home, image_pos, image_atom, image_shift, wrap = _periodic_images(pos, mol_index, n_mol, cutoff,
+                                                                          cell.detach().to(pos.dtype), pbc)
     else:
         home = pos
         image_pos = pos
         image_atom = torch.arange(pos.shape[0], device=pos.device)
         image_shift = torch.zeros_like(pos)
+        wrap = torch.zeros_like(pos)
     order = torch.sort(mol_index[image_atom], stable=True).indices
-    return home, image_pos[order], image_atom[order], image_shift[order]
+    return home, image_pos[order], image_atom[order], image_shift[order], wrap
 
 
-def _finish(home: Tensor, image_pos: Tensor, image_atom: Tensor, image_shift: Tensor, cand_i: Tensor,
+def _finish(home: Tensor, image_pos: Tensor, image_atom: Tensor, image_shift: Tensor, wrap: Tensor, cand_i: Tensor,
             cand_img: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Keep candidates strictly inside the cutoff, drop self pairs, sort by (i, j)."""
+    """Keep candidates strictly inside the cutoff, drop self pairs, sort by (i, j).
+
+    Shifts refer to the caller's (unwrapped) positions: x_j - x_i + shift @ cell.
+    """
     d = image_pos[cand_img] - home[cand_i]
     r2 = (d * d).sum(dim=1)
     j = image_atom[cand_img]
-    shift = image_shift[cand_img]
+    shift = image_shift[cand_img] + wrap[cand_i]
     self_pair = (j == cand_i) & (shift == 0).all(dim=1)
     keep = (r2 < cutoff * cutoff) & ~self_pair
     i, j, shift = cand_i[keep], j[keep], shift[keep]
@@ -157,7 +161,7 @@ def radius_pairs(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float
         pair_first (P,), pair_second (P,) int64 and shifts (P, 3), see module docstring.
     """
     with torch.no_grad():
-        home, image_pos, image_atom, image_shift = _prepare(positions, mol_index, n_mol, cutoff, cell, pbc)
+        home, image_pos, image_atom, image_shift, wrap = _prepare(positions, mol_index, n_mol, cutoff, cell, pbc)
         image_mol = mol_index[image_atom]
         per_mol = torch.bincount(image_mol, minlength=n_mol)
         n_dense = int((per_mol[mol_index]).sum())
@@ -165,7 +169,7 @@ def radius_pairs(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float
             cand_i, cand_img = _dense_candidates(mol_index, image_mol, n_mol)
         else:
             cand_i, cand_img = _binned_candidates(home, mol_index, image_pos, image_mol, n_mol, cutoff)
-        return _finish(home, image_pos, image_atom, image_shift, cand_i, cand_img, cutoff)
+        return _finish(home, image_pos, image_atom, image_shift, wrap, cand_i, cand_img, cutoff)
 
 
 def have_torch_cluster() -> bool:
@@ -182,12 +186,12 @@ def cluster_pairs(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: floa
     import torch_cluster
 
     with torch.no_grad():
-        home, image_pos, image_atom, image_shift = _prepare(positions, mol_index, n_mol, cutoff, cell, pbc)
+        home, image_pos, image_atom, image_shift, wrap = _prepare(positions, mol_index, n_mol, cutoff, cell, pbc)
         image_mol = mol_index[image_atom]
         max_nb = max(int(torch.bincount(image_mol, minlength=n_mol).max()), 1) if image_mol.numel() else 1
         edges = torch_cluster.radius(image_pos, home, cutoff, batch_x=image_mol, batch_y=mol_index,
                                      max_num_neighbors=max_nb)
-        return _finish(home, image_pos, image_atom, image_shift, edges[0], edges[1], cutoff)
+        return _finish(home, image_pos, image_atom, image_shift, wrap, edges[0], edges[1], cutoff)
 
 
 def neighbor_pairs(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Optional[Tensor] = None,

@@ -204,7 +204,7 @@ class MultiFidelityHipnn(nn.Module):
         for k, name in enumerate(self.fidelities):
             if name == fidelity:
                 return k
-        raise ValueError("unknown fidelity '" + fidelity + "'; this model has " + str(self.fidelities))
+        raise ValueError("unknown fidelity '" + fidelity + "'; this model has: " + ", ".join(self.fidelities))
 
     @torch.jit.export
     def energy_and_forces(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, fidelity: int,

@@ -1,0 +1,58 @@
+"""Shared fixtures: paths to the shipped reference data and small model/molecule factories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_H5 = REPO / "data" / "mf_reference.h5"
+SHARED = REPO.parent / "shared"
+EXTERNAL = SHARED / "data" / "external"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA device")
+        for item in items:
+            if "cuda" in item.keywords or "[cuda" in item.nodeid:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def reference_h5() -> Path:
+    assert REFERENCE_H5.exists(), f"reference data missing: {REFERENCE_H5}"
+    return REFERENCE_H5
+
+
+@pytest.fixture
+def external_dir() -> Path:
+    if not EXTERNAL.exists():
+        pytest.skip("../shared/data/external is not present")
+    return EXTERNAL
+
+
+def ethanol() -> tuple[torch.Tensor, torch.Tensor]:
+    """A real ethanol geometry (Angstrom) from the reference data, float64."""
+    import h5py
+
+    with h5py.File(REFERENCE_H5, "r") as f:
+        g = f["C2H6O1"]
+        smiles = g["smiles"][()]
+        k = int(np.nonzero(smiles == b"CCO")[0][0])
+        pos = torch.tensor(g["coordinates"][k], dtype=torch.float64)
+        z = torch.tensor(g["atomic_numbers"][()], dtype=torch.long)
+    return z, pos
+
+
+def random_rotation(seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=dtype))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
