@@ -133,6 +133,17 @@ class MFData:
             groups={k: (codes[structures], names) for k, (codes, names) in self.groups.items()},
         )
 
+    def with_fidelities(self, names: Sequence[str]) -> "MFData":
+        """The same structures with fidelity columns in the order ``names`` (absent ones NaN)."""
+        names = tuple(names)
+        energy = np.full((len(self), len(names)), np.nan)
+        for k, name in enumerate(names):
+            if name in self.fidelities:
+                energy[:, k] = self.energy[:, self.fidelities.index(name)]
+        return MFData(fidelities=names, numbers=self.numbers, positions=self.positions, offsets=self.offsets,
+                      cell=self.cell, pbc=self.pbc, energy=energy,
+                      forces={k: v for k, v in self.forces.items() if k in names}, groups=self.groups)
+
     def group_labels(self, key: str) -> np.ndarray:
         """(S,) string labels of a group column, e.g. ``"smiles"`` or ``"formula"``."""
         if key not in self.groups:

@@ -1,0 +1,126 @@
+"""mfcalc-train: config + flags -> :func:`mfcalc.train.train` -> model.pt and friends."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from mfcalc.cli.common import run_cli
+
+PROG = "mfcalc-train"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Train a multi-fidelity HIP-NN-TS model and export TorchScript.")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="data files (HDF5 or any ASE format)")
+    p.add_argument("--fidelity", action="append", metavar="NAME=ENERGY_KEY[,FORCES_KEY]",
+                   help="bind a fidelity to keys of the --data files (repeat, in head order)")
+    p.add_argument("--out", metavar="DIR", help="output directory")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML config; flags override it")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--max-minutes", type=float, help="stop cleanly after this wall time and export")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto | cpu | cuda")
+    t.add_argument("--dtype", choices=["float32", "float64"])
+    t.add_argument("--ensemble", type=int, metavar="K", help="train K members, export their mean")
+    t.add_argument("--valid-fraction", type=float)
+    t.add_argument("--test-fraction", type=float)
+    t.add_argument("--split-by", metavar="KEY|random", help="group column (smiles, formula, source) or random")
+    t.add_argument("--max-structures", type=int, help="train on a random subset of this size")
+    m = p.add_argument_group("model")
+    m.add_argument("--tensor-order", type=int, choices=[0, 1, 2])
+    m.add_argument("--n-features", type=int)
+    m.add_argument("--n-sensitivities", type=int)
+    m.add_argument("--n-interactions", type=int)
+    m.add_argument("--n-atom-layers", type=int)
+    m.add_argument("--cutoff", type=float, metavar="A")
+    p.add_argument("--energy-unit", help="unit of the --fidelity energies: hartree | ev | kcal/mol "
+                   "(default: the format's, Hartree for HDF5, eV for ASE files)")
+    p.add_argument("--loss-weight", action="append", metavar="NAME:energy=W,forces=W,hier=W",
+                   help="per-fidelity loss weights (default 1)")
+    return p
+
+
+def parse_loss_weight(text: str):
+    name, sep, rest = text.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"--loss-weight {text!r} must look like NAME:energy=W,forces=W,hier=W")
+    out = {}
+    for item in rest.split(","):
+        key, eq, val = item.partition("=")
+        if not eq or key.strip() not in ("energy", "forces", "hier"):
+            raise ValueError(f"--loss-weight {text!r}: terms are energy=W, forces=W, hier=W")
+        try:
+            out["weight_" + key.strip()] = float(val)
+        except ValueError:
+            raise ValueError(f"--loss-weight {text!r}: {val!r} is not a number") from None
+    return name.strip(), out
+
+
+def config_from_args(args: argparse.Namespace):
+    from mfcalc.config import FidelityConfig, RunConfig
+    from mfcalc.data.fidelity import parse_fidelity
+
+    cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    if args.data:
+        cfg.data = [os.path.abspath(p) for p in args.data]
+    else:
+        cfg.data = [os.path.abspath(p) for p in cfg.data]
+    for f in cfg.fidelities:
+        f.files = [os.path.abspath(p) for p in f.files]
+    if args.energy_unit:
+        cfg.energy_unit = args.energy_unit
+    if args.fidelity:
+        cfg.fidelities = []
+        for text in args.fidelity:
+            spec = parse_fidelity(text)
+            cfg.fidelities.append(FidelityConfig(spec.name, spec.energy_key, spec.forces_key,
+                                                 energy_unit=args.energy_unit))
+    if args.out:
+        cfg.out = args.out
+    elif not args.config:
+        raise ValueError("--out DIR is required")
+    cfg.out = os.path.abspath(cfg.out)
+    for text in args.loss_weight or []:
+        name, w = parse_loss_weight(text)
+        match = [f for f in cfg.fidelities if f.name == name]
+        if not match:
+            raise ValueError(f"--loss-weight names fidelity {name!r}; bound: {[f.name for f in cfg.fidelities]}")
+        for k, v in w.items():
+            setattr(match[0], k, v)
+    for key in ("epochs", "max_minutes", "batch_size", "lr", "seed", "device", "dtype", "ensemble",
+                "valid_fraction", "test_fraction", "split_by", "max_structures"):
+        val = getattr(args, key)
+        if val is not None:
+            setattr(cfg.train, key, val)
+    for key in ("tensor_order", "n_features", "n_sensitivities", "n_interactions", "n_atom_layers", "cutoff"):
+        val = getattr(args, key)
+        if val is not None:
+            setattr(cfg.model, key, val)
+    if args.cutoff is not None and cfg.model.soft_max is not None and cfg.model.soft_max > args.cutoff:
+        cfg.model.soft_max = None
+    return cfg.validate()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from mfcalc.train import format_table, train
+
+        cfg = config_from_args(args)
+        metrics = train(cfg, resume=args.resume)
+        print(format_table(metrics["test"], title="test split"))
+        return 0
+
+    return run_cli(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

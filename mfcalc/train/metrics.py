@@ -1,0 +1,103 @@
+"""Error metrics of a model on labelled structures, per fidelity, in eV and kcal/mol."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mfcalc.data.dataset import iterate_batches, species_counts
+from mfcalc.data.records import MFData
+from mfcalc.train.loss import COUNT, ENERGY, FORCES, SUMABS, SUMSQ, batch_stats
+from mfcalc.units import KCAL_MOL_EV
+
+
+def residual_data(data: MFData, species: Sequence[int], reference: np.ndarray) -> MFData:
+    """A view of ``data`` whose energies are minus the per-species reference energies.
+
+    The subtraction is done once in float64, so float32 training and evaluation only ever
+    see chemistry-sized numbers (a few eV), never totals of thousands of eV.
+
+    Args:
+        reference: (F, n_species) eV, in the order of ``data.fidelities``.
+    """
+    e0 = species_counts(data, species) @ np.asarray(reference, dtype=np.float64).T
+    return MFData(fidelities=data.fidelities, numbers=data.numbers, positions=data.positions, offsets=data.offsets,
+                  cell=data.cell, pbc=data.pbc, energy=np.asarray(data.energy) - e0, forces=data.forces,
+                  groups=data.groups)
+
+
+def accumulate_stats(model, data: MFData, structures: np.ndarray, model_fidelities: Sequence[str],
+                     batch_size: int = 64, device: torch.device = torch.device("cpu"),
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Summed error statistics (F_data, 2, 3) of ``model`` on ``data`` (residual energies).
+
+    ``model`` is anything with the model ``forward`` (eager, ensemble or TorchScript); its
+    prediction compared to the residual energy is the sum of hierarchy levels n >= 1.
+    ``model_fidelities`` maps data fidelities to model heads by name.
+    """
+    heads = []
+    for name in data.fidelities:
+        if name not in model_fidelities:
+            raise ValueError(f"fidelity {name!r} is not a head of this model; it has: {', '.join(model_fidelities)}")
+        heads.append(list(model_fidelities).index(name))
+    force_cols = [k for k, name in enumerate(data.fidelities) if name in data.forces]
+    total = torch.zeros(len(data.fidelities), 2, 3, dtype=torch.float64)
+    for batch in iterate_batches(data, structures, batch_size, dtype=dtype):
+        batch = batch.to(device)
+        positions = batch.positions.detach().requires_grad_(bool(force_cols))
+        with torch.set_grad_enabled(bool(force_cols)):
+            out = model(batch.numbers, positions, batch.mol_index, batch.n_mol, batch.cell, batch.pbc)
+            levels = out["energy_levels"][:, 1:].sum(dim=1)[:, heads]  # (B, F_data)
+            pred_f = torch.zeros_like(batch.forces)
+            for k in force_cols:
+                if bool(batch.forces_mask[:, k].any()):
+                    g = torch.autograd.grad(levels[:, k].sum(), positions, retain_graph=True)[0]
+                    pred_f[:, k] = -g
+        stats = batch_stats(levels.detach(), batch.energy, batch.energy_mask, pred_f.detach(), batch.forces,
+                            batch.forces_mask, batch.mol_index, force_cols)
+        total += stats.double().cpu()
+    return total
+
+
+def stats_to_metrics(stats: torch.Tensor, fidelities: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """Per-fidelity metrics dict from summed statistics; ``None`` where there are no labels."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for k, name in enumerate(fidelities):
+        row: Dict[str, Any] = {}
+        for term, label, unit_ev, unit_kcal in ((ENERGY, "energy", "ev", "kcal_mol"),
+                                                (FORCES, "forces", "ev_a", "kcal_mol_a")):
+            s = stats[k, term]
+            n = float(s[COUNT])
+            rmse: Optional[float] = float(np.sqrt(s[SUMSQ] / n)) if n > 0 else None
+            mae: Optional[float] = float(s[SUMABS] / n) if n > 0 else None
+            row[f"{label}_rmse_{unit_ev}"] = rmse
+            row[f"{label}_mae_{unit_ev}"] = mae
+            row[f"{label}_rmse_{unit_kcal}"] = rmse / KCAL_MOL_EV if rmse is not None else None
+            row[f"{label}_mae_{unit_kcal}"] = mae / KCAL_MOL_EV if mae is not None else None
+        row["n_energy"] = int(stats[k, ENERGY, COUNT])
+        row["n_force_components"] = int(stats[k, FORCES, COUNT])
+        out[name] = row
+    return out
+
+
+def format_table(metrics: Dict[str, Dict[str, Any]], title: str = "") -> str:
+    """Plain-text table of per-fidelity metrics (kcal/mol and eV)."""
+    def f(x: Optional[float], fmt: str = "{:9.4f}") -> str:
+        return fmt.format(x) if x is not None else f"{'-':>9}"
+
+    lines: List[str] = []
+    if title:
+        lines.append(title)
+    lines.append(f"{'fidelity':<10} {'n_E':>6} {'E RMSE':>9} {'E MAE':>9} {'E RMSE':>9} {'n_F':>7} {'F RMSE':>9} "
+                 f"{'F MAE':>9} {'F RMSE':>9}")
+    lines.append(f"{'':<10} {'':>6} {'kcal/mol':>9} {'kcal/mol':>9} {'meV':>9} {'comp.':>7} {'kcal/mol/A':>9} "
+                 f"{'kcal/mol/A':>9} {'meV/A':>9}")
+    for name, m in metrics.items():
+        e_mev = m["energy_rmse_ev"] * 1000 if m["energy_rmse_ev"] is not None else None
+        f_mev = m["forces_rmse_ev_a"] * 1000 if m["forces_rmse_ev_a"] is not None else None
+        lines.append(f"{name:<10} {m['n_energy']:>6d} {f(m['energy_rmse_kcal_mol'])} {f(m['energy_mae_kcal_mol'])} "
+                     f"{f(e_mev, '{:9.2f}')} {m['n_force_components']:>7d} {f(m['forces_rmse_kcal_mol_a'])} "
+                     f"{f(m['forces_mae_kcal_mol_a'])} {f(f_mev, '{:9.2f}')}")
+    return "\n".join(lines)
