@@ -116,7 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         cfg = config_from_args(args)
         metrics = train(cfg, resume=args.resume)
-        print(format_table(metrics["test"], title="test split"))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(format_table(metrics["test"], title="test split"))
         return 0
 
     return run_cli(PROG, body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Sequence
 
@@ -184,20 +185,32 @@ def fit_reference_energies(data: MFData, species: Sequence[int], structures: Opt
                            ) -> np.ndarray:
     """(F, n_species) per-fidelity atom reference energies (eV) by least squares on counts.
 
-    Each fidelity uses only the structures that carry its energy; species that never occur
-    in them get 0.  Computed in float64, as the subtraction it feeds is large and exact.
+    Each fidelity uses only the structures that carry its energy.  A species that none of
+    them contains (an expensive level that never saw nitrogen, say) borrows the reference
+    of the first fidelity that has it, with a warning, rather than 0 eV, which would be
+    off by thousands of eV.  Computed in float64: the subtraction it feeds is large.
     """
     structures = np.arange(len(data)) if structures is None else np.asarray(structures, dtype=np.int64)
     counts = species_counts(data, species, structures)
     energy = np.asarray(data.energy[structures])
     out = np.zeros((len(data.fidelities), len(species)))
+    present = np.zeros_like(out, dtype=bool)
     for k, name in enumerate(data.fidelities):
         rows = np.isfinite(energy[:, k])
         if not rows.any():
             raise ValueError(f"no structure carries an energy for fidelity {name!r}")
         c = counts[rows]
-        present = c.sum(axis=0) > 0
-        sol, *_ = np.linalg.lstsq(c[:, present], energy[rows, k], rcond=None)
-        out[k, present] = sol
+        present[k] = c.sum(axis=0) > 0
+        sol, *_ = np.linalg.lstsq(c[:, present[k]], energy[rows, k], rcond=None)
+        out[k, present[k]] = sol
+    for k, name in enumerate(data.fidelities):
+        for s in np.nonzero(~present[k])[0]:
+            donors = np.nonzero(present[:, s])[0]
+            if len(donors):
+                out[k, s] = out[donors[0], s]
+                warnings.warn(f"element Z={species[s]} has no {name!r} energy label; its reference energy is "
+                              f"taken from {data.fidelities[donors[0]]!r}", stacklevel=2)
+            else:
+                warnings.warn(f"element Z={species[s]} occurs in no labelled structure; reference energy 0 eV",
+                              stacklevel=2)
     return out
-

@@ -43,9 +43,13 @@ class DistContext:
     def sum_differentiable(self, t: torch.Tensor) -> torch.Tensor:
         """All-reduce (sum) that back-propagates, so every rank's loss is the global loss."""
         if self.enabled:
-            from torch.distributed.nn.functional import all_reduce
+            import warnings
 
-            return all_reduce(t)
+            with warnings.catch_warnings():  # deprecated in favour of a private API without autograd
+                warnings.simplefilter("ignore", FutureWarning)
+                from torch.distributed.nn.functional import all_reduce
+
+                return all_reduce(t)
         return t
 
     def barrier(self) -> None:

@@ -28,7 +28,7 @@ from mfcalc import export
 from mfcalc.config import RunConfig
 from mfcalc.data.dataset import collate, fit_reference_energies, read_file, split_indices
 from mfcalc.data.fidelity import FidelitySpec
-from mfcalc.data.records import MFData, concatenate
+from mfcalc.data.records import MFData, concatenate, merge_identical
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.train.checkpoint import load_checkpoint, save_checkpoint
@@ -52,7 +52,12 @@ def load_run_data(cfg: RunConfig) -> MFData:
         for path in (f.files or cfg.data):
             by_file.setdefault(os.path.abspath(path), []).append(f.spec())
     parts = [read_file(path, specs) for path, specs in by_file.items()]
-    return concatenate(parts).with_fidelities([f.name for f in cfg.fidelities])
+    data = concatenate(parts).with_fidelities([f.name for f in cfg.fidelities])
+    if len(parts) > 1:  # one file per level of theory over shared geometries: one structure, all labels
+        data, n_merged = merge_identical(data)
+        if n_merged:
+            print(f"merged {n_merged} structures with identical geometry across/within files")
+    return data
 
 
 class TrainStep(nn.Module):
@@ -193,6 +198,7 @@ def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = pri
     state: Optional[Dict[str, Any]] = load_checkpoint(ckpt_path) if resume else None
 
     data = load_run_data(cfg)
+    keep = np.arange(len(data))  # rows of the full data set that are used (split.npz refers to those)
     if t_cfg.max_structures is not None and t_cfg.max_structures < len(data):
         keep = np.sort(np.random.default_rng(t_cfg.seed).choice(len(data), t_cfg.max_structures, replace=False))
         data = data.subset(keep)
@@ -217,7 +223,8 @@ def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = pri
 
     if ctx.is_main:
         _atomic_write_text(os.path.join(out, CONFIG), cfg.to_toml() + "\n")
-        np.savez(os.path.join(out, SPLIT), **split)
+        # indices into the data as read from the files (before any --max-structures subsample)
+        np.savez(os.path.join(out, SPLIT), **{k: keep[v] for k, v in split.items()})
 
     model_kw = {k: v for k, v in asdict(cfg.model).items() if k != "species"}
     fid_names = [f.name for f in cfg.fidelities]

@@ -70,8 +70,8 @@ def stats_to_metrics(stats: torch.Tensor, fidelities: Sequence[str]) -> Dict[str
                                                 (FORCES, "forces", "ev_a", "kcal_mol_a")):
             s = stats[k, term]
             n = float(s[COUNT])
-            rmse: Optional[float] = float(np.sqrt(s[SUMSQ] / n)) if n > 0 else None
-            mae: Optional[float] = float(s[SUMABS] / n) if n > 0 else None
+            rmse: Optional[float] = float(np.sqrt(float(s[SUMSQ]) / n)) if n > 0 else None
+            mae: Optional[float] = float(s[SUMABS]) / n if n > 0 else None
             row[f"{label}_rmse_{unit_ev}"] = rmse
             row[f"{label}_mae_{unit_ev}"] = mae
             row[f"{label}_rmse_{unit_kcal}"] = rmse / KCAL_MOL_EV if rmse is not None else None

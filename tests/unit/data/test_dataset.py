@@ -101,3 +101,12 @@ def test_reference_energy_fit_recovers_per_species_energies(ref):
     np.add.at(counts, (owner, np.searchsorted([1, 6, 7, 8], ref.numbers)), 1)
     resid = ref.energy[:, 0] - counts @ real[0]
     assert np.abs(resid).max() < 10.0
+
+
+def test_species_missing_from_a_fidelity_borrows_another_reference(ref):
+    sub = ref.subset(np.arange(len(ref)))
+    has_n = np.bincount(np.repeat(np.arange(len(sub)), sub.n_atoms), weights=sub.numbers == 7) > 0
+    sub.energy[has_n, 1] = np.nan  # the expensive level never saw nitrogen
+    with pytest.warns(UserWarning, match="Z=7 has no 'cc' energy label"):
+        fit = fit_reference_energies(sub, [1, 6, 7, 8])
+    assert fit[1, 2] == fit[0, 2] and fit[1, 2] < -1000

@@ -1,0 +1,217 @@
+"""mfcalc-train / mfcalc-eval end to end on a slice of the shipped reference data."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REFERENCE_H5
+from mfcalc import export, keys
+from mfcalc.cli.eval import main as eval_main
+from mfcalc.cli.train import main as train_main
+from mfcalc.model import MultiFidelityHipnn
+from mfcalc.model.ensemble import Ensemble
+
+DFT = "dft=wb97x_dz.energy,wb97x_dz.forces"
+CC = "cc=ccsd(t)_dz.energy"
+SMALL = ["--n-features", "8", "--n-sensitivities", "6", "--n-atom-layers", "1", "--tensor-order", "2",
+         "--batch-size", "16", "--max-structures", "160", "--device", "cpu"]
+
+
+def train_args(out, *extra):
+    return ["--data", str(REFERENCE_H5), "--fidelity", DFT, "--fidelity", CC, "--out", str(out), *SMALL, *extra]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert train_main(train_args(out, "--epochs", "6", "--split-by", "smiles", "--seed", "1")) == 0
+    return out
+
+
+def eager_ensemble(out) -> Ensemble:
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    meta = export.load(os.path.join(out, "model.pt"))[1]
+    hp = meta[keys.META_HPARAMS]
+    members = []
+    for sd in ckpt["finished"]:
+        m = MultiFidelityHipnn(**hp)
+        m.load_state_dict(sd)
+        members.append(m)
+    return Ensemble(members).double()
+
+
+def test_run_writes_every_promised_file(run_dir):
+    for name in ("model.pt", "checkpoint.pt", "metrics.json", "log.csv", "config.toml"):
+        assert (run_dir / name).stat().st_size > 0, name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        for fid in ("dft", "cc"):
+            m = metrics[split][fid]
+            for k in ("energy_rmse_ev", "energy_mae_ev", "energy_rmse_kcal_mol", "energy_mae_kcal_mol", "n_energy",
+                      "forces_rmse_ev_a", "forces_rmse_kcal_mol_a", "forces_mae_ev_a", "n_force_components"):
+                assert k in m
+        assert metrics[split]["dft"]["n_force_components"] > 0 and metrics[split]["cc"]["n_force_components"] == 0
+        assert metrics[split]["dft"]["energy_rmse_kcal_mol"] == pytest.approx(
+            metrics[split]["dft"]["energy_rmse_ev"] / 0.0433641, rel=1e-5)
+    lines = (run_dir / "log.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + 6 and lines[0].startswith("member,epoch,seconds,lr,train_loss,valid_loss")
+
+
+def test_a_few_epochs_reduce_the_validation_loss(run_dir):
+    rows = [line.split(",") for line in (run_dir / "log.csv").read_text().strip().splitlines()[1:]]
+    valid = [float(r[5]) for r in rows]
+    assert min(valid[1:]) < valid[0]
+
+
+def test_model_file_metadata_round_trip(run_dir):
+    model, meta = export.load(str(run_dir / "model.pt"))
+    assert meta[keys.META_FIDELITIES] == ["dft", "cc"]
+    assert meta[keys.META_SPECIES] == [1, 6, 7, 8]
+    assert meta[keys.META_ENERGY_UNIT] == "eV" and meta[keys.META_LENGTH_UNIT] == "Angstrom"
+    assert meta[keys.META_CUTOFF] == pytest.approx(5.5)
+    assert meta[keys.META_ENSEMBLE_SIZE] == 1
+    assert meta[keys.META_HPARAMS]["tensor_order"] == 2 and meta[keys.META_HPARAMS]["n_features"] == 8
+    ref = meta[keys.META_REFERENCE_ENERGIES]
+    assert set(ref) == {"dft", "cc"} and -1100 < ref["dft"]["6"] < -900  # carbon, eV
+    assert meta[keys.META_METRICS]["test"]["dft"]["n_energy"] > 0
+    assert meta[keys.META_TRAINING]["split_by"] == "smiles"
+    assert meta[keys.META_VERSION] and meta[keys.META_CREATED] and meta[keys.META_DTYPE] == "float32"
+    assert list(model.fidelities) == ["dft", "cc"]
+
+
+def test_exported_model_loads_without_mfcalc_and_matches_eager(run_dir, tmp_path):
+    from conftest import ethanol
+
+    z, pos = ethanol()
+    np.save(tmp_path / "z.npy", z.numpy())
+    np.save(tmp_path / "pos.npy", pos.numpy())
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, torch
+        m = torch.jit.load({str(run_dir / 'model.pt')!r}).double()
+        z = torch.from_numpy(np.load({str(tmp_path / 'z.npy')!r}))
+        pos = torch.from_numpy(np.load({str(tmp_path / 'pos.npy')!r}))
+        mol = torch.zeros(len(z), dtype=torch.long)
+        e = m(z, pos, mol, 1)["energy"]
+        _, f = m.energy_and_forces(z, pos, mol, 1, m.fidelity_index("cc"))
+        np.save({str(tmp_path / 'e.npy')!r}, e.detach().numpy()); np.save({str(tmp_path / 'f.npy')!r}, f.numpy())
+        assert "mfcalc" not in sys.modules, "mfcalc was imported"
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path))
+    eager = eager_ensemble(run_dir)
+    mol = torch.zeros(len(z), dtype=torch.long)
+    e = eager(z, pos, mol, 1)["energy"].detach().numpy()
+    _, f = eager.energy_and_forces(z, pos, mol, 1, 1)
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy"), e, rtol=1e-12)
+    np.testing.assert_allclose(np.load(tmp_path / "f.npy"), f.numpy(), rtol=1e-9, atol=1e-10)
+
+
+def test_eval_reproduces_the_test_metrics_and_scores_unseen_labels(run_dir, tmp_path, capsys):
+    out_json = tmp_path / "eval.json"
+    rc = eval_main(["--model", str(run_dir / "model.pt"), "--data", str(REFERENCE_H5), "--fidelity", DFT,
+                    "--fidelity", "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces", "--json", str(out_json)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "dft" in table and "kcal/mol" in table
+    allm = json.loads(out_json.read_text())
+    import h5py
+    with h5py.File(REFERENCE_H5) as f:  # every atom of every structure that has CCSD(T) forces
+        n_cc_force = sum(np.isfinite(g["ccsd(t)_dz.forces"][()]).all(axis=(1, 2)).sum() * g["coordinates"].shape[1] * 3
+                         for g in f.values() if "ccsd(t)_dz.forces" in g)
+    assert allm["cc"]["n_force_components"] == n_cc_force > 0
+    assert allm["cc"]["forces_rmse_kcal_mol_a"] > 0
+    # on the run's own test split, eval (float64) reproduces metrics.json (float32 training)
+    assert eval_main(["--model", str(run_dir / "model.pt"), "--data", str(REFERENCE_H5), "--fidelity", DFT,
+                      "--fidelity", CC, "--split", f"{run_dir / 'split.npz'}:test", "--json", str(out_json)]) == 0
+    again = json.loads(out_json.read_text())
+    saved = json.loads((run_dir / "metrics.json").read_text())["test"]
+    for fid in ("dft", "cc"):
+        assert again[fid]["n_energy"] == saved[fid]["n_energy"]
+        assert again[fid]["energy_rmse_kcal_mol"] == pytest.approx(saved[fid]["energy_rmse_kcal_mol"], rel=1e-3)
+    assert again["dft"]["forces_rmse_kcal_mol_a"] == pytest.approx(saved["dft"]["forces_rmse_kcal_mol_a"], rel=1e-3)
+
+
+def test_max_minutes_stops_cleanly_and_exports(tmp_path, capsys):
+    out = tmp_path / "timed"
+    assert train_main(train_args(out, "--epochs", "1000", "--max-minutes", "0.001")) == 0
+    assert (out / "model.pt").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_by_time"] is True and metrics["epochs_run"] == 1
+    assert "--max-minutes" in capsys.readouterr().out
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    import mfcalc.train.loop as loop
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["--epochs", "4", "--seed", "3", "--dtype", "float64", "--ensemble", "2"]
+    assert train_main(train_args(full, *common)) == 0
+
+    real_save = loop.save_checkpoint
+
+    def save_then_die(state, path):  # the process is killed right after member 2's epoch-2 checkpoint
+        real_save(state, path)
+        if state["member"] == 1 and state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    assert train_main(train_args(part, *common)) == 130
+    assert not (part / "model.pt").exists()
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert train_main(train_args(part, *common, "--resume")) == 0
+    a = torch.load(full / "checkpoint.pt", weights_only=False)
+    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    assert len(a["finished"]) == len(b["finished"]) == 2
+    for sa, sb in zip(a["finished"], b["finished"]):
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
+    assert [r["valid_loss"] for r in a["log_rows"]] == [r["valid_loss"] for r in b["log_rows"]]
+    # the exported ensemble reports a member spread
+    model, meta = export.load(str(part / "model.pt"))
+    assert meta[keys.META_ENSEMBLE_SIZE] == 2
+    from conftest import ethanol
+    z, pos = ethanol()
+    out = model.double()(z, pos, torch.zeros(len(z), dtype=torch.long), 1)
+    assert (out["energy_std"] > 0).all()
+
+
+def test_killed_process_leaves_a_readable_checkpoint_to_resume(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mfcalc.train", *train_args(out, "--epochs", "400")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            log = out / "log.csv"
+            if log.exists() and len(log.read_text().splitlines()) >= 4:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("training did not reach epoch 3 in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    done = state["epoch"]
+    assert done >= 3
+    assert train_main(train_args(out, "--epochs", str(done + 2), "--resume")) == 0
+    rows = (out / "log.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[1]) for r in rows] == list(range(1, done + 3))
+
+
+def test_resolved_config_reproduces_the_run(run_dir, tmp_path):
+    again = tmp_path / "again"
+    assert train_main(["--config", str(run_dir / "config.toml"), "--out", str(again)]) == 0
+    a = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    b = torch.load(again / "checkpoint.pt", weights_only=False)
+    assert [r["valid_loss"] for r in a["log_rows"]] == [r["valid_loss"] for r in b["log_rows"]]
+    for k, v in a["finished"][0].items():
+        assert torch.equal(v, b["finished"][0][k]), k
