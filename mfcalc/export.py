@@ -30,6 +30,7 @@ def build_metadata(model: Ensemble, training: Optional[Dict[str, Any]] = None,
         keys.META_FORMAT: keys.MODEL_FORMAT,
         keys.META_FORMAT_VERSION: keys.MODEL_FORMAT_VERSION,
         keys.META_FIDELITIES: list(model.fidelities),
+        keys.META_DEFAULT_FIDELITY: list(model.fidelities)[-1],  # the last bound (usually the highest) level
         keys.META_SPECIES: list(model.species),
         keys.META_CUTOFF: float(model.cutoff),
         keys.META_ENERGY_UNIT: "eV",

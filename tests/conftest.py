@@ -60,3 +60,18 @@ def random_rotation(seed: int = 0, dtype=torch.float64) -> torch.Tensor:
     if torch.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> Path:
+    """A small dft + cc model trained for a few seconds on the reference data (model.pt path)."""
+    from mfcalc.cli.train import main as train_main
+
+    out = tmp_path_factory.mktemp("trained")
+    rc = train_main(["--data", str(REFERENCE_H5), "--fidelity", "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
+                     "--fidelity", "dft=wb97x_dz.energy,wb97x_dz.forces", "--fidelity", "cc=ccsd(t)_dz.energy",
+                     "--out", str(out), "--epochs", "60", "--batch-size", "16", "--lr", "3e-3", "--max-structures", "400",
+                     "--n-features", "12", "--n-sensitivities", "8", "--n-atom-layers", "1", "--cutoff", "4.5",
+                     "--device", "cpu", "--seed", "0"])
+    assert rc == 0
+    return out / "model.pt"

@@ -1,0 +1,213 @@
+"""MFCalculator: an ASE calculator on a TorchScript mfcalc model, fidelity picked at run time.
+
+Only the model file is needed (loading goes through :mod:`mfcalc.export`; no training code
+is imported).  Energies are in eV, forces in eV/Angstrom (``-dE/dx`` by autograd, so MD
+conserves energy), stress in eV/Angstrom^3 for periodic cells (strain derivative).
+
+Ensemble models also put the member spread in ``calc.results``:
+
+* ``energy_std``: standard deviation of the members' energies, eV;
+* ``forces_std``: (N, 3) standard deviation of the members' forces, eV/Angstrom.
+
+Per-call work is kept small for MD of small molecules: atomic numbers, structure index and
+cell are converted once and reused; the pair list is built with a skin and reused until
+some atom has moved more than half of it (pairs beyond the cutoff contribute exactly 0).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from mfcalc import export, keys
+from mfcalc.neighbors import neighbor_pairs
+
+ModelLike = Union[str, "os.PathLike[str]", torch.nn.Module, None]
+
+
+def default_model_path() -> str:
+    """Path of the default model shipped inside the package (``mfcalc/models/default.pt``)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "default.pt")
+
+
+def _resolve_device(device: Union[str, torch.device]) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available")
+    return device
+
+
+class MFCalculator(Calculator):
+    """ASE calculator for multi-fidelity mfcalc models.
+
+    Args:
+        model: path of a ``model.pt`` from ``mfcalc-train``, an already loaded model
+            (TorchScript or eager), or ``None`` for the default model shipped with mfcalc.
+        fidelity: head to use, e.g. ``"cc"``; ``None`` takes the model's default (the last
+            fidelity it was trained with). Change it later with ``calc.fidelity = "dft"``.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
+        dtype: ``None`` keeps the model's dtype; ``"float64"`` is worth it for NVE MD and
+            tight optimisations.
+        skin: Angstrom added to the cutoff for the reusable pair list (0 rebuilds every call).
+        neighbor_backend: ``"auto"``, ``"torch"`` or ``"cluster"`` (torch-cluster).
+        spread_warning: warn when the ensemble energy spread exceeds this many eV (None: never).
+
+    Raises:
+        FileNotFoundError: no such model file (or no default model shipped).
+        ValueError: not an mfcalc model file, unknown fidelity (lists the known ones), bad device.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energy_std", "forces_std"]
+    default_parameters: Dict[str, Any] = {}
+
+    def __init__(self, model: ModelLike = None, fidelity: Optional[str] = None, device: str = "auto",
+                 dtype: Optional[str] = None, skin: float = 0.5, neighbor_backend: str = "auto",
+                 spread_warning: Optional[float] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.device = _resolve_device(device)
+        if model is None:
+            path = default_model_path()
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"no default model is shipped at {path}; pass the path of a model.pt "
+                                        "written by mfcalc-train")
+            model = path
+        if isinstance(model, (str, os.PathLike)):
+            module, meta = export.load(os.fspath(model), device=self.device)
+        elif isinstance(model, torch.nn.Module):
+            module, meta = model, {}
+        else:
+            raise ValueError(f"model must be a path or a torch module, got {type(model).__name__}")
+        self.metadata: Dict[str, Any] = meta
+        self.fidelities = tuple(str(f) for f in (meta.get(keys.META_FIDELITIES) or module.fidelities))
+        self.species = tuple(int(z) for z in (meta.get(keys.META_SPECIES) or module.species))
+        self.cutoff = float(meta.get(keys.META_CUTOFF) or module.cutoff)
+        self.n_members = int(meta.get(keys.META_ENSEMBLE_SIZE) or getattr(module, "n_members", 1))
+        model_dtype = next(module.parameters()).dtype
+        self.dtype = {"float32": torch.float32, "float64": torch.float64, None: model_dtype}.get(dtype)
+        if self.dtype is None:
+            raise ValueError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
+        self.model = module.to(device=self.device, dtype=self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.skin = float(skin)
+        self.neighbor_backend = neighbor_backend
+        self.spread_warning = spread_warning
+        self._known = np.zeros(119, dtype=bool)
+        self._known[list(self.species)] = True
+        self._fidelity_index = -1
+        default = meta.get(keys.META_DEFAULT_FIDELITY) or (self.fidelities[-1] if len(self.fidelities) == 1 else None)
+        if fidelity is None and default is None:
+            raise ValueError(f"this model has several fidelities; choose one: {', '.join(self.fidelities)}")
+        self.fidelity = fidelity if fidelity is not None else default
+        self._cache_key: Optional[tuple] = None
+        self._pairs: Optional[tuple] = None
+
+    # ---- fidelity --------------------------------------------------------------------------
+    @property
+    def fidelity(self) -> str:
+        return self.fidelities[self._fidelity_index]
+
+    @fidelity.setter
+    def fidelity(self, name: str) -> None:
+        if name not in self.fidelities:
+            raise ValueError(f"unknown fidelity {name!r}; this model has: {', '.join(self.fidelities)}")
+        if self._fidelity_index != self.fidelities.index(name):
+            self._fidelity_index = self.fidelities.index(name)
+            self.reset()  # cached results belong to the old head
+
+    # ---- input checks and cached tensors ----------------------------------------------------
+    def _check(self, atoms) -> None:
+        z = atoms.numbers
+        bad = (z < 0) | (z > 118)
+        bad[~bad] = ~self._known[z[~bad]]
+        if bad.any():
+            unknown = sorted({chemical_symbols[n] if 0 < n <= 118 else str(n) for n in z[bad]})
+            raise ValueError(f"element(s) {', '.join(unknown)} not known to this model; it knows "
+                             f"{', '.join(chemical_symbols[s] for s in self.species)}")
+        if not np.isfinite(atoms.positions).all():
+            raise ValueError("atoms.positions contain NaN or infinite values")
+        if atoms.pbc.any() and abs(np.linalg.det(atoms.cell.array)) < 1e-9:
+            raise ValueError("periodic atoms need a cell with non-zero volume")
+
+    def _static(self, atoms):
+        """Tensors that change only when numbers, cell or pbc change."""
+        key = (atoms.numbers.tobytes(), atoms.cell.array.tobytes(), atoms.pbc.tobytes())
+        if key != self._cache_key:
+            self._cache_key = key
+            self._numbers = torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device)
+            self._mol = torch.zeros(len(atoms), dtype=torch.long, device=self.device)
+            self._cell = torch.as_tensor(atoms.cell.array, dtype=self.dtype, device=self.device)[None]
+            self._pbc = torch.as_tensor(atoms.pbc, dtype=torch.bool, device=self.device)[None]
+            self._pairs = None
+        return self._numbers, self._mol, self._cell, self._pbc
+
+    def _pair_list(self, positions: torch.Tensor, cell, pbc):
+        """Pairs within cutoff + skin, rebuilt only after an atom moved more than skin / 2."""
+        if self._pairs is not None and self.skin > 0:
+            moved = (positions - self._pairs[3]).norm(dim=1).max() if len(positions) else 0.0
+            if float(moved) < 0.5 * self.skin:
+                return self._pairs[:3]
+        periodic = bool(pbc.any())
+        pf, ps, sh = neighbor_pairs(positions, self._mol, 1, self.cutoff + self.skin, cell if periodic else None,
+                                    pbc if periodic else None, backend=self.neighbor_backend)
+        self._pairs = (pf, ps, sh.to(self.dtype), positions.detach().clone())
+        return self._pairs[:3]
+
+    # ---- ASE entry point ----------------------------------------------------------------------
+    def calculate(self, atoms=None, properties: Sequence[str] = ("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self._check(atoms)
+        numbers, mol, cell, pbc = self._static(atoms)
+        periodic = bool(atoms.pbc.any())
+        want_stress = "stress" in properties
+        if want_stress and not atoms.pbc.all():
+            raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
+        pos0 = torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device)
+        pf, ps, shifts = self._pair_list(pos0, cell, pbc)
+        fid = self._fidelity_index
+        cell_in = cell if periodic else None
+        pbc_in = pbc if periodic else None
+
+        results: Dict[str, Any] = {}
+        if self.n_members > 1:
+            e, f, e_std, f_std = self.model.energy_forces_spread(numbers, pos0, mol, 1, fid, cell_in, pbc_in, False,
+                                                                 pf, ps, shifts)
+            results["energy"] = float(e[0])
+            results["forces"] = f.detach().cpu().numpy().astype(np.float64)
+            results["energy_std"] = float(e_std[0])
+            results["forces_std"] = f_std.detach().cpu().numpy().astype(np.float64)
+            if self.spread_warning is not None and results["energy_std"] > self.spread_warning:
+                warnings.warn(f"ensemble energy spread {results['energy_std']:.3f} eV exceeds "
+                              f"{self.spread_warning} eV: this structure is outside the model's training domain",
+                              stacklevel=2)
+        if self.n_members == 1 or want_stress:
+            pos = pos0.clone().requires_grad_(True)
+            leaves: List[torch.Tensor] = [pos]
+            positions, cell_used = pos, cell_in
+            if want_stress:  # E(strained positions, strained cell): dE/d(strain) / V is the stress
+                strain = torch.zeros(3, 3, dtype=self.dtype, device=self.device, requires_grad=True)
+                deform = torch.eye(3, dtype=self.dtype, device=self.device) + strain
+                positions, cell_used = pos @ deform, cell @ deform
+                leaves.append(strain)
+            out = self.model(numbers, positions, mol, 1, cell_used, pbc_in, pf, ps, shifts)
+            energy = out["energy"][0, fid]
+            grads = torch.autograd.grad([energy], leaves)
+            if self.n_members == 1:
+                results["energy"] = float(energy.detach())
+                results["forces"] = (-grads[0]).detach().cpu().numpy().astype(np.float64)
+            if want_stress:
+                volume = abs(float(np.linalg.det(atoms.cell.array)))
+                stress = grads[1].detach().cpu().numpy().astype(np.float64) / volume
+                results["stress"] = full_3x3_to_voigt_6_stress(0.5 * (stress + stress.T))
+        results["free_energy"] = results["energy"]
+        self.results.update(results)

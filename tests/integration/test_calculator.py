@@ -1,0 +1,223 @@
+"""MFCalculator against ASE's own numerics, in MD, optimisation, vibrations and periodic cells."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.constraints import FixAtoms
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS, FIRE, LBFGS
+from ase.vibrations import Vibrations
+
+from conftest import ethanol, random_rotation
+from mfcalc import MFCalculator, export
+from mfcalc.model import MultiFidelityHipnn
+from mfcalc.model.ensemble import Ensemble
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def ethanol_atoms() -> Atoms:
+    z, pos = ethanol()
+    return Atoms(numbers=z.numpy(), positions=pos.numpy())
+
+
+@pytest.fixture(scope="module")
+def calc64(trained_model):
+    return MFCalculator(str(trained_model), fidelity="cc", dtype="float64", device="cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_snippet_from_the_issue(trained_model, device):
+    calc = MFCalculator(str(trained_model), fidelity="cc", device=device)
+    assert calc.fidelities == ("xtb", "dft", "cc")
+    atoms = ethanol_atoms()
+    atoms.calc = calc
+    e_cc = atoms.get_potential_energy()
+    f = atoms.get_forces()
+    assert f.shape == (9, 3) and np.isfinite(f).all()
+    calc.fidelity = "dft"  # switching head invalidates the cache
+    assert atoms.get_potential_energy() != e_cc
+    assert MFCalculator(str(trained_model), device=device).fidelity == "cc"  # the model's default
+
+
+def test_forces_equal_ase_numerical_forces(calc64):
+    atoms = ethanol_atoms()
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = calc64
+    num = calculate_numerical_forces(atoms, eps=1e-4)
+    np.testing.assert_allclose(atoms.get_forces(), num, atol=1e-4)
+
+
+def test_fidelity_switch_matches_the_eager_heads(trained_model):
+    model, meta = export.load(str(trained_model))
+    ckpt = torch.load(trained_model.parent / "checkpoint.pt", weights_only=False)
+    eager = MultiFidelityHipnn(**meta["hparams"])
+    eager.load_state_dict(ckpt["finished"][0])
+    eager = eager.double()
+    z, pos = ethanol()
+    heads = eager(z, pos, torch.zeros(len(z), dtype=torch.long), 1)["energy"][0]
+    calc = MFCalculator(str(trained_model), fidelity="xtb", dtype="float64", device="cpu")
+    atoms = ethanol_atoms()
+    atoms.calc = calc
+    for k, name in enumerate(calc.fidelities):
+        calc.fidelity = name
+        assert atoms.get_potential_energy() == pytest.approx(float(heads[k]), abs=1e-9)
+    with pytest.raises(ValueError, match="unknown fidelity 'ccsdt'; this model has: xtb, dft, cc"):
+        calc.fidelity = "ccsdt"
+    with pytest.raises(ValueError, match="xtb, dft, cc"):
+        MFCalculator(str(trained_model), fidelity="mp2")
+
+
+def test_results_are_cached_until_the_structure_changes(calc64, monkeypatch):
+    atoms = ethanol_atoms()
+    atoms.calc = calc64
+    calls = []
+    real = calc64.calculate
+    monkeypatch.setattr(calc64, "calculate", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    atoms.get_potential_energy()
+    assert len(calls) == 1
+    atoms.positions[0, 0] += 0.01
+    atoms.get_potential_energy()
+    assert len(calls) == 2
+
+
+def test_nve_conserves_energy(calc64):
+    atoms = ethanol_atoms()
+    atoms.calc = calc64
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))  # noqa
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    dyn = VelocityVerlet(atoms, timestep=0.25 * units.fs)
+    totals = []
+    dyn.attach(lambda: totals.append(atoms.get_total_energy()), interval=10)
+    dyn.run(2000)
+    totals = np.array(totals)
+    tenth = len(totals) // 10
+    # drift = systematic change of the total energy (mean of the last tenth minus the first);
+    # the bounded velocity-Verlet oscillation is checked separately and more loosely
+    drift = abs(totals[-tenth:].mean() - totals[:tenth].mean()) / len(atoms)
+    assert drift < 1e-4, f"total energy drift {drift:.2e} eV/atom"
+    assert (totals.max() - totals.min()) / len(atoms) < 1e-3
+    assert atoms.get_kinetic_energy() > 0
+
+
+def test_bfgs_converges_with_decreasing_energy(calc64):
+    atoms = ethanol_atoms()
+    atoms.calc = calc64
+    energies = []
+    opt = BFGS(atoms, logfile=None)
+    opt.attach(lambda: energies.append(atoms.get_potential_energy()))
+    assert opt.run(fmax=0.01, steps=500)
+    assert np.abs(atoms.get_forces()).max() < 0.01 * np.sqrt(3)
+    assert all(b <= a + 1e-8 for a, b in zip(energies, energies[1:])), np.diff(energies).max()
+
+
+@pytest.mark.parametrize("optimizer", [FIRE, LBFGS])
+def test_other_optimizers_and_constraints(calc64, optimizer):
+    atoms = ethanol_atoms()
+    atoms.set_constraint(FixAtoms(indices=[0, 1]))
+    fixed = atoms.positions[:2].copy()
+    atoms.calc = calc64
+    assert optimizer(atoms, logfile=None).run(fmax=0.02, steps=1000)
+    np.testing.assert_array_equal(atoms.positions[:2], fixed)
+
+
+def test_langevin_and_vibrations_run(calc64, tmp_path):
+    atoms = ethanol_atoms()
+    atoms.calc = calc64
+    BFGS(atoms, logfile=None).run(fmax=0.005, steps=500)
+    vib = Vibrations(atoms, name=str(tmp_path / "vib"))
+    vib.run()
+    freqs = vib.get_frequencies()
+    assert np.abs(freqs[:6]).max() < 100  # translations/rotations near zero (cm^-1)
+    assert (freqs[6:].real > 100).all()  # a minimum: 21 real vibrations
+    dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02, rng=np.random.default_rng(1))
+    dyn.run(50)
+    assert np.isfinite(atoms.positions).all()
+
+
+def water_box(n_side_shift=0.0):
+    base = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+    rng = np.random.default_rng(0)
+    pos = np.concatenate([base @ random_rotation(k).numpy().T + rng.random(3) * 4.0 for k in range(4)])
+    return Atoms("OH2" * 4, positions=pos, cell=np.eye(3) * 4.0, pbc=True)
+
+
+def test_periodic_small_cell_equals_supercell(calc64):
+    atoms = water_box()  # 4.0 A cell, cutoff 4.5 A: smaller than twice the cutoff
+    atoms.calc = calc64
+    e = atoms.get_potential_energy()
+    big = atoms.repeat((2, 2, 2))
+    big.calc = calc64
+    assert big.get_potential_energy() / 8 == pytest.approx(e, abs=1e-8)
+    np.testing.assert_allclose(big.get_forces()[:12], atoms.get_forces(), atol=1e-8)
+
+
+def test_stress_equals_the_finite_difference_strain_derivative(calc64):
+    atoms = water_box()
+    atoms.set_cell(atoms.cell.array + np.array([[0.0, 0.2, 0.1], [0.0, 0.0, 0.3], [0.0, 0.0, 0.0]]),
+                   scale_atoms=True)
+    atoms.calc = calc64
+    np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-6), atol=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), atol=1e-4)
+
+
+def test_stress_is_refused_without_a_periodic_cell(calc64):
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    atoms = ethanol_atoms()
+    atoms.calc = calc64
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()
+
+
+def test_ensemble_reports_the_member_spread(tmp_path):
+    torch.manual_seed(0)
+    members = [MultiFidelityHipnn([1, 6, 8], ["dft", "cc"], n_features=6, n_sensitivities=4, n_atom_layers=1)
+               for _ in range(3)]
+    ens = Ensemble(members)
+    path = tmp_path / "ens.pt"
+    export.save(ens, str(path), export.build_metadata(ens))
+    calc = MFCalculator(str(path), fidelity="cc", dtype="float64", device="cpu", spread_warning=1e-9)
+    atoms = ethanol_atoms()
+    atoms.calc = calc
+    with pytest.warns(UserWarning, match="outside the model's training domain"):
+        atoms.get_potential_energy()
+    assert calc.results["energy_std"] > 0
+    assert calc.results["forces_std"].shape == (9, 3) and (calc.results["forces_std"] > 0).any()
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), atol=1e-4)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+def test_unknown_element_is_named_with_the_model_species(calc64):
+    atoms = Atoms("CCl", positions=[[0, 0, 0], [1.7, 0, 0]])
+    atoms.calc = calc64
+    with pytest.raises(ValueError, match="element.* Cl not known to this model; it knows H, C, N, O"):
+        atoms.get_potential_energy()
+
+
+def test_nan_positions_are_a_clear_error(calc64):
+    atoms = ethanol_atoms()
+    atoms.positions[2, 1] = np.nan
+    atoms.calc = calc64
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        atoms.get_forces()
+
+
+def test_non_model_files_are_clear_errors(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a TorchScript model file"):
+        MFCalculator(str(junk))
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(plain))
+    with pytest.raises(ValueError, match="not an mfcalc model"):
+        MFCalculator(str(plain))
+    with pytest.raises(FileNotFoundError):
+        MFCalculator(str(tmp_path / "missing.pt"))
