@@ -5,13 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# Bitwise-reproducible MKL results regardless of memory alignment (resume and rerun tests
-# compare weights exactly).  Must be set before torch loads MKL; subprocesses inherit it.
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_H5 = REPO / "data" / "mf_reference.h5"

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--n-interactions", type=int)
     m.add_argument("--n-atom-layers", type=int)
     m.add_argument("--cutoff", type=float, metavar="A")
+    m.add_argument("--cusp-reg", type=float, metavar="EPS", help="eps in sqrt(|u|^2 + eps) of the tensor norms")
     p.add_argument("--energy-unit", help="unit of the --fidelity energies: hartree | ev | kcal/mol "
                    "(default: the format's, Hartree for HDF5, eV for ASE files)")
     p.add_argument("--loss-weight", action="append", metavar="NAME:energy=W,forces=W,hier=W",
@@ -99,7 +100,8 @@ def config_from_args(args: argparse.Namespace):
         val = getattr(args, key)
         if val is not None:
             setattr(cfg.train, key, val)
-    for key in ("tensor_order", "n_features", "n_sensitivities", "n_interactions", "n_atom_layers", "cutoff"):
+    for key in ("tensor_order", "n_features", "n_sensitivities", "n_interactions", "n_atom_layers", "cutoff",
+                "cusp_reg"):
         val = getattr(args, key)
         if val is not None:
             setattr(cfg.model, key, val)

@@ -97,7 +97,19 @@ def _per_structure_strings(group, key: str, n_conf: int) -> Optional[np.ndarray]
     return np.full(n_conf, "".join(text), dtype=object)
 
 
-def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = "angstrom") -> MFData:
+def _allocate(cache_dir: Optional[str], name: str, shape, dtype, fill=None) -> np.ndarray:
+    """An in-memory array, or a ``.npy`` memory map in ``cache_dir`` for data larger than RAM."""
+    if cache_dir is None:
+        arr = np.empty(shape, dtype=dtype)
+    else:
+        arr = np.lib.format.open_memmap(os.path.join(cache_dir, name + ".npy"), mode="w+", dtype=dtype, shape=shape)
+    if fill is not None:
+        arr[...] = fill
+    return arr
+
+
+def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = "angstrom",
+              cache_dir: Optional[str] = None) -> MFData:
     """Read labelled structures from an ANI-style HDF5 file.
 
     Args:
@@ -105,6 +117,9 @@ def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = 
         fidelities: which keys hold which fidelity, and their units (default Hartree,
             Hartree/Angstrom).
         length_unit: unit of ``coordinates`` in the file (default Angstrom).
+        cache_dir: write the columns as ``.npy`` files there while reading (one conformer
+            group in memory at a time) and return them memory-mapped: for files larger than
+            RAM (ANI-1x).  ``MFData.load(cache_dir)`` reopens them later without the HDF5.
 
     Returns:
         MFData in eV / Angstrom with group columns ``formula`` (the conformer group's path),
@@ -140,12 +155,15 @@ def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = 
         if n_struct == 0:
             raise ValueError(f"{path}: the file holds no structures")
 
-        numbers = np.empty(n_atoms, dtype=np.uint8)
-        positions = np.empty((n_atoms, 3), dtype=np.float64)
+        if cache_dir is not None:
+            os.makedirs(cache_dir, exist_ok=True)
+        numbers = _allocate(cache_dir, "numbers", (n_atoms,), np.uint8)
+        positions = _allocate(cache_dir, "positions", (n_atoms, 3), np.float64)
         offsets = np.empty(n_struct + 1, dtype=np.int64)
         offsets[0] = 0
         energy = np.full((n_struct, len(fidelities)), np.nan)
-        forces = {s.name: np.full((n_atoms, 3), np.nan) for s in fidelities if s.forces_key}
+        forces = {s.name: _allocate(cache_dir, f"forces.{s.name}", (n_atoms, 3), np.float64, np.nan)
+                  for s in fidelities if s.forces_key}
         formula = np.empty(n_struct, dtype=object)
         smiles = np.empty(n_struct, dtype=object)
         have_smiles = True
@@ -157,6 +175,8 @@ def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = 
             z = _atomic_numbers(grp, g, na)
             numbers[a0:a1] = np.tile(z, nc)
             positions[a0:a1] = np.asarray(grp["coordinates"][()], dtype=np.float64).reshape(-1, 3) * pos_factor
+            if not np.isfinite(positions[a0:a1]).all():
+                raise ValueError(f"{path}:{g}/coordinates contain NaN or infinite values")
             offsets[s0 + 1:s1 + 1] = a0 + na * np.arange(1, nc + 1)
             for k, spec in enumerate(fidelities):
                 if spec.energy_key in grp:
@@ -177,12 +197,10 @@ def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = 
                 smiles[s0:s1] = labels
             s0, a0 = s1, a1
 
-    if not np.isfinite(positions).all():
-        raise ValueError(f"{path}: coordinates contain NaN or infinite values")
     group_cols = {"formula": encode_groups(formula), "source": encode_groups(np.full(n_struct, os.path.abspath(path)))}
     if have_smiles:
         group_cols["smiles"] = encode_groups(smiles)
-    return MFData(
+    data = MFData(
         fidelities=tuple(s.name for s in fidelities),
         numbers=numbers,
         positions=positions,
@@ -193,6 +211,10 @@ def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = 
         forces=forces,
         groups=group_cols,
     )
+    if cache_dir is None:
+        return data
+    data.save(cache_dir)  # the memory-mapped columns are already in place; this adds the rest
+    return MFData.load(cache_dir)
 
 
 def list_keys(path: str) -> List[str]:

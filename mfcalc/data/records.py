@@ -164,7 +164,11 @@ class MFData:
         for key, (codes, _names) in self.groups.items():
             arrays[f"group.{key}"] = codes
         for name, arr in arrays.items():
-            np.save(os.path.join(directory, name + ".npy"), np.ascontiguousarray(arr))
+            target = os.path.join(directory, name + ".npy")
+            if isinstance(arr, np.memmap) and os.path.abspath(arr.filename) == os.path.abspath(target):
+                arr.flush()  # already written in place (HDF5 reader with a cache directory)
+                continue
+            np.save(target, np.ascontiguousarray(arr))
         index = {
             "fidelities": list(self.fidelities),
             "forces": list(self.forces),

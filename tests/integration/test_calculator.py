@@ -9,7 +9,7 @@ from ase.constraints import FixAtoms
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
-from ase.optimize import BFGS, FIRE, LBFGS
+from ase.optimize import BFGS, BFGSLineSearch, FIRE, LBFGS
 from ase.vibrations import Vibrations
 
 from conftest import ethanol, random_rotation
@@ -107,15 +107,27 @@ def test_nve_conserves_energy(calc64):
     assert atoms.get_kinetic_energy() > 0
 
 
-def test_bfgs_converges_with_decreasing_energy(calc64):
+def test_bfgs_converges(calc64):
     atoms = ethanol_atoms()
     atoms.calc = calc64
+    assert BFGS(atoms, logfile=None).run(fmax=0.01, steps=500)
+    assert np.linalg.norm(atoms.get_forces(), axis=1).max() < 0.01
+
+
+def test_line_search_bfgs_energy_decreases_monotonically(calc64):
+    """BFGS with a line search enforces descent using both energies and forces, so it only
+    succeeds if the forces are the true gradient of the energies.  (Plain BFGS may take an
+    uphill step when its quadratic model overshoots, whatever the calculator.)"""
+    atoms = ethanol_atoms()
+    atoms.rattle(0.05, seed=3)
+    atoms.calc = calc64
     energies = []
-    opt = BFGS(atoms, logfile=None)
+    opt = BFGSLineSearch(atoms, logfile=None)
     opt.attach(lambda: energies.append(atoms.get_potential_energy()))
     assert opt.run(fmax=0.01, steps=500)
-    assert np.abs(atoms.get_forces()).max() < 0.01 * np.sqrt(3)
-    assert all(b <= a + 1e-8 for a, b in zip(energies, energies[1:])), np.diff(energies).max()
+    assert np.linalg.norm(atoms.get_forces(), axis=1).max() < 0.01
+    assert len(energies) > 5
+    assert all(b <= a + 1e-10 for a, b in zip(energies, energies[1:])), np.diff(energies).max()
 
 
 @pytest.mark.parametrize("optimizer", [FIRE, LBFGS])
@@ -134,9 +146,10 @@ def test_langevin_and_vibrations_run(calc64, tmp_path):
     BFGS(atoms, logfile=None).run(fmax=0.005, steps=500)
     vib = Vibrations(atoms, name=str(tmp_path / "vib"))
     vib.run()
-    freqs = vib.get_frequencies()
-    assert np.abs(freqs[:6]).max() < 100  # translations/rotations near zero (cm^-1)
-    assert (freqs[6:].real > 100).all()  # a minimum: 21 real vibrations
+    freqs = vib.get_frequencies()  # cm^-1, ascending in magnitude
+    assert np.abs(freqs[:6]).max() < 60  # translations and rotations: near zero
+    assert (freqs[6:].imag == 0).all() and (freqs[6:].real > 20).all(), freqs  # a minimum: 21 real modes
+    assert freqs[-1].real > 2500  # O-H and C-H stretches
     dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02, rng=np.random.default_rng(1))
     dyn.run(50)
     assert np.isfinite(atoms.positions).all()

@@ -202,3 +202,13 @@ def test_malformed_fidelity_binding(text):
 def test_duplicate_fidelity_names_are_rejected(reference_h5):
     with pytest.raises(ValueError, match="more than once"):
         read_hdf5(str(reference_h5), [parse_fidelity("a=wb97x_dz.energy"), parse_fidelity("a=gfn2_xtb.energy")])
+
+
+def test_hdf5_read_straight_into_memory_mapped_cache(reference_h5, tmp_path, ref):
+    cached = read_hdf5(str(reference_h5), THREE, cache_dir=str(tmp_path / "cache"))
+    assert isinstance(cached.positions, np.memmap) and isinstance(cached.forces["dft"], np.memmap)
+    np.testing.assert_array_equal(cached.positions, ref.positions)
+    np.testing.assert_array_equal(cached.forces["cc"], ref.forces["cc"])
+    np.testing.assert_array_equal(cached.energy, ref.energy)
+    again = MFData.load(str(tmp_path / "cache"))
+    assert list(again.group_labels("smiles")) == list(ref.group_labels("smiles"))
