@@ -398,7 +398,7 @@ def write_sdf(result: RankResult, path: str) -> None:
     writer = Chem.SDWriter(path)
     conf_ids = [c.GetId() for c in result.mol.GetConformers()]
     for r in result.ranked:
-        m = Chem.Mol(result.mol, confId=conf_ids[r.id]) if False else Chem.Mol(result.mol)
+        m = Chem.Mol(result.mol)
         keep = conf_ids[r.id]
         for cid in [c for c in conf_ids if c != keep]:
             m.RemoveConformer(cid)

@@ -1,0 +1,116 @@
+"""mfcalc-rank-conformers and mfcalc.conformers.rank on the shipped default model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.optimize import BFGS
+import ase.io
+
+from conftest import ethanol
+from mfcalc import MFCalculator, conformers, export
+from mfcalc.calculator import default_model_path
+
+pytest.importorskip("rdkit")
+
+
+@pytest.fixture(scope="module")
+def ethanol_result():
+    return conformers.rank("CCO", n_conformers=30, seed=0, log=lambda _msg: None)
+
+
+def hoco_dihedral(positions: np.ndarray) -> float:
+    """H-O-C-C dihedral of ethanol in RDKit's atom order for CCO + Hs (C0 C1 O2 ... H8 on O)."""
+    from ase.geometry import get_dihedrals
+
+    p = positions
+    return float(get_dihedrals([p[1] - p[0]], [p[2] - p[1]], [p[8] - p[2]])[0])
+
+
+def test_ethanol_finds_anti_and_gauche(ethanol_result):
+    ranked = ethanol_result.ranked
+    assert ethanol_result.fidelity == "cc"
+    kinds = set()
+    for r in ranked:
+        d = abs((hoco_dihedral(r.positions) + 180) % 360 - 180)
+        kinds.add("anti" if d > 150 else "gauche" if 30 < d < 90 else "other")
+    assert {"anti", "gauche"} <= kinds, kinds
+    assert ranked[0].relative_kcal_mol == 0 and all(r.relative_kcal_mol >= 0 for r in ranked)
+    assert all(r.converged for r in ranked)
+    # anti and gauche ethanol are within a kcal/mol of each other (CCSD(T): ~0.1 kcal/mol)
+    assert max(r.relative_kcal_mol for r in ranked) < 2.0
+
+
+def test_ranking_is_reproducible_with_a_fixed_seed(ethanol_result):
+    again = conformers.rank("CCO", n_conformers=30, seed=0, log=lambda _msg: None)
+    assert [(r.id, r.status) for r in again.records] == [(r.id, r.status) for r in ethanol_result.records]
+    np.testing.assert_allclose([r.energy_ev for r in again.records], [r.energy_ev for r in ethanol_result.records],
+                               rtol=0, atol=1e-10)
+
+
+def test_batched_optimisation_matches_ase_bfgs_one_by_one():
+    """Same minima: both optimisers run to a tight fmax, since at 0.01 eV/A a soft torsion
+    can still hold ~1e-3 eV (E - E_min ~ F^2 / 2k) whichever optimiser stops there."""
+    mol = conformers.embed_smiles("CCO", 4, seed=1)
+    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    coords = np.stack([c.GetPositions() for c in mol.GetConformers()])
+    model, meta = export.load(default_model_path())
+    model = model.double()
+    fid = meta["fidelities"].index("cc")
+    out = conformers.optimize_batched(model, numbers, coords, fid, fmax=1e-3, max_steps=5000)
+    assert out["converged"].all()
+    calc = MFCalculator(default_model_path(), fidelity="cc", dtype="float64", device="cpu")
+    for c in range(len(coords)):
+        atoms = Atoms(numbers=numbers, positions=coords[c])
+        atoms.calc = calc
+        assert BFGS(atoms, logfile=None).run(fmax=1e-3, steps=5000)
+        assert atoms.get_potential_energy() == pytest.approx(out["energy"][c], abs=1e-4)
+
+
+def test_exploding_conformer_is_reported_not_fatal(tmp_path):
+    z, pos = ethanol()
+    frames = [Atoms(numbers=z.numpy(), positions=pos.numpy() + 0.01 * k) for k in range(3)]
+    frames[1].positions[8] = frames[1].positions[2]  # H on top of O: non-finite energy
+    path = tmp_path / "confs.xyz"
+    ase.io.write(str(path), frames)
+    result = conformers.rank(str(path), log=lambda _msg: None)
+    assert result.records[1].status.startswith("failed")
+    assert [r.id for r in result.ranked] and 1 not in [r.id for r in result.ranked]
+
+
+def run_cli(*args, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "mfcalc.cli.rank", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_cli_writes_table_sdf_and_json(tmp_path):
+    rc, out, err = run_cli("CCO", "--n-conformers", "8", "--json", "r.json", "--out", "r.sdf", "--device", "cpu",
+                           cwd=tmp_path)
+    assert rc == 0, err
+    assert "rank" in out and "kcal/mol" in out and "step" in err  # table on stdout, progress on stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["fidelity"] == "cc" and len(doc["conformers"]) == 8
+    from rdkit import Chem
+
+    mols = list(Chem.SDMolSupplier(str(tmp_path / "r.sdf"), removeHs=False))
+    assert mols and mols[0].GetIntProp("mfcalc_rank") == 1
+    assert mols[0].GetDoubleProp("mfcalc_relative_kcal_mol") == 0.0
+
+
+@pytest.mark.parametrize("case", ["smiles", "mixed", "element"])
+def test_bad_input_is_a_clear_error(tmp_path, case):
+    if case == "smiles":
+        args, needle = ["C1CC(("], "invalid SMILES"
+    elif case == "mixed":
+        path = tmp_path / "mixed.xyz"
+        ase.io.write(str(path), [Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
+                                 Atoms("NH3", positions=[[0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])])
+        args, needle = [str(path)], "mixes different molecules"
+    else:
+        args, needle = ["CCCl"], "Cl not known to this model"
+    rc, out, err = run_cli(*args, "--device", "cpu", cwd=tmp_path)
+    assert rc == 2 and needle in err and "Traceback" not in err, err
