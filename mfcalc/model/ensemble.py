@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from mfcalc.model.hipnn import MultiFidelityHipnn
+from mfcalc.model.hipnn import MultiFidelityHipnn, fidelity_position
 from mfcalc.neighbors import radius_pairs
 
 
@@ -56,10 +56,8 @@ class Ensemble(nn.Module):
 
     @torch.jit.export
     def fidelity_index(self, fidelity: str) -> int:
-        for k, name in enumerate(self.fidelities):
-            if name == fidelity:
-                return k
-        raise ValueError("unknown fidelity '" + fidelity + "'; this model has: " + ", ".join(self.fidelities))
+        """Head index of a fidelity name; raises naming the known ones."""
+        return fidelity_position(self.fidelities, fidelity)
 
     @torch.jit.export
     def energy_and_forces(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, fidelity: int,

@@ -21,6 +21,14 @@ from mfcalc.neighbors import radius_pairs
 
 
 
+def fidelity_position(fidelities: List[str], fidelity: str) -> int:
+    """Head index of a fidelity name; raises naming the known ones (shared by model and ensemble)."""
+    for k, name in enumerate(fidelities):
+        if name == fidelity:
+            return k
+    raise ValueError("unknown fidelity '" + fidelity + "'; this model has: " + ", ".join(fidelities))
+
+
 class Residual(nn.Module):
     """y = R softplus(L(x)) + b_R + A x, with A the identity when widths agree (hippynn's resnet)."""
 
@@ -204,10 +212,7 @@ class MultiFidelityHipnn(nn.Module):
     @torch.jit.export
     def fidelity_index(self, fidelity: str) -> int:
         """Head index of a fidelity name; raises naming the known ones."""
-        for k, name in enumerate(self.fidelities):
-            if name == fidelity:
-                return k
-        raise ValueError("unknown fidelity '" + fidelity + "'; this model has: " + ", ".join(self.fidelities))
+        return fidelity_position(self.fidelities, fidelity)
 
     @torch.jit.export
     def energy_and_forces(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, fidelity: int,

@@ -176,8 +176,14 @@ def _valid_loss(stats: Tensor, weights: LossWeights) -> float:
 
 
 # ---- training ---------------------------------------------------------------------------------
-def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = print) -> Dict[str, Any]:
+def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = print,
+          data: Optional[MFData] = None, split: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Any]:
     """Run one training job as described by ``cfg``; returns the metrics written to metrics.json.
+
+    ``data`` replaces reading ``cfg``'s files (its fidelities must be those of ``cfg``, in
+    order) and ``split`` (train/valid/test structure indices into it) replaces the split
+    drawn from ``cfg``: for programmatic use such as benchmarks that hide labels and compare
+    experiments on one fixed split.
 
     PyTorch's deterministic algorithms are switched on for the run (and restored after):
     the scatter-adds of the interaction layer otherwise sum in a thread-dependent order, so
@@ -190,12 +196,13 @@ def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = pri
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(cfg, resume, log)
+        return _train(cfg, resume, log, data, split)
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
 
-def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None]) -> Dict[str, Any]:
+def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optional[MFData],
+           given_split: Optional[Dict[str, np.ndarray]]) -> Dict[str, Any]:
     cfg.validate()
     t_cfg = cfg.train
     device = resolve_device(t_cfg.device)
@@ -211,8 +218,13 @@ def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None]) -> Dict[str
     ckpt_path = os.path.join(out, CHECKPOINT)
     state: Optional[Dict[str, Any]] = load_checkpoint(ckpt_path) if resume else None
 
-    data = load_run_data(cfg)
+    if data is None:
+        data = load_run_data(cfg)
+    elif list(data.fidelities) != [f.name for f in cfg.fidelities]:
+        raise ValueError(f"data fidelities {data.fidelities} differ from the config's {[f.name for f in cfg.fidelities]}")
     keep = np.arange(len(data))  # rows of the full data set that are used (split.npz refers to those)
+    if given_split is not None and t_cfg.max_structures is not None:
+        raise ValueError("a given split cannot be combined with max_structures")
     if t_cfg.max_structures is not None and t_cfg.max_structures < len(data):
         keep = np.sort(np.random.default_rng(t_cfg.seed).choice(len(data), t_cfg.max_structures, replace=False))
         data = data.subset(keep)
@@ -222,7 +234,11 @@ def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None]) -> Dict[str
         species = list(state["species"])
         reference = np.asarray(state["reference"])
     else:
-        split = split_indices(data, t_cfg.valid_fraction, t_cfg.test_fraction, by=t_cfg.split_by, seed=t_cfg.seed)
+        if given_split is not None:
+            split = {k: np.asarray(given_split[k], dtype=np.int64) for k in ("train", "valid", "test")}
+        else:
+            split = split_indices(data, t_cfg.valid_fraction, t_cfg.test_fraction, by=t_cfg.split_by,
+                                  seed=t_cfg.seed)
         species = sorted(cfg.model.species or np.unique(np.asarray(data.numbers)).astype(int).tolist())
         reference = None
     _check_labels(data, split)
