@@ -59,7 +59,8 @@ class MFCalculator(Calculator):
             tight optimisations.
         skin: Angstrom added to the cutoff for the reusable pair list (0 rebuilds every call).
         neighbor_backend: ``"auto"``, ``"torch"`` or ``"cluster"`` (torch-cluster).
-        spread_warning: warn when the ensemble energy spread exceeds this many eV (None: never).
+        spread_warning: warn when the ensemble energy spread exceeds this many eV; ``None``
+            takes the model file's documented threshold (``spread_warning_ev``), if any.
 
     Raises:
         FileNotFoundError: no such model file (or no default model shipped).
@@ -100,7 +101,7 @@ class MFCalculator(Calculator):
             p.requires_grad_(False)
         self.skin = float(skin)
         self.neighbor_backend = neighbor_backend
-        self.spread_warning = spread_warning
+        self.spread_warning = spread_warning if spread_warning is not None else meta.get(keys.META_SPREAD_WARNING)
         self._known = np.zeros(119, dtype=bool)
         self._known[list(self.species)] = True
         self._fidelity_index = -1
@@ -182,9 +183,9 @@ class MFCalculator(Calculator):
         if self.n_members > 1:
             e, f, e_std, f_std = self.model.energy_forces_spread(numbers, pos0, mol, 1, fid, cell_in, pbc_in, False,
                                                                  pf, ps, shifts)
-            results["energy"] = float(e[0])
+            results["energy"] = float(e[0].detach())
             results["forces"] = f.detach().cpu().numpy().astype(np.float64)
-            results["energy_std"] = float(e_std[0])
+            results["energy_std"] = float(e_std[0].detach())
             results["forces_std"] = f_std.detach().cpu().numpy().astype(np.float64)
             if self.spread_warning is not None and results["energy_std"] > self.spread_warning:
                 warnings.warn(f"ensemble energy spread {results['energy_std']:.3f} eV exceeds "

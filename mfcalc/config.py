@@ -90,7 +90,8 @@ class TrainSettings:
     split_by: str = "random"
     lr_patience: int = 5
     lr_factor: float = 0.5
-    early_stopping: int = 20
+    early_stopping: int = 20  # epochs without a relative improvement of 1e-4 in the validation loss
+    min_lr: float = 1e-5  # stop once the plateau schedule has decayed the learning rate below this
     grad_clip: float = 10.0
     max_structures: Optional[int] = None  # random subsample of the data (quick experiments)
 

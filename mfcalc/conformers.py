@@ -87,8 +87,12 @@ def embed_smiles(smiles: str, n_conformers: int, seed: int = 0):
     if mol is None:
         raise ValueError(f"invalid SMILES {smiles!r} (and no file of that name)")
     mol = Chem.AddHs(mol)
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
     params = AllChem.ETKDGv3()
-    params.randomSeed = int(seed)
+    # RDKit gives every conformer the same coordinates when randomSeed is 0 (checked with
+    # RDKit 2026.09 on ethanol), so the user's seed s maps to RDKit's seed s + 1
+    params.randomSeed = int(seed) + 1
     params.numThreads = 1  # reproducible order
     ids = AllChem.EmbedMultipleConfs(mol, numConfs=int(n_conformers), params=params)
     if len(ids) == 0:

@@ -58,6 +58,7 @@ def save(model: Ensemble, path: str, metadata: Dict[str, Any]) -> None:
     os.close(fd)
     try:
         torch.jit.save(scripted, tmp, _extra_files={keys.METADATA_FILE: json.dumps(metadata, indent=1)})
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -90,3 +91,20 @@ def load(path: str, device: str | torch.device = "cpu") -> Tuple[torch.jit.Scrip
         raise ValueError(f"{path} was written by a newer mfcalc (format {meta[keys.META_FORMAT_VERSION]}); upgrade")
     module.eval()
     return module, meta
+
+
+def update_metadata(path: str, **fields: Any) -> Dict[str, Any]:
+    """Add or replace metadata fields of an existing model file (atomically); returns the new metadata."""
+    module, meta = load(path)
+    meta.update(fields)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".pt.tmp", dir=directory)
+    os.close(fd)
+    try:
+        torch.jit.save(module, tmp, _extra_files={keys.METADATA_FILE: json.dumps(meta, indent=1)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return meta

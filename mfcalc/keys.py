@@ -41,6 +41,7 @@ META_TRAINING: Final = "training"  # summary: data, fidelity bindings, epochs, t
 META_METRICS: Final = "metrics"  # valid/test metrics per fidelity
 META_CREATED: Final = "created"  # ISO time
 META_DEFAULT_FIDELITY: Final = "default_fidelity"  # str, what MFCalculator uses when none is named
+META_SPREAD_WARNING: Final = "spread_warning_ev"  # float, ensemble energy spread above which users are warned
 
 MODEL_FORMAT: Final = "mfcalc-model"
 MODEL_FORMAT_VERSION: Final = 1

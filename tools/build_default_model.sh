@@ -9,9 +9,16 @@ mfcalc-train --data data/mf_reference.h5 \
     --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
     --fidelity "cc=ccsd(t)_dz.energy" \
     --out "$out" --split-by random --ensemble 4 --epochs 400 --batch-size 32 --lr 1e-3 --seed 0 \
-    --device cpu --max-minutes 50
+    --device cpu --max-minutes 40
 mfcalc-eval --model "$out/model.pt" --data data/mf_reference.h5 --split "$out/split.npz:test" \
     --fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
     --fidelity "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces" --json "$out/eval_test.json"
+python tools/spread_threshold.py "$out/model.pt" data/mf_reference.h5 "$out/split.npz"
 mkdir -p mfcalc/models
 cp "$out/model.pt" mfcalc/models/default.pt
+python - "$out" <<'PY'
+import json, sys, numpy as np
+out = sys.argv[1]
+np.savez("models/default_split.npz", **dict(np.load(f"{out}/split.npz")))
+json.dump(json.load(open(f"{out}/eval_test.json")), open("models/default_metrics.json", "w"), indent=1)
+PY

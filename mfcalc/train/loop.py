@@ -290,7 +290,8 @@ def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optio
         state = None
         tag = f"[{member + 1}/{t_cfg.ensemble}]" if t_cfg.ensemble > 1 else ""
 
-        while epoch < t_cfg.epochs and bad_epochs < t_cfg.early_stopping:
+        while epoch < t_cfg.epochs and bad_epochs < t_cfg.early_stopping \
+                and opt.param_groups[0]["lr"] >= t_cfg.min_lr:
             t0 = time.perf_counter()
             order = rng.permutation(split["train"])
             n_batches = (len(order) + t_cfg.batch_size - 1) // t_cfg.batch_size
@@ -329,8 +330,9 @@ def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optio
             vloss = _valid_loss(vstats, weights)
             sched.step(vloss)
             improved = vloss < best_loss
-            if improved:
-                best_loss, bad_epochs = vloss, 0
+            if improved:  # keep the best weights; only a relative gain of 1e-4 resets the patience
+                bad_epochs = 0 if vloss < best_loss * (1.0 - 1e-4) else bad_epochs + 1
+                best_loss = vloss
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad_epochs += 1

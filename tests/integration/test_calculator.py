@@ -234,3 +234,12 @@ def test_non_model_files_are_clear_errors(tmp_path):
         MFCalculator(str(plain))
     with pytest.raises(FileNotFoundError):
         MFCalculator(str(tmp_path / "missing.pt"))
+
+
+def test_calculator_import_path_has_no_training_code():
+    import subprocess
+    import sys
+
+    code = "import sys, mfcalc.calculator; bad = [m for m in sys.modules if m.startswith('mfcalc.train')]; " \
+           "assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
