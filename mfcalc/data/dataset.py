@@ -148,14 +148,16 @@ def collate(data: MFData, structures: np.ndarray, dtype: torch.dtype = torch.flo
 
 
 def iterate_batches(data: MFData, structures: np.ndarray, batch_size: int, shuffle: bool = False,
-                    rng: Optional[np.random.Generator] = None, dtype: torch.dtype = torch.float32) -> Iterator[Batch]:
-    """Yield batches over ``structures`` (shuffled with ``rng`` when asked)."""
+                    rng: Optional[np.random.Generator] = None, dtype: torch.dtype = torch.float32,
+                    forces_mask: Optional[np.ndarray] = None) -> Iterator[Batch]:
+    """Yield batches over ``structures`` (shuffled with ``rng`` when asked); ``forces_mask``
+    is ``data.forces_mask()`` when the caller has it already."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     structures = np.asarray(structures, dtype=np.int64)
     if shuffle:
         structures = (rng or np.random.default_rng()).permutation(structures)
-    fmask = data.forces_mask()
+    fmask = data.forces_mask() if forces_mask is None else forces_mask
     for start in range(0, len(structures), batch_size):
         yield collate(data, structures[start:start + batch_size], dtype=dtype, forces_mask=fmask)
 

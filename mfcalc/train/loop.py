@@ -326,7 +326,8 @@ def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optio
             epoch += 1
             model.eval()
             mine_valid = split["valid"][ctx.rank::ctx.world]
-            vstats = ctx.sum(accumulate_stats(model, resid, mine_valid, fid_names, t_cfg.batch_size, device, dtype))
+            vstats = ctx.sum(accumulate_stats(model, resid, mine_valid, fid_names, t_cfg.batch_size, device, dtype,
+                                              forces_mask=fmask))
             vloss = _valid_loss(vstats, weights)
             sched.step(vloss)
             improved = vloss < best_loss
@@ -382,7 +383,8 @@ def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optio
     metrics: Dict[str, Any] = {}
     for name in ("valid", "test"):
         idx = split[name][ctx.rank::ctx.world]
-        stats = ctx.sum(accumulate_stats(ensemble, resid, idx, fid_names, t_cfg.batch_size, device, dtype))
+        stats = ctx.sum(accumulate_stats(ensemble, resid, idx, fid_names, t_cfg.batch_size, device, dtype,
+                                         forces_mask=fmask))
         metrics[name] = stats_to_metrics(stats, fid_names)
     metrics["ensemble_size"] = len(members)
     metrics["epochs_run"] = len(log_rows)

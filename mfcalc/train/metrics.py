@@ -30,12 +30,13 @@ def residual_data(data: MFData, species: Sequence[int], reference: np.ndarray) -
 
 def accumulate_stats(model, data: MFData, structures: np.ndarray, model_fidelities: Sequence[str],
                      batch_size: int = 64, device: torch.device = torch.device("cpu"),
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                     dtype: torch.dtype = torch.float32, forces_mask: Optional[np.ndarray] = None) -> torch.Tensor:
     """Summed error statistics (F_data, 2, 3) of ``model`` on ``data`` (residual energies).
 
     ``model`` is anything with the model ``forward`` (eager, ensemble or TorchScript); its
     prediction compared to the residual energy is the sum of hierarchy levels n >= 1.
-    ``model_fidelities`` maps data fidelities to model heads by name.
+    ``model_fidelities`` maps data fidelities to model heads by name; ``forces_mask``
+    (``data.forces_mask()``) may be passed when the caller already has it (every epoch).
     """
     heads = []
     for name in data.fidelities:
@@ -44,7 +45,7 @@ def accumulate_stats(model, data: MFData, structures: np.ndarray, model_fideliti
         heads.append(list(model_fidelities).index(name))
     force_cols = [k for k, name in enumerate(data.fidelities) if name in data.forces]
     total = torch.zeros(len(data.fidelities), 2, 3, dtype=torch.float64)
-    for batch in iterate_batches(data, structures, batch_size, dtype=dtype):
+    for batch in iterate_batches(data, structures, batch_size, dtype=dtype, forces_mask=forces_mask):
         batch = batch.to(device)
         positions = batch.positions.detach().requires_grad_(bool(force_cols))
         with torch.set_grad_enabled(bool(force_cols)):
