@@ -21,7 +21,6 @@ Improvement of a multi-fidelity row over its SF-X/E baseline is (RMSE_SF - RMSE_
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys

@@ -60,7 +60,9 @@ def split_indices(data: MFData, valid_fraction: float = 0.1, test_fraction: floa
         sizes = np.ones(n, dtype=np.int64)
         members = [np.array([i]) for i in units[:, 0]]
     else:
-        codes = data.groups[by][0] if by in data.groups else data.group_labels(by)  # raises on unknown key
+        if by not in data.groups:
+            raise ValueError(f"no group column {by!r} in the data; available: {sorted(data.groups)}")
+        codes = data.groups[by][0]
         order = rng.permutation(int(codes.max()) + 1)
         by_group = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[by_group], np.arange(int(codes.max()) + 2))

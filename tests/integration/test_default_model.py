@@ -8,7 +8,7 @@ import pytest
 from ase.build import molecule
 
 from conftest import REFERENCE_H5, REPO
-from mfcalc import MFCalculator, export, keys
+from mfcalc import MFCalculator, keys
 from mfcalc.calculator import default_model_path
 from mfcalc.data import parse_fidelity
 from mfcalc.evaluate import evaluate_file

@@ -1,6 +1,5 @@
 """torchrun with 2 CPU processes (gloo) equals one process with the same global batch."""
 
-import shutil
 import subprocess
 import sys
 

@@ -1,12 +1,10 @@
 """Bad input to mfcalc-train / mfcalc-eval: a one-line error, exit status 2, no traceback."""
 
-import os
 import subprocess
 import sys
 
 import h5py
 import numpy as np
-import pytest
 
 from conftest import REFERENCE_H5
 

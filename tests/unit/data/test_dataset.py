@@ -77,7 +77,7 @@ def test_save_and_memory_mapped_load_round_trip(ref, tmp_path):
 
 def test_concatenate_aligns_fidelities_and_fills_nan(ref):
     a = ref.subset(np.arange(3))
-    b = read_hdf5_like = MFData(
+    b = MFData(
         fidelities=("xtb",), numbers=a.numbers, positions=a.positions, offsets=a.offsets, cell=a.cell, pbc=a.pbc,
         energy=np.ones((3, 1)), groups={"formula": a.groups["formula"]})
     both = concatenate([a, b])
