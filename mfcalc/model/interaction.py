@@ -12,8 +12,15 @@ and contracts them with one weight tensor V shared by all orders (weight tying):
     u^c_i = sum_p sum_nu s^c_nu(p) (z_j V_nu)                       (A, C, F_out)
     a_i   = u^0_i + t1 * sqrt(|u^{1}_i|^2 + eps) + t2 * sqrt(||U^{2}_i||_F^2 + eps) + W z_i + b
 
-The product z_j V_nu is formed per atom before the pair sum, which is the same linear map
-as hippynn's envsum-then-GEMM but never materialises a (P, C, N_s, F_in) tensor.
+Two facts keep the work per pair at N_s * F_out + C * F_out multiply-adds:
+
+* the product z_j V_nu is formed per atom before the pair sum (the same linear map as
+  hippynn's envsum-then-GEMM, but no (P, C, N_s, F_in) tensor is ever materialised);
+* every tensor component factorises into an angular part and the radial sensitivities,
+  s^c_nu(p) = a^c(r_hat_p) s_nu(r_p), so the sum over nu is done once per pair,
+  g_p = sum_nu s_nu(r_p) (z_j V_nu), and the C components are a^c(r_hat_p) g_p.
+  (1,500 atoms, 21,734 pairs, l = 2, one thread: energy+forces 218 -> 134 ms against
+  contracting the stacked (P, C, N_s) sensitivities; see tools/BENCHMARKS.md.)
 """
 
 from __future__ import annotations
@@ -55,22 +62,23 @@ class InteractionLayer(nn.Module):
         self.t1 = nn.Parameter(torch.randn(n_out)) if tensor_order >= 1 else None
         self.t2 = nn.Parameter(torch.randn(n_out)) if tensor_order >= 2 else None
 
-    def _angular(self, sens: Tensor, rhat: Tensor) -> Tensor:
-        """(P, N_s) sensitivities -> (P, C, N_s) with the tensor components stacked."""
-        parts = [sens[:, None, :]]
+    def _angular(self, rhat: Tensor) -> Tensor:
+        """(P, 3) unit vectors -> (P, C) angular factors [1, r_hat, traceless r_hat r_hat^T (5)]."""
+        parts = [torch.ones_like(rhat[:, :1])]
         if self.tensor_order >= 1:
-            parts.append(rhat[:, :, None] * sens[:, None, :])
+            parts.append(rhat)
         if self.tensor_order >= 2:
             x, y, z = rhat[:, 0], rhat[:, 1], rhat[:, 2]
-            quad = torch.stack([x * x - 1.0 / 3.0, x * y, x * z, y * y - 1.0 / 3.0, y * z], dim=1)
-            parts.append(quad[:, :, None] * sens[:, None, :])
+            parts.append(torch.stack([x * x - 1.0 / 3.0, x * y, x * z, y * y - 1.0 / 3.0, y * z], dim=1))
         return torch.cat(parts, dim=1)
 
     def forward(self, z: Tensor, pair_first: Tensor, pair_second: Tensor, r: Tensor, rhat: Tensor) -> Tensor:
         """z (A, F_in); pairs (P,) receiver/sender; r (P,) Angstrom; rhat (P, 3) -> (A, F_out)."""
-        sens = self._angular(self.sensitivity(r), rhat)  # (P, C, N_s)
         z_v = torch.einsum("af,nfo->ano", z, self.V)  # (A, N_s, F_out)
-        per_pair = torch.bmm(sens, z_v[pair_second])  # (P, C, F_out)
+        radial = self.sensitivity(r)  # (P, N_s)
+        # index_select, not z_v[pair_second]: a plain row gather, 2x faster on CPU
+        g = torch.bmm(radial[:, None, :], z_v.index_select(0, pair_second)).squeeze(1)  # (P, F_out)
+        per_pair = self._angular(rhat)[:, :, None] * g[:, None, :]  # (P, C, F_out)
         u = torch.zeros(z.shape[0], self.n_components, z_v.shape[2], dtype=z.dtype, device=z.device)
         u = u.index_add(0, pair_first, per_pair)
         out = u[:, 0] + self.self_linear(z)

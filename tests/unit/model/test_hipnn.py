@@ -240,3 +240,47 @@ def test_unsorted_mol_index_is_rejected():
     mol = torch.tensor([1, 0] + [1] * (len(z) - 2))
     with pytest.raises(ValueError, match="mol_index must be sorted"):
         model(z, pos, mol, 2)
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_interaction_layer_equals_the_spec_formula_written_out(order):
+    """The factorised layer (radial sum once per pair, angular factors after) against the spec
+    written out literally: full per-pair sensitivities s^c_nu, environment sums of z_j, the
+    same V for every component, and the l = 2 norm from the full 3x3 traceless tensor."""
+    from mfcalc.model.interaction import InteractionLayer
+
+    torch.manual_seed(order)
+    n_atoms, f_in, f_out, n_s, eps = 7, 5, 4, 6, 1e-4
+    layer = InteractionLayer(f_in, f_out, n_s, order, 0.75, 4.5, 5.5, cusp_reg=eps).double()
+    z = torch.randn(n_atoms, f_in, dtype=torch.float64)
+    pos = 1.5 * torch.randn(n_atoms, 3, dtype=torch.float64)
+    i, j = torch.meshgrid(torch.arange(n_atoms), torch.arange(n_atoms), indexing="ij")
+    keep = i != j
+    first, second = i[keep], j[keep]
+    vec = pos[second] - pos[first]
+    r = vec.norm(dim=1)
+    rhat = vec / r[:, None]
+    got = layer(z, first, second, r, rhat)
+
+    s = layer.sensitivity(r)  # (P, N_s), includes the cutoff
+    env0 = torch.zeros(n_atoms, n_s, f_in, dtype=torch.float64)  # e^nu_i = sum_j s_nu z_j
+    env1 = torch.zeros(n_atoms, 3, n_s, f_in, dtype=torch.float64)
+    env2 = torch.zeros(n_atoms, 3, 3, n_s, f_in, dtype=torch.float64)
+    eye = torch.eye(3, dtype=torch.float64)
+    for p in range(len(first)):
+        a, b = int(first[p]), int(second[p])
+        outer = s[p][:, None] * z[b][None, :]
+        env0[a] += outer
+        env1[a] += rhat[p][:, None, None] * outer
+        quad = torch.outer(rhat[p], rhat[p]) - eye / 3
+        env2[a] += quad[:, :, None, None] * outer
+    V = layer.V  # (N_s, F_in, F_out)
+    u0 = torch.einsum("anf,nfo->ao", env0, V)
+    want = u0 + layer.self_linear(z)
+    if order >= 1:
+        u1 = torch.einsum("acnf,nfo->aco", env1, V)
+        want = want + layer.t1 * torch.sqrt((u1 ** 2).sum(dim=1) + eps)
+    if order >= 2:
+        u2 = torch.einsum("acdnf,nfo->acdo", env2, V)  # full 3x3 per feature
+        want = want + layer.t2 * torch.sqrt((u2 ** 2).sum(dim=(1, 2)) + eps)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

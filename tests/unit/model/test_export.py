@@ -1,0 +1,29 @@
+"""Model files: rescript keeps weights and metadata and gives the same numbers."""
+
+import torch
+
+from conftest import ethanol
+from mfcalc import export, keys
+from mfcalc.model import MultiFidelityHipnn
+from mfcalc.model.ensemble import Ensemble
+
+
+def test_rescript_keeps_weights_metadata_and_results(tmp_path):
+    torch.manual_seed(0)
+    members = [MultiFidelityHipnn([1, 6, 8], ["dft", "cc"], n_features=6, n_sensitivities=4) for _ in range(2)]
+    model = Ensemble(members).double()
+    path, out = str(tmp_path / "old.pt"), str(tmp_path / "new.pt")
+    export.save(model, path, export.build_metadata(model, metrics={"note": "kept"}))
+    meta = export.rescript(path, out)
+    old, _ = export.load(path)
+    new, new_meta = export.load(out)
+    assert new_meta[keys.META_METRICS] == {"note": "kept"}
+    assert new_meta[keys.META_RESCRIPTED].startswith("mfcalc ") and meta == new_meta
+    z, pos = ethanol()
+    mol = torch.zeros(len(z), dtype=torch.long)
+    for k in range(2):
+        e_old, f_old = old.energy_and_forces(z, pos, mol, 1, k)
+        e_new, f_new = new.energy_and_forces(z, pos, mol, 1, k)
+        torch.testing.assert_close(e_new, e_old, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(f_new, f_old, rtol=1e-12, atol=1e-12)
+    assert next(new.parameters()).dtype == torch.float64
