@@ -17,6 +17,7 @@ import torch
 
 from mfcalc import keys
 from mfcalc.model.ensemble import Ensemble
+from mfcalc.model.hipnn import MultiFidelityHipnn
 
 
 def build_metadata(model: Ensemble, training: Optional[Dict[str, Any]] = None,
@@ -107,4 +108,25 @@ def update_metadata(path: str, **fields: Any) -> Dict[str, Any]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return meta
+
+
+def rescript(path: str, out: Optional[str] = None) -> Dict[str, Any]:
+    """Re-save a model file with the installed mfcalc's code: same weights, same metadata.
+
+    A TorchScript file carries the code it was saved with, so a model trained with an older
+    mfcalc keeps that version's kernels; this rebuilds the eager model from the file's
+    hyper-parameters, loads its weights and scripts it again.  Returns the metadata written.
+    """
+    from mfcalc import __version__
+
+    module, meta = load(path)
+    members = [MultiFidelityHipnn.from_hparams(json.dumps(meta[keys.META_HPARAMS]))
+               for _ in range(int(meta.get(keys.META_ENSEMBLE_SIZE, 1)))]
+    model = Ensemble(members).to(next(module.parameters()).dtype)
+    wanted = model.state_dict()  # scripted files also list non-persistent buffers (species_table)
+    model.load_state_dict({k: v for k, v in module.state_dict().items() if k in wanted})
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+    meta[keys.META_RESCRIPTED] = f"mfcalc {__version__}, {now}"
+    save(model, out or path, meta)
     return meta

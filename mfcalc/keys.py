@@ -40,6 +40,7 @@ META_VERSION: Final = "mfcalc_version"
 META_TRAINING: Final = "training"  # summary: data, fidelity bindings, epochs, time
 META_METRICS: Final = "metrics"  # valid/test metrics per fidelity
 META_CREATED: Final = "created"  # ISO time
+META_RESCRIPTED: Final = "rescripted"  # mfcalc version and time of the last export.rescript
 META_DEFAULT_FIDELITY: Final = "default_fidelity"  # str, what MFCalculator uses when none is named
 META_SPREAD_WARNING: Final = "spread_warning_ev"  # float, ensemble energy spread above which users are warned
 
