@@ -34,3 +34,29 @@ def test_mfl_benchmark_matrix_covers_the_issue_rows():
     assert {"SF-dft/E", "SF-dft/EF", "MF-xtb/E-dft/E", "MF-xtb/EF-dft/E", "MF-xtb/EF-dft/EF", "SF-cc/E",
             "MF-dft/E-cc/E", "MF-dft/EF-cc/E", "MF-xtb/EF-dft/EF-cc/E"} <= names
     assert any("@10%" in n for n in names) and any("@25%" in n for n in names)
+
+
+def test_bench_speed_runs_every_section_and_prints_one_table(capsys):
+    tool = load_tool("bench_speed")
+    rc = tool.main(["--repeats", "2", "--md-steps", "4", "--n-batch", "10", "--batch-size-infer", "5",
+                    "--train-steps", "1", "--batch-size-train", "4", "--water-sizes", "8", "27", "--peers"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    cases = [r.split("|")[2].strip() for r in rows[1:]]
+    assert [c for c in cases if c.startswith("energy+forces")] == [f"energy+forces, {n} atoms" for n in (5, 9, 21, 100)]
+    assert "VelocityVerlet, 9 atoms" in cases and "fitted exponent a, time ~ N^a" in cases
+    for row in rows[1:]:
+        mfcalc_value = row.split("|")[4].strip()
+        assert mfcalc_value != "-" and float(mfcalc_value) >= 0, row  # every section measured mfcalc
+    assert "parameters: mfcalc" in out and "command: python tools/bench_speed.py" in out
+
+
+def test_bench_speed_water_box_has_liquid_density():
+    tool = load_tool("bench_speed")
+    for n in (8, 36):
+        atoms = tool.water_box(n)
+        assert len(atoms) == 3 * n
+        assert abs(atoms.get_volume() / n - 29.9) < 1e-6
+        d = atoms.get_all_distances(mic=True)[::3, ::3]  # oxygen-oxygen
+        assert d[d > 0].min() > 2.45  # no overlapping molecules
