@@ -93,6 +93,7 @@ class TrainSettings:
     early_stopping: int = 20  # epochs without a relative improvement of 1e-4 in the validation loss
     min_lr: float = 1e-5  # stop once the plateau schedule has decayed the learning rate below this
     grad_clip: float = 10.0
+    energy_loss: str = "structure"  # "structure" (total energies, as in the papers) or "atom" (per atom)
     max_structures: Optional[int] = None  # random subsample of the data (quick experiments)
 
 
@@ -129,6 +130,8 @@ class RunConfig:
             raise ValueError("train settings need epochs >= 0, batch_size >= 1, lr > 0, ensemble >= 1")
         if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {t.device!r}")
+        if t.energy_loss not in ("structure", "atom"):
+            raise ValueError(f"energy_loss must be 'structure' or 'atom', got {t.energy_loss!r}")
         if t.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {t.dtype!r}")
         if self.model.tensor_order not in (0, 1, 2):

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-fraction", type=float)
     t.add_argument("--split-by", metavar="KEY|random", help="group column (smiles, formula, source) or random")
     t.add_argument("--max-structures", type=int, help="train on a random subset of this size")
+    t.add_argument("--energy-loss", choices=["structure", "atom"],
+                   help="compare energies per structure (default) or per atom in the loss")
     m = p.add_argument_group("model")
     m.add_argument("--tensor-order", type=int, choices=[0, 1, 2])
     m.add_argument("--n-features", type=int)
@@ -96,7 +98,7 @@ def config_from_args(args: argparse.Namespace):
         for k, v in w.items():
             setattr(match[0], k, v)
     for key in ("epochs", "max_minutes", "batch_size", "lr", "seed", "device", "dtype", "ensemble",
-                "valid_fraction", "test_fraction", "split_by", "max_structures"):
+                "valid_fraction", "test_fraction", "split_by", "max_structures", "energy_loss"):
         val = getattr(args, key)
         if val is not None:
             setattr(cfg.train, key, val)

@@ -306,7 +306,7 @@ def _train(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optio
                 pred, forces, hier = step(batch.numbers, batch.positions, batch.mol_index, batch.n_mol, batch.cell,
                                           batch.pbc, fids)
                 stats = batch_stats(pred, batch.energy, batch.energy_mask, forces, batch.forces, batch.forces_mask,
-                                    batch.mol_index, fids)
+                                    batch.mol_index, fids, energy_per_atom=t_cfg.energy_loss == "atom")
                 packed = torch.cat([stats.reshape(-1), hier.sum(dim=0),
                                     torch.tensor([float(batch.n_mol)], dtype=stats.dtype, device=stats.device)])
                 packed = ctx.sum_differentiable(packed)

@@ -10,7 +10,7 @@ Loss (architecture.md), with errors in kcal/mol and kcal/mol/Angstrom:
     L = sum_t  w_E,t (RMSE_E,t + MAE_E,t) + w_F,t (RMSE_F,t + MAE_F,t) + w_H,t mean_mol(H_t)
 
 Energies are compared **per structure** (total energy, not per atom), as in the HIP-NN
-and multi-fidelity papers.  Each term runs over the structures that carry that label
+and multi-fidelity papers, or per atom with ``energy_per_atom`` (``--energy-loss atom``).  Each term runs over the structures that carry that label
 only; a fidelity without forces (or without any label in the batch) contributes nothing.
 """
 
@@ -45,7 +45,8 @@ def error_stats(err: Tensor, mask: Tensor) -> Tensor:
 
 
 def batch_stats(pred_energy: Tensor, energy: Tensor, energy_mask: Tensor, pred_forces: Tensor, forces: Tensor,
-                forces_mask: Tensor, mol_index: Tensor, force_fidelities: Sequence[int]) -> Tensor:
+                forces_mask: Tensor, mol_index: Tensor, force_fidelities: Sequence[int],
+                energy_per_atom: bool = False) -> Tensor:
     """Error statistics (F, 2, 3) in eV and eV/Angstrom for one batch.
 
     Args:
@@ -53,12 +54,18 @@ def batch_stats(pred_energy: Tensor, energy: Tensor, energy_mask: Tensor, pred_f
         energy_mask, forces_mask: (B, F) bool.
         pred_forces, forces: (A, F, 3); only ``force_fidelities`` columns are compared.
         mol_index: (A,) structure of each atom.
+        energy_per_atom: compare energies per atom (eV/atom) instead of per structure, so
+            large structures do not dominate the energy term (a training option; reported
+            metrics stay per structure).
     """
     n_fid = energy.shape[1]
     rows: List[Tensor] = []
     zero = torch.zeros(3, dtype=pred_energy.dtype, device=pred_energy.device)
+    scale = torch.ones(energy.shape[0], dtype=energy.dtype, device=energy.device)
+    if energy_per_atom:
+        scale = 1.0 / torch.bincount(mol_index, minlength=energy.shape[0]).clamp(min=1).to(energy.dtype)
     for k in range(n_fid):
-        e_stats = error_stats(pred_energy[:, k] - energy[:, k], energy_mask[:, k])
+        e_stats = error_stats((pred_energy[:, k] - energy[:, k]) * scale, energy_mask[:, k])
         if k in force_fidelities:
             atom_mask = forces_mask[mol_index, k][:, None]
             f_stats = error_stats(pred_forces[:, k] - forces[:, k], atom_mask)

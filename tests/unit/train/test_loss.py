@@ -68,3 +68,28 @@ def test_loss_is_rmse_plus_mae_in_kcal_per_mol():
     loss = total_loss(stats, torch.zeros(1, dtype=torch.float64), torch.tensor(1.0), LossWeights([1.0], [1.0], [0.0]))
     expected = (np.sqrt(0.1 / 2) + 0.4 / 2) / KCAL_MOL_EV
     assert float(loss) == pytest.approx(expected, rel=1e-9)
+
+
+def test_per_atom_energy_loss_divides_each_structure_error_by_its_atom_count():
+    pred = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    ref = torch.tensor([[0.4], [2.9]], dtype=torch.float64)
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    mol = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1])  # 3 and 6 atoms
+    zeros = torch.zeros(9, 1, 3, dtype=torch.float64)
+    per_structure = batch_stats(pred, ref, mask, zeros, zeros, mask, mol, [])
+    per_atom = batch_stats(pred, ref, mask, zeros, zeros, mask, mol, [], energy_per_atom=True)
+    assert per_structure[0, 0].tolist() == pytest.approx([0.6 ** 2 + 0.9 ** 2, 1.5, 2])
+    assert per_atom[0, 0].tolist() == pytest.approx([0.2 ** 2 + 0.15 ** 2, 0.35, 2])
+
+
+def test_energy_loss_setting_is_checked_and_reaches_the_cli():
+    from mfcalc.cli.train import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--data", "x.h5", "--fidelity", "dft=e", "--out", "o", "--energy-loss", "atom"])
+    assert config_from_args(args).train.energy_loss == "atom"
+    from mfcalc.config import RunConfig, FidelityConfig
+
+    cfg = RunConfig(data=["x.h5"], fidelities=[FidelityConfig("dft", "e")])
+    cfg.train.energy_loss = "molecule"
+    with pytest.raises(ValueError, match="energy_loss"):
+        cfg.validate()
