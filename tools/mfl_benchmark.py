@@ -16,6 +16,7 @@ Improvement of a multi-fidelity row over its SF-X/E baseline is (RMSE_SF - RMSE_
 
     python tools/mfl_benchmark.py --seeds 3 --epochs 150 --json mfl.json       # full matrix
     python tools/mfl_benchmark.py --rows SF-cc/E MF-dft/EF-cc/E --seeds 1      # a subset
+    python tools/mfl_benchmark.py --report tools/results/mfl_*.json              # one table from saved runs
 """
 
 from __future__ import annotations
@@ -124,29 +125,34 @@ def run_row(row: Row, split_by: str, seed: int, args, full, workdir: str) -> Dic
         data.energy[hide, names.index(row.target)] = np.nan
     cfg = RunConfig(
         data=[DATA], out=os.path.join(workdir, f"{row.name.replace('/', '_')}-{split_by}-{seed}"),
-        fidelities=[FidelityConfig(s.name, s.energy_key, s.forces_key) for s in specs])
+        fidelities=[FidelityConfig(s.name, s.energy_key, s.forces_key, **args.weights.get(s.name, {}))
+                    for s in specs])
     cfg.model.n_features, cfg.model.n_sensitivities = args.n_features, args.n_sensitivities
     cfg.model.n_atom_layers, cfg.model.tensor_order = args.n_atom_layers, args.tensor_order
+    cfg.model.cusp_reg = args.cusp_reg
     t = cfg.train
     t.epochs, t.batch_size, t.lr, t.seed, t.device = args.epochs, args.batch_size, args.lr, seed, "cpu"
     t.valid_fraction, t.test_fraction, t.split_by, t.max_minutes = args.valid_fraction, args.test_fraction, \
         split_by, args.max_minutes
-    t.early_stopping = args.early_stopping
+    t.early_stopping, t.energy_loss = args.early_stopping, args.energy_loss
     metrics = train(cfg, log=lambda _msg: None, data=data, split=split)  # one fixed split for every row
     model, _meta = export.load(os.path.join(cfg.out, "model.pt"))
     model = model.double()
-    # score the target on the test split, and CCSD(T) forces wherever they exist
-    m = metrics["test"][row.target]
+    # score the target on the test (or validation) split, and CCSD(T) forces wherever they exist
+    scored = args.score_on
+    m = metrics[scored][row.target]
     out: Dict[str, Optional[float]] = {
         "energy_rmse": m["energy_rmse_kcal_mol"], "energy_mae": m["energy_mae_kcal_mol"],
         "forces_rmse": m["forces_rmse_kcal_mol_a"] if row.target != "cc" else None,
-        "rel_energy_rmse": relative_energy_rmse(model, full.with_fidelities([row.target]), split["test"], row.target),
+        "rel_energy_rmse": relative_energy_rmse(model, full.with_fidelities([row.target]), split[scored], row.target),
     }
     if row.target == "dft" and out["forces_rmse"] is None:  # dft forces not trained: still score them
-        out["forces_rmse"] = score_forces(model, full, "dft", split["test"], _meta)
+        out["forces_rmse"] = score_forces(model, full, "dft", split[scored], _meta)
     if row.target == "cc":
         has = np.nonzero(full.forces_mask()[:, full.fidelities.index("cc")])[0]
-        out["forces_rmse"] = score_forces(model, full, "cc", has, _meta)
+        if scored == "valid":  # investigations look at validation structures only
+            has = np.intersect1d(has, split["valid"])
+        out["forces_rmse"] = score_forces(model, full, "cc", has, _meta) if len(has) else None
     return out
 
 
@@ -169,6 +175,71 @@ def summarise(values: Sequence[Optional[float]]):
     return float(v.mean()), float(half)
 
 
+def gain(base: Optional[float], value: Optional[float]) -> Optional[float]:
+    """The paper's improvement, (RMSE_SF - RMSE_MF) / RMSE_SF, in percent."""
+    if not base or value is None:
+        return None
+    return 100.0 * (base - value) / base
+
+
+def print_table(results: Dict[str, Dict[str, List[Dict]]], rows: Sequence[Row], header: str,
+                markdown: bool = False) -> Dict:
+    """Mean +- 95 % interval per row and split, with gains over the row's SF-X/E baseline."""
+    summary: Dict = {}
+    for split_by, by_row in results.items():
+        for name, runs in by_row.items():
+            summary.setdefault(split_by, {})[name] = {k: summarise([r[k] for r in runs]) for k in runs[0]}
+
+    def fmt(cols, key, width=15):
+        mean, half = cols[key]
+        if mean is None:
+            return "-" if markdown else f"{'-':>{width}}"
+        return f"{mean:.2f} +- {half:.2f}" if markdown else f"{mean:7.3f} +- {half:5.2f}"
+
+    if markdown:
+        print("| split | case | row | n | E RMSE | relE RMSE | F RMSE | vs | E gain | F gain |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+    for split_by, by_row in results.items():
+        label = "grouped (unseen molecules)" if split_by == "smiles" else "random (in-sample)"
+        if not markdown:
+            print(f"\nsplit: {label}; {header}; mean +- 95% interval; kcal/mol, kcal/mol/A")
+            print(f"{'case':<30} {'row':<24} {'E RMSE':>15} {'E MAE':>7} {'relE RMSE':>15} {'F RMSE':>15} "
+                  f"{'dE %':>6} {'dF %':>6}")
+        for row in rows:
+            if row.name not in by_row:
+                continue
+            cols = summary[split_by][row.name]
+            base = summary[split_by].get(row.baseline) if row.baseline else None
+            ge = gain(base["energy_rmse"][0], cols["energy_rmse"][0]) if base else None
+            gf = gain(base["forces_rmse"][0], cols["forces_rmse"][0]) if base else None
+            if markdown:
+                print(f"| {label} | {row.case} | {row.name} | {len(by_row[row.name])} | {fmt(cols, 'energy_rmse')} | "
+                      f"{fmt(cols, 'rel_energy_rmse')} | {fmt(cols, 'forces_rmse')} | {row.baseline if base else ''} | "
+                      f"{'' if ge is None else f'{ge:.0f} %'} | {'' if gf is None else f'{gf:.0f} %'} |")
+            else:
+                print(f"{row.case:<30} {row.name:<24} {fmt(cols, 'energy_rmse')} {cols['energy_mae'][0]:7.3f} "
+                      f"{fmt(cols, 'rel_energy_rmse')} {fmt(cols, 'forces_rmse')} "
+                      f"{'' if ge is None else f'{ge:6.0f}':>6} {'' if gf is None else f'{gf:6.0f}':>6}")
+    return summary
+
+
+def report(paths: Sequence[str]) -> int:
+    """Merge the per-seed results of several --json files and print one markdown table."""
+    merged: Dict[str, Dict[str, List[Dict]]] = {}
+    for path in paths:
+        with open(path) as fh:
+            doc = json.load(fh)
+        for split_by, by_row in doc["results"].items():
+            for name, runs in by_row.items():
+                if name in merged.get(split_by, {}):
+                    raise SystemExit(f"{path}: row {name!r} ({split_by}) is already in an earlier file")
+                merged.setdefault(split_by, {})[name] = runs
+    order = {"smiles": 1, "random": 0}
+    merged = dict(sorted(merged.items(), key=lambda kv: order.get(kv[0], 2)))
+    print_table(merged, matrix(), "merged", markdown=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", nargs="*", help="row names to run (default: all)")
@@ -184,11 +255,28 @@ def main(argv=None) -> int:
     p.add_argument("--n-sensitivities", type=int, default=20)
     p.add_argument("--n-atom-layers", type=int, default=3)
     p.add_argument("--tensor-order", type=int, default=2)
+    p.add_argument("--cusp-reg", type=float, default=1e-4, help="eps in the tensor-sensitivity norms")
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--energy-loss", choices=["structure", "atom"], default="structure")
+    p.add_argument("--loss-weight", action="append", default=[], metavar="NAME:energy=W,forces=W,hier=W",
+                   help="loss weights of a fidelity wherever a row trains it (as mfcalc-train)")
+    p.add_argument("--score-on", choices=["test", "valid"], default="test",
+                   help="valid: score on the validation split (for investigating recipes without "
+                        "looking at the test split)")
     p.add_argument("--json", help="write all per-seed results and the summary here")
+    p.add_argument("--report", nargs="+", metavar="JSON", help="train nothing: merge these --json files and "
+                   "print one markdown table")
     p.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     args = p.parse_args(argv)
+    if args.report:
+        return report(args.report)
+    from mfcalc.cli.train import parse_loss_weight
+
+    try:
+        args.weights = dict(parse_loss_weight(text) for text in args.loss_weight)
+    except ValueError as exc:
+        p.error(str(exc))
 
     rows = [r for r in matrix() if not args.rows or r.name in args.rows]
     unknown = set(args.rows or []) - {r.name for r in matrix()}
@@ -210,31 +298,8 @@ def main(argv=None) -> int:
                       + ", ".join(f"{k} {v:.3f}" for k, v in res.items() if v is not None)
                       + f"  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
 
-    summary = {}
-    for split_by, by_row in results.items():
-        print(f"\nsplit: {split_by} ({'test molecules unseen' if split_by == 'smiles' else 'in-sample'}); "
-              f"{args.seeds} seeds, mean +- 95% interval; kcal/mol, kcal/mol/A")
-        print(f"{'case':<30} {'row':<24} {'E RMSE':>15} {'E MAE':>7} {'relE RMSE':>15} {'F RMSE':>15} "
-              f"{'dE %':>6} {'dF %':>6}")
-        for row in rows:
-            if row.name not in by_row:
-                continue
-            cols = {k: summarise([r[k] for r in by_row[row.name]]) for k in by_row[row.name][0]}
-            summary.setdefault(split_by, {})[row.name] = cols
-            gain_e = gain_f = ""
-            if row.baseline and row.baseline in summary.get(split_by, {}):
-                base = summary[split_by][row.baseline]
-                if base["energy_rmse"][0]:
-                    gain_e = f"{100 * (base['energy_rmse'][0] - cols['energy_rmse'][0]) / base['energy_rmse'][0]:6.0f}"
-                if base["forces_rmse"][0] and cols["forces_rmse"][0]:
-                    gain_f = f"{100 * (base['forces_rmse'][0] - cols['forces_rmse'][0]) / base['forces_rmse'][0]:6.0f}"
-
-            def fmt(key):
-                mean, half = cols[key]
-                return f"{mean:7.3f} +- {half:5.2f}" if mean is not None else f"{'-':>15}"
-
-            print(f"{row.case:<30} {row.name:<24} {fmt('energy_rmse')} {cols['energy_mae'][0]:7.3f} "
-                  f"{fmt('rel_energy_rmse')} {fmt('forces_rmse')} {gain_e:>6} {gain_f:>6}")
+    header = f"scored on the {args.score_on} split; {args.seeds} seeds"
+    summary = print_table(results, rows, header)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"settings": vars(args), "results": results, "summary": summary}, fh, indent=1)

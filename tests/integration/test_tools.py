@@ -60,3 +60,20 @@ def test_bench_speed_water_box_has_liquid_density():
         assert abs(atoms.get_volume() / n - 29.9) < 1e-6
         d = atoms.get_all_distances(mic=True)[::3, ::3]  # oxygen-oxygen
         assert d[d > 0].min() > 2.45  # no overlapping molecules
+
+
+def test_mfl_report_merges_saved_runs_into_one_markdown_table(tmp_path, capsys):
+    tool = load_tool("mfl_benchmark")
+    run = {"energy_rmse": 2.0, "energy_mae": 1.5, "forces_rmse": 20.0, "rel_energy_rmse": 1.0}
+    better = {"energy_rmse": 1.0, "energy_mae": 0.8, "forces_rmse": 8.0, "rel_energy_rmse": 0.5}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"results": {"random": {"SF-cc/E": [run, run]}}}))
+    b.write_text(json.dumps({"results": {"random": {"MF-dft/EF-cc/E": [better, better]}}}))
+    assert tool.main(["--report", str(a), str(b)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mf = next(line for line in lines if "| MF-dft/EF-cc/E |" in line)
+    assert "| SF-cc/E | 50 % | 60 % |" in mf  # (2 - 1) / 2 and (20 - 8) / 20
+    import pytest
+
+    with pytest.raises(SystemExit, match="already"):
+        tool.main(["--report", str(a), str(a)])
