@@ -61,6 +61,8 @@ class MFCalculator(Calculator):
         neighbor_backend: ``"auto"``, ``"torch"`` or ``"cluster"`` (torch-cluster).
         spread_warning: warn when the ensemble energy spread exceeds this many eV; ``None``
             takes the model file's documented threshold (``spread_warning_ev``), if any.
+        freeze: TorchScript-freeze the model (weights become constants; ~1.5x faster per
+            call for small molecules).  ``calc.model`` is then inference-only.
 
     Raises:
         FileNotFoundError: no such model file (or no default model shipped).
@@ -72,7 +74,7 @@ class MFCalculator(Calculator):
 
     def __init__(self, model: ModelLike = None, fidelity: Optional[str] = None, device: str = "auto",
                  dtype: Optional[str] = None, skin: float = 0.5, neighbor_backend: str = "auto",
-                 spread_warning: Optional[float] = None, **kwargs):
+                 spread_warning: Optional[float] = None, freeze: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.device = _resolve_device(device)
         if model is None:
@@ -96,9 +98,10 @@ class MFCalculator(Calculator):
         self.dtype = {"float32": torch.float32, "float64": torch.float64, None: model_dtype}.get(dtype)
         if self.dtype is None:
             raise ValueError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
-        self.model = module.to(device=self.device, dtype=self.dtype).eval()
-        for p in self.model.parameters():
+        module = module.to(device=self.device, dtype=self.dtype).eval()
+        for p in module.parameters():
             p.requires_grad_(False)
+        self.model = export.freeze(module) if freeze else module
         self.skin = float(skin)
         self.neighbor_backend = neighbor_backend
         self.spread_warning = spread_warning if spread_warning is not None else meta.get(keys.META_SPREAD_WARNING)

@@ -301,7 +301,7 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
         raise FileNotFoundError(f"model file not found: {path}")
     dev = _resolve_device(device)
     net, meta = export.load(path, device=dev)
-    net = net.to(torch.float64)
+    net = export.freeze(net.to(torch.float64))
     fidelities = list(meta[keys.META_FIDELITIES])
     fidelity = fidelity or meta.get(keys.META_DEFAULT_FIDELITY) or fidelities[-1]
     if fidelity not in fidelities:

@@ -243,3 +243,26 @@ def test_calculator_import_path_has_no_training_code():
     code = "import sys, mfcalc.calculator; bad = [m for m in sys.modules if m.startswith('mfcalc.train')]; " \
            "assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_frozen_model_gives_the_same_energy_forces_and_stress_as_unfrozen(trained_model):
+    """Freezing (the default) only changes speed: same numbers, on molecules and periodic cells."""
+    frozen = MFCalculator(str(trained_model), fidelity="cc", dtype="float64")
+    plain = MFCalculator(str(trained_model), fidelity="cc", dtype="float64", freeze=False)
+    assert not list(frozen.model.parameters()) and list(plain.model.parameters())  # weights are constants
+    water = Atoms("OH2", positions=[[0, 0, 0.12], [0, 0.76, -0.48], [0, -0.76, -0.48]], cell=[4.5] * 3, pbc=True)
+    for atoms in (ethanol_atoms(), water):
+        results = []
+        for calc in (frozen, plain):
+            a = atoms.copy()
+            a.calc = calc
+            results.append((a.get_potential_energy(), a.get_forces(),
+                            a.get_stress() if a.pbc.all() else np.zeros(6)))
+        assert results[0][0] == pytest.approx(results[1][0], abs=1e-10)
+        np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-10)
+        np.testing.assert_allclose(results[0][2], results[1][2], atol=1e-10)
+    for fid in ("xtb", "dft"):  # switching heads still works on the frozen model
+        frozen.fidelity = plain.fidelity = fid
+        a, b = ethanol_atoms(), ethanol_atoms()
+        a.calc, b.calc = frozen, plain
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
