@@ -207,8 +207,8 @@ class Mfcalc(Impl):
         self.eager = MultiFidelityHipnn(SPECIES, FIDELITIES, **size)
         self.path = os.path.join(workdir, "mfcalc.pt")
         export.save(Ensemble([self.eager]), self.path, export.build_metadata(Ensemble([self.eager])))
-        self.scripted, _ = export.load(self.path, device=device)
-        self.scripted = self.scripted.to(dtype)
+        scripted, _ = export.load(self.path, device=device)
+        self.scripted = export.freeze(scripted.to(dtype))  # as MFCalculator runs it
         self.device, self.dtype = device, dtype
 
     def n_params(self):
