@@ -26,6 +26,8 @@ from mfcalc.units import KCAL_MOL_EV
 # FIRE parameters (ASE's defaults)
 FIRE_DT, FIRE_DTMAX, FIRE_MAXSTEP = 0.1, 1.0, 0.2
 FIRE_NMIN, FIRE_FINC, FIRE_FDEC, FIRE_ASTART, FIRE_FA = 5, 1.1, 0.5, 0.1, 0.99
+LBFGS_MEMORY, LBFGS_MAXSTEP, LBFGS_H0 = 20, 0.2, 1.0 / 70.0  # ASE's LBFGS: maxstep 0.2 A, alpha 70 eV/A^2
+OPTIMIZERS = ("lbfgs", "fire")
 EXPLODED_FORCE = 1e3  # eV/Angstrom: a conformer this far from any minimum is reported as failed
 
 
@@ -144,11 +146,70 @@ def read_conformers(path: str):
 
 
 # ---- batched optimisation ----------------------------------------------------------------------
+class _BatchedLBFGS:
+    """L-BFGS for many conformers at once, each with its own history (ASE's LBFGS, vectorised).
+
+    Two-loop recursion over the last ``LBFGS_MEMORY`` steps; the initial inverse Hessian is
+    ASE's 1/alpha before any curvature is known, then the usual s.y / y.y scaling.  A
+    conformer whose energy went up, or whose new pair has no positive curvature, drops its
+    history and takes a steepest-descent step; no atom moves more than ``LBFGS_MAXSTEP``.
+    """
+
+    def __init__(self, n_conf: int, n_dof: int):
+        self.S = np.zeros((n_conf, LBFGS_MEMORY, n_dof))
+        self.Y = np.zeros((n_conf, LBFGS_MEMORY, n_dof))
+        self.rho = np.zeros((n_conf, LBFGS_MEMORY))  # 0 marks an empty slot: it then contributes nothing
+        self.r0 = np.zeros((n_conf, n_dof))
+        self.g0 = np.zeros((n_conf, n_dof))
+        self.e0 = np.full(n_conf, np.inf)
+        self.started = np.zeros(n_conf, dtype=bool)
+
+    def step(self, idx: np.ndarray, r: np.ndarray, f: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """Displacements (k, N, 3) for conformers ``idx`` at positions r, forces f, energies e."""
+        k = len(idx)
+        x, g = r.reshape(k, -1), -f.reshape(k, -1)
+        prev = self.started[idx]
+        s, y = x - self.r0[idx], g - self.g0[idx]
+        sy = (s * y).sum(axis=1)
+        keep = prev & (sy > 1e-12) & (e <= self.e0[idx] + 1e-6)
+        reset = prev & ~keep
+        S, Y, rho = self.S[idx], self.Y[idx], self.rho[idx]
+        S[reset], Y[reset], rho[reset] = 0.0, 0.0, 0.0
+        S[keep], Y[keep], rho[keep] = np.roll(S[keep], -1, axis=1), np.roll(Y[keep], -1, axis=1), \
+            np.roll(rho[keep], -1, axis=1)
+        S[keep, -1], Y[keep, -1], rho[keep, -1] = s[keep], y[keep], 1.0 / np.where(keep, sy, 1.0)[keep]
+        q = g.copy()
+        alpha = np.zeros((k, LBFGS_MEMORY))
+        for i in range(LBFGS_MEMORY - 1, -1, -1):
+            alpha[:, i] = rho[:, i] * (S[:, i] * q).sum(axis=1)
+            q -= alpha[:, i, None] * Y[:, i]
+        yy = (Y[:, -1] * Y[:, -1]).sum(axis=1)
+        h0 = np.where(rho[:, -1] > 0, 1.0 / np.maximum(rho[:, -1] * yy, 1e-300), LBFGS_H0)
+        z = h0[:, None] * q
+        for i in range(LBFGS_MEMORY):
+            beta = rho[:, i] * (Y[:, i] * z).sum(axis=1)
+            z += S[:, i] * (alpha[:, i] - beta)[:, None]
+        p = -z
+        uphill = (p * g).sum(axis=1) >= 0  # not a descent direction: forget and go downhill
+        if uphill.any():
+            S[uphill], Y[uphill], rho[uphill] = 0.0, 0.0, 0.0
+            p[uphill] = -LBFGS_H0 * g[uphill]
+        dr = p.reshape(r.shape)
+        longest = np.linalg.norm(dr, axis=2).max(axis=1)
+        dr *= np.where(longest > LBFGS_MAXSTEP, LBFGS_MAXSTEP / np.maximum(longest, 1e-300), 1.0)[:, None, None]
+        self.S[idx], self.Y[idx], self.rho[idx] = S, Y, rho
+        self.r0[idx], self.g0[idx], self.e0[idx] = x, g, e
+        self.started[idx] = True
+        return dr
+
+
 def optimize_batched(model, numbers: np.ndarray, coords: np.ndarray, fidelity: int, fmax: float = 0.01,
                      max_steps: int = 500, device: torch.device = torch.device("cpu"),
                      dtype: torch.dtype = torch.float64,
-                     progress: Optional[Callable[[int, int, int, float], None]] = None) -> Dict[str, np.ndarray]:
-    """FIRE on all conformers at once; one model call per step for every active conformer.
+                     progress: Optional[Callable[[int, int, int, float], None]] = None,
+                     method: str = "lbfgs") -> Dict[str, np.ndarray]:
+    """L-BFGS (default) or FIRE on all conformers at once; one model call per step for
+    every active conformer.
 
     Args:
         model: an mfcalc model (``energy_forces_spread``), e.g. from :func:`mfcalc.export.load`.
@@ -157,12 +218,16 @@ def optimize_batched(model, numbers: np.ndarray, coords: np.ndarray, fidelity: i
         fidelity: head index.
         fmax: eV/Angstrom, converged when every atom's force is below it (as in ASE).
         progress: called as ``progress(step, n_converged, n_failed, max_force)``.
+        method: ``"lbfgs"`` (about 4x fewer steps, see tools/BENCHMARKS.md) or ``"fire"``.
 
     Returns:
         dict with ``positions`` (C, N, 3), ``energy`` (C,) eV, ``spread`` (C,) eV,
         ``converged`` (C,) bool, ``steps`` (C,) int, ``failed`` (C,) str ('' if fine).
     """
+    if method not in OPTIMIZERS:
+        raise ValueError(f"unknown optimiser {method!r}; use one of {', '.join(OPTIMIZERS)}")
     n_conf, n_atoms = coords.shape[:2]
+    lbfgs = _BatchedLBFGS(n_conf, 3 * n_atoms) if method == "lbfgs" else None
     r = np.array(coords, dtype=np.float64, copy=True)
     v = np.zeros_like(r)
     dt = np.full(n_conf, FIRE_DT)
@@ -197,6 +262,9 @@ def optimize_batched(model, numbers: np.ndarray, coords: np.ndarray, fidelity: i
         move = ~bad & ~done
         idx, f = active[move], f[move]
         if step == max_steps or len(idx) == 0:
+            continue
+        if lbfgs is not None:
+            r[idx] += lbfgs.step(idx, r[idx], f, e[move])
             continue
         # ---- FIRE update, per conformer (ASE's algorithm, vectorised) ----
         vi = v[idx]
@@ -274,7 +342,7 @@ def best_rmsd(mol, a: np.ndarray, b: np.ndarray, heavy_only: bool = True) -> flo
 def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = None, n_conformers: int = 50,
          fmax: float = 0.01, max_steps: int = 500, window: float = 10.0, prune_rmsd: float = 0.3,
          energy_tol: float = 0.1, device: str = "auto", seed: int = 0,
-         log: Optional[Callable[[str], None]] = None) -> RankResult:
+         log: Optional[Callable[[str], None]] = None, optimizer: str = "lbfgs") -> RankResult:
     """Generate (or read), optimise and rank conformers of one molecule at one fidelity.
 
     Args:
@@ -282,7 +350,8 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
         model: model file; ``None`` or ``"default"`` for the shipped default model.
         fidelity: head to rank at; ``None`` uses the model's default.
         n_conformers: conformers to embed from a SMILES.
-        fmax: eV/Angstrom convergence; max_steps: FIRE steps at most.
+        fmax: eV/Angstrom convergence; max_steps: optimiser steps at most.
+        optimizer: ``"lbfgs"`` or ``"fire"``, both batched over all conformers.
         window: kcal/mol above the lowest beyond which conformers are not ranked.
         prune_rmsd: Angstrom; two conformers within ``energy_tol`` kcal/mol whose
             heavy-atom and all-atom symmetry-aware RMSDs are below this are duplicates.
@@ -315,7 +384,8 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
         raise ValueError(f"element(s) {', '.join(unknown)} not known to this model; it knows {', '.join(known)}")
     coords = np.stack([c.GetPositions() for c in mol.GetConformers()])
     smiles = Chem.MolToSmiles(Chem.RemoveHs(mol))
-    say(f"{smiles}: {len(coords)} conformers, optimising at fidelity {fidelity!r} (fmax {fmax} eV/A)")
+    say(f"{smiles}: {len(coords)} conformers, optimising at fidelity {fidelity!r} (batched {optimizer}, "
+        f"fmax {fmax} eV/A)")
 
     t0 = time.perf_counter()
     last = [0.0]
@@ -326,7 +396,7 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
             say(f"  step {step:4d}: {n_conv}/{len(coords)} converged, {n_fail} failed, max force {worst:.3f} eV/A")
 
     opt = optimize_batched(net, numbers, coords, fidelities.index(fidelity), fmax, max_steps, dev, torch.float64,
-                           progress)
+                           progress, method=optimizer)
     say(f"optimised in {time.perf_counter() - t0:.1f} s")
 
     records: List[ConformerRecord] = []

@@ -65,7 +65,8 @@ def test_ranking_is_reproducible_with_a_fixed_seed(ethanol_result):
                                rtol=0, atol=1e-10)
 
 
-def test_batched_optimisation_matches_ase_bfgs_one_by_one():
+@pytest.mark.parametrize("method", ["lbfgs", "fire"])
+def test_batched_optimisation_matches_ase_bfgs_one_by_one(method):
     """Same minima: both optimisers run to a tight fmax, since at 0.01 eV/A a soft torsion
     can still hold ~1e-3 eV (E - E_min ~ F^2 / 2k) whichever optimiser stops there."""
     mol = conformers.embed_smiles("CCO", 4, seed=1)
@@ -74,7 +75,7 @@ def test_batched_optimisation_matches_ase_bfgs_one_by_one():
     model, meta = export.load(default_model_path())
     model = model.double()
     fid = meta["fidelities"].index("cc")
-    out = conformers.optimize_batched(model, numbers, coords, fid, fmax=1e-3, max_steps=5000)
+    out = conformers.optimize_batched(model, numbers, coords, fid, fmax=1e-3, max_steps=5000, method=method)
     assert out["converged"].all()
     calc = MFCalculator(default_model_path(), fidelity="cc", dtype="float64", device="cpu")
     for c in range(len(coords)):
