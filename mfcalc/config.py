@@ -71,7 +71,7 @@ class ModelSettings:
     soft_min: float = 0.75
     soft_max: Optional[float] = None
     resnet: bool = True
-    cusp_reg: float = 1e-4  # eps in the tensor-sensitivity norms (smoothness of the energy surface)
+    cusp_reg: float = 1e-2  # eps in the tensor-sensitivity norms (smoothness of the energy surface; see hipnn.py)
     species: Optional[List[int]] = None  # None: the elements found in the data
 
 

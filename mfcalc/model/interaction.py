@@ -47,7 +47,7 @@ class InteractionLayer(nn.Module):
     """
 
     def __init__(self, n_in: int, n_out: int, n_sensitivities: int, tensor_order: int, soft_min: float,
-                 soft_max: float, cutoff: float, cusp_reg: float = 1e-4):
+                 soft_max: float, cutoff: float, cusp_reg: float = 1e-2):
         super().__init__()
         if tensor_order not in (0, 1, 2):
             raise ValueError(f"tensor_order must be 0, 1 or 2, got {tensor_order}")

@@ -140,15 +140,28 @@ def test_other_optimizers_and_constraints(calc64, optimizer):
     np.testing.assert_array_equal(atoms.positions[:2], fixed)
 
 
-def test_langevin_and_vibrations_run(calc64, tmp_path):
+def test_langevin_and_vibrations_run(tmp_path):
+    """On the shipped default model: the 25-second fixture model's methyl torsion is nearly
+    free (15 cm^-1, with a slightly negative projected curvature at BFGS's stopping point),
+    which would make "is this a minimum" a question about that toy model, not the calculator."""
     atoms = ethanol_atoms()
-    atoms.calc = calc64
+    atoms.calc = MFCalculator(fidelity="cc", dtype="float64", device="cpu")
     BFGS(atoms, logfile=None).run(fmax=0.005, steps=500)
     vib = Vibrations(atoms, name=str(tmp_path / "vib"))
     vib.run()
     freqs = vib.get_frequencies()  # cm^-1, ascending in magnitude
     assert np.abs(freqs[:6]).max() < 60  # translations and rotations: near zero
-    assert (freqs[6:].imag == 0).all() and (freqs[6:].real > 20).all(), freqs  # a minimum: 21 real modes
+    # a minimum: with rigid motions projected out of the Hessian, all 3N - 6 = 21 curvatures
+    # are positive (exact, where a frequency threshold cannot tell a soft torsion from a rotation)
+    hess = vib.get_vibrations().get_hessian_2d()
+    r = atoms.positions - atoms.positions.mean(axis=0)
+    rigid = [np.tile(np.eye(3)[a], len(atoms)) for a in range(3)] + [np.cross(np.eye(3)[a], r).ravel() for a in range(3)]
+    basis = np.linalg.qr(np.array(rigid).T)[0]
+    proj = np.eye(3 * len(atoms)) - basis @ basis.T
+    curvatures, modes = np.linalg.eigh(proj @ (0.5 * (hess + hess.T)) @ proj)
+    internal = curvatures[np.abs(modes.T @ basis).sum(axis=1) < 0.5]  # drop the 6 rigid eigenvectors
+    assert len(internal) == 21 and (internal > 0).all(), internal
+    assert (freqs[6:].imag == 0).all() and (freqs[6:].real > 20).all(), freqs  # 21 real modes
     assert freqs[-1].real > 2500  # O-H and C-H stretches
     dyn = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.02, rng=np.random.default_rng(1))
     dyn.run(50)
