@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ FIRE_DT, FIRE_DTMAX, FIRE_MAXSTEP = 0.1, 1.0, 0.2
 FIRE_NMIN, FIRE_FINC, FIRE_FDEC, FIRE_ASTART, FIRE_FA = 5, 1.1, 0.5, 0.1, 0.99
 LBFGS_MEMORY, LBFGS_MAXSTEP, LBFGS_H0 = 20, 0.2, 1.0 / 70.0  # ASE's LBFGS: maxstep 0.2 A, alpha 70 eV/A^2
 OPTIMIZERS = ("lbfgs", "fire")
+SADDLE_CURVATURE = -0.01  # eV/A^2: below this the stationary point is a saddle, not a minimum
+SADDLE_KICK = 0.1  # A, largest atomic displacement along the negative mode before re-optimising
 EXPLODED_FORCE = 1e3  # eV/Angstrom: a conformer this far from any minimum is reported as failed
 
 
@@ -36,7 +38,11 @@ class ConformerRecord:
     """One input conformer after optimisation.
 
     ``status`` is ``"ranked"``, ``"duplicate of <id>"``, ``"above window"``,
-    ``"connectivity changed"`` or ``"failed: <reason>"``; only ranked conformers have a rank.
+    ``"connectivity changed"``, ``"saddle point ..."`` or ``"failed: <reason>"``; only ranked
+    conformers have a rank.  Ranked conformers are minima: converged, and the lowest
+    curvature of the energy surface (rigid motions projected out) is above
+    ``SADDLE_CURVATURE``; saddle points are pushed off along their negative mode and
+    re-optimised first.
     Energies in eV (absolute, ``energy_ev``) and kcal/mol relative to the lowest ranked one.
     """
 
@@ -296,6 +302,47 @@ def optimize_batched(model, numbers: np.ndarray, coords: np.ndarray, fidelity: i
             "failed": failed}
 
 
+def lowest_curvature(model, numbers: np.ndarray, positions: np.ndarray, fidelity: int,
+                     step: float = 5e-3, device: torch.device = torch.device("cpu"),
+                     dtype: torch.dtype = torch.float64) -> Tuple[np.ndarray, np.ndarray]:
+    """Lowest curvature (eV/A^2) of each geometry's energy surface, rigid motions projected out.
+
+    The Hessian comes from central differences of the model's forces: 6N batched model calls
+    for all geometries at once.  A clearly negative value means the optimiser stopped at a
+    saddle point (e.g. an eclipsed methyl), not a minimum.
+
+    Returns:
+        ``(curvature (K,), mode (K, N, 3))``: the lowest eigenvalue and its unit eigenvector.
+    """
+    k, n = positions.shape[:2]
+    dof = 3 * n
+    z = torch.as_tensor(np.asarray(numbers), dtype=torch.long, device=device).repeat(2 * k)
+    mol = torch.arange(2 * k, device=device).repeat_interleave(n)
+    hess = np.zeros((k, dof, dof))
+    flat = positions.reshape(k, dof)
+    for d in range(dof):
+        shifted = np.concatenate([flat, flat])
+        shifted[:k, d] += step
+        shifted[k:, d] -= step
+        pos = torch.as_tensor(shifted.reshape(-1, 3), dtype=dtype, device=device)
+        _, f, _, _ = model.energy_forces_spread(z, pos, mol, 2 * k, fidelity)
+        f = f.detach().cpu().numpy().astype(np.float64).reshape(2 * k, dof)
+        hess[:, :, d] = -(f[:k] - f[k:]) / (2 * step)
+    hess = 0.5 * (hess + hess.transpose(0, 2, 1))
+    curvature, modes = np.zeros(k), np.zeros((k, n, 3))
+    for c in range(k):  # project out translations and rotations about the centre
+        r = positions[c] - positions[c].mean(axis=0)
+        rigid = [np.tile(np.eye(3)[a], n) for a in range(3)] + [np.cross(np.eye(3)[a], r).reshape(-1) for a in range(3)]
+        basis, sv, _ = np.linalg.svd(np.array(rigid).T, full_matrices=False)
+        basis = basis[:, sv > 1e-8 * sv.max()]
+        proj = np.eye(dof) - basis @ basis.T
+        vals, vecs = np.linalg.eigh(proj @ hess[c] @ proj)
+        internal = np.abs(vecs.T @ basis).sum(axis=1) < 0.5  # drop the (zero) rigid eigenvectors
+        i = int(np.argmin(np.where(internal, vals, np.inf)))
+        curvature[c], modes[c] = vals[i], vecs[:, i].reshape(n, 3)
+    return curvature, modes
+
+
 # ---- analysis ----------------------------------------------------------------------------------
 def _bond_graph(mol, positions: np.ndarray) -> np.ndarray:
     """Adjacency matrix from geometry (RDKit's connect-the-dots on covalent radii)."""
@@ -397,6 +444,39 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
 
     opt = optimize_batched(net, numbers, coords, fidelities.index(fidelity), fmax, max_steps, dev, torch.float64,
                            progress, method=optimizer)
+    fid_index = fidelities.index(fidelity)
+
+    def saddles():
+        """Converged conformers at saddle points, with their negative modes.  The Hessian is
+        computed for one conformer per energy level (duplicates and mirror images share
+        the spectrum) and then for every member of a level that turned out to be a saddle."""
+        done = np.nonzero(opt["converged"] & (opt["failed"] == ""))[0]
+        done = done[np.argsort(opt["energy"][done])]
+        if len(done) == 0:
+            return done, np.zeros((0, len(numbers), 3))
+        level = np.concatenate([[0], np.cumsum(np.diff(opt["energy"][done]) > 1e-4)])
+        reps = np.array([done[level == g][0] for g in range(level[-1] + 1)])
+        curv, _ = lowest_curvature(net, numbers, opt["positions"][reps], fid_index, device=dev)
+        suspects = done[np.isin(level, np.nonzero(curv < SADDLE_CURVATURE)[0])]
+        if len(suspects) == 0:
+            return suspects, np.zeros((0, len(numbers), 3))
+        curv, modes = lowest_curvature(net, numbers, opt["positions"][suspects], fid_index, device=dev)
+        return suspects[curv < SADDLE_CURVATURE], modes[curv < SADDLE_CURVATURE]
+
+    for _ in range(2):  # push saddle points off along their negative mode, re-optimise
+        saddle, kick = saddles()
+        if len(saddle) == 0:
+            break
+        say(f"  {len(saddle)} conformer(s) stopped at a saddle point; pushing them off along the negative "
+            f"mode and re-optimising")
+        kick *= SADDLE_KICK / np.linalg.norm(kick, axis=2).max(axis=1)[:, None, None]
+        again = optimize_batched(net, numbers, opt["positions"][saddle] + kick, fid_index, fmax, max_steps, dev,
+                                 torch.float64, None, method=optimizer)
+        for key in ("positions", "energy", "spread", "converged", "failed"):
+            opt[key][saddle] = again[key]
+        opt["steps"][saddle] += again["steps"]
+    else:
+        opt["failed"][saddles()[0]] = "saddle point (negative curvature after 2 pushes)"
     say(f"optimised in {time.perf_counter() - t0:.1f} s")
 
     records: List[ConformerRecord] = []

@@ -39,23 +39,48 @@ def hoco_dihedral(positions: np.ndarray) -> float:
 
 
 def test_ethanol_finds_anti_and_gauche(ethanol_result):
-    """Both torsional families of the O-H rotor are found and ranked.
-
-    The shipped model places its gauche-side minimum at |H-O-C-C| ~ 30-40 degrees rather
-    than CCSD(T)'s ~60, and anti ~1 kcal/mol too high: a limit of the model (0.85 kcal/mol
-    test RMSE), not of the search, recorded in models/README.md.  So "gauche" here is the
-    gauche-side family (20-100 degrees), "anti" is 150-180 degrees.
+    """The O-H rotor's minima, anti (180) and gauche (+-60 at CCSD(T)), are found and ranked,
+    close in energy (CCSD(T): anti ~0.1 kcal/mol below gauche); nothing else is ranked:
+    stationary points that are saddles (an eclipsed methyl) are pushed off and re-optimised.
+    The shipped model puts gauche at +-52 degrees, 0.03 kcal/mol above anti (models/README.md).
     """
     ranked = ethanol_result.ranked
     assert ethanol_result.fidelity == "cc"
-    kinds = set()
+    kinds = {}
     for r in ranked:
         d = abs((hoco_dihedral(r.positions) + 180) % 360 - 180)
-        kinds.add("anti" if d > 150 else "gauche" if 20 < d < 100 else "other")
-    assert {"anti", "gauche"} <= kinds, kinds
+        kind = "anti" if d > 160 else "gauche" if 40 < d < 80 else f"other ({d:.0f} deg)"
+        kinds.setdefault(kind, []).append(r.relative_kcal_mol)
+    assert set(kinds) == {"anti", "gauche"}, kinds
+    assert abs(min(kinds["anti"]) - min(kinds["gauche"])) < 0.5
     assert ranked[0].relative_kcal_mol == 0 and all(r.relative_kcal_mol >= 0 for r in ranked)
     assert all(r.converged for r in ranked)
-    assert max(r.relative_kcal_mol for r in ranked) < 2.0  # conformers of one molecule, not isomers
+
+
+def test_ranked_conformers_are_minima_and_the_curvature_matches_ase_vibrations(ethanol_result, tmp_path):
+    """lowest_curvature (batched central differences, rigid motions projected out) against
+    the Hessian of ASE's Vibrations on the same model: the lowest internal curvature agrees."""
+    from ase.vibrations import Vibrations
+
+    model, meta = export.load(default_model_path())
+    model = export.freeze(model.double())
+    numbers = np.array([a.GetAtomicNum() for a in conformers.embed_smiles("CCO", 1).GetAtoms()])
+    ranked = ethanol_result.ranked
+    curv, modes = conformers.lowest_curvature(model, numbers, np.stack([r.positions for r in ranked]),
+                                              meta["fidelities"].index("cc"))
+    assert (curv > conformers.SADDLE_CURVATURE).all() and np.allclose(np.linalg.norm(modes, axis=(1, 2)), 1)
+    atoms = Atoms(numbers=numbers, positions=ranked[0].positions)
+    atoms.calc = MFCalculator(fidelity="cc", dtype="float64", device="cpu")
+    vib = Vibrations(atoms, name=str(tmp_path / "vib"), delta=0.005)
+    vib.run()
+    hess = vib.get_vibrations().get_hessian_2d()
+    r = atoms.positions - atoms.positions.mean(axis=0)
+    rigid = [np.tile(np.eye(3)[a], len(atoms)) for a in range(3)] + [np.cross(np.eye(3)[a], r).ravel() for a in range(3)]
+    basis = np.linalg.qr(np.array(rigid).T)[0]
+    proj = np.eye(3 * len(atoms)) - basis @ basis.T
+    vals, vecs = np.linalg.eigh(proj @ (0.5 * (hess + hess.T)) @ proj)
+    ase_lowest = vals[np.abs(vecs.T @ basis).sum(axis=1) < 0.5].min()
+    assert curv[0] == pytest.approx(ase_lowest, abs=2e-3)
 
 
 def test_ranking_is_reproducible_with_a_fixed_seed(ethanol_result):
