@@ -8,6 +8,7 @@ cutoff, units, reference energies, training summary, metrics) rides in the file'
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import os
 import tempfile
@@ -121,6 +122,10 @@ def rescript(path: str, out: Optional[str] = None) -> Dict[str, Any]:
     from mfcalc import __version__
 
     module, meta = load(path)
+    needed = set(inspect.signature(MultiFidelityHipnn.__init__).parameters) - {"self"}
+    missing = sorted(needed - set(meta.get(keys.META_HPARAMS) or {}))
+    if missing:  # a default filled in today could differ from the one the weights were trained with
+        raise ValueError(f"{path}: cannot rescript, the file does not record the hyper-parameters {missing}")
     members = [MultiFidelityHipnn.from_hparams(json.dumps(meta[keys.META_HPARAMS]))
                for _ in range(int(meta.get(keys.META_ENSEMBLE_SIZE, 1)))]
     model = Ensemble(members).to(next(module.parameters()).dtype)

@@ -27,3 +27,16 @@ def test_rescript_keeps_weights_metadata_and_results(tmp_path):
         torch.testing.assert_close(e_new, e_old, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(f_new, f_old, rtol=1e-12, atol=1e-12)
     assert next(new.parameters()).dtype == torch.float64
+
+
+def test_rescript_refuses_a_file_that_does_not_record_every_hyper_parameter(tmp_path):
+    import pytest
+
+    torch.manual_seed(0)
+    model = Ensemble([MultiFidelityHipnn([1, 8], ["dft"], n_features=4, n_sensitivities=3)])
+    meta = export.build_metadata(model)
+    del meta[keys.META_HPARAMS]["cusp_reg"]  # as an older file might
+    path = str(tmp_path / "old.pt")
+    export.save(model, path, meta)
+    with pytest.raises(ValueError, match="cusp_reg"):
+        export.rescript(path, str(tmp_path / "new.pt"))
