@@ -183,7 +183,7 @@ class _BatchedLBFGS:
         S[reset], Y[reset], rho[reset] = 0.0, 0.0, 0.0
         S[keep], Y[keep], rho[keep] = np.roll(S[keep], -1, axis=1), np.roll(Y[keep], -1, axis=1), \
             np.roll(rho[keep], -1, axis=1)
-        S[keep, -1], Y[keep, -1], rho[keep, -1] = s[keep], y[keep], 1.0 / np.where(keep, sy, 1.0)[keep]
+        S[keep, -1], Y[keep, -1], rho[keep, -1] = s[keep], y[keep], 1.0 / sy[keep]
         q = g.copy()
         alpha = np.zeros((k, LBFGS_MEMORY))
         for i in range(LBFGS_MEMORY - 1, -1, -1):
@@ -302,6 +302,21 @@ def optimize_batched(model, numbers: np.ndarray, coords: np.ndarray, fidelity: i
             "failed": failed}
 
 
+def internal_curvatures(hessian: np.ndarray, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (eV/A^2) and eigenvectors (3N, M) of a Cartesian Hessian (3N, 3N) with the
+    rigid motions (translations, rotations about the centre) projected out and dropped: M is
+    3N - 6, or 3N - 5 for a linear molecule."""
+    n = len(positions)
+    r = positions - positions.mean(axis=0)
+    rigid = [np.tile(np.eye(3)[a], n) for a in range(3)] + [np.cross(np.eye(3)[a], r).reshape(-1) for a in range(3)]
+    basis, sv, _ = np.linalg.svd(np.array(rigid).T, full_matrices=False)
+    basis = basis[:, sv > 1e-8 * sv.max()]
+    proj = np.eye(3 * n) - basis @ basis.T
+    vals, vecs = np.linalg.eigh(proj @ (0.5 * (hessian + hessian.T)) @ proj)
+    internal = np.abs(vecs.T @ basis).sum(axis=1) < 0.5  # the rigid eigenvectors (eigenvalue 0)
+    return vals[internal], vecs[:, internal]
+
+
 def lowest_curvature(model, numbers: np.ndarray, positions: np.ndarray, fidelity: int,
                      step: float = 5e-3, device: torch.device = torch.device("cpu"),
                      dtype: torch.dtype = torch.float64) -> Tuple[np.ndarray, np.ndarray]:
@@ -328,17 +343,10 @@ def lowest_curvature(model, numbers: np.ndarray, positions: np.ndarray, fidelity
         _, f, _, _ = model.energy_forces_spread(z, pos, mol, 2 * k, fidelity)
         f = f.detach().cpu().numpy().astype(np.float64).reshape(2 * k, dof)
         hess[:, :, d] = -(f[:k] - f[k:]) / (2 * step)
-    hess = 0.5 * (hess + hess.transpose(0, 2, 1))
     curvature, modes = np.zeros(k), np.zeros((k, n, 3))
-    for c in range(k):  # project out translations and rotations about the centre
-        r = positions[c] - positions[c].mean(axis=0)
-        rigid = [np.tile(np.eye(3)[a], n) for a in range(3)] + [np.cross(np.eye(3)[a], r).reshape(-1) for a in range(3)]
-        basis, sv, _ = np.linalg.svd(np.array(rigid).T, full_matrices=False)
-        basis = basis[:, sv > 1e-8 * sv.max()]
-        proj = np.eye(dof) - basis @ basis.T
-        vals, vecs = np.linalg.eigh(proj @ hess[c] @ proj)
-        internal = np.abs(vecs.T @ basis).sum(axis=1) < 0.5  # drop the (zero) rigid eigenvectors
-        i = int(np.argmin(np.where(internal, vals, np.inf)))
+    for c in range(k):
+        vals, vecs = internal_curvatures(hess[c], positions[c])
+        i = int(np.argmin(vals))
         curvature[c], modes[c] = vals[i], vecs[:, i].reshape(n, 3)
     return curvature, modes
 
@@ -446,11 +454,11 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
                            progress, method=optimizer)
     fid_index = fidelities.index(fidelity)
 
-    def saddles():
-        """Converged conformers at saddle points, with their negative modes.  The Hessian is
-        computed for one conformer per energy level (duplicates and mirror images share
-        the spectrum) and then for every member of a level that turned out to be a saddle."""
-        done = np.nonzero(opt["converged"] & (opt["failed"] == ""))[0]
+    def saddles(candidates: np.ndarray):
+        """Those of ``candidates`` that converged at saddle points, with their negative modes.
+        The Hessian is computed for one conformer per energy level (duplicates and mirror
+        images share the spectrum) and then for every member of a level that is a saddle."""
+        done = candidates[opt["converged"][candidates] & (opt["failed"][candidates] == "")]
         done = done[np.argsort(opt["energy"][done])]
         if len(done) == 0:
             return done, np.zeros((0, len(numbers), 3))
@@ -463,8 +471,9 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
         curv, modes = lowest_curvature(net, numbers, opt["positions"][suspects], fid_index, device=dev)
         return suspects[curv < SADDLE_CURVATURE], modes[curv < SADDLE_CURVATURE]
 
+    candidates = np.arange(len(coords))  # after a push, only the pushed conformers can have changed
     for _ in range(2):  # push saddle points off along their negative mode, re-optimise
-        saddle, kick = saddles()
+        saddle, kick = saddles(candidates)
         if len(saddle) == 0:
             break
         say(f"  {len(saddle)} conformer(s) stopped at a saddle point; pushing them off along the negative "
@@ -475,8 +484,9 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
         for key in ("positions", "energy", "spread", "converged", "failed"):
             opt[key][saddle] = again[key]
         opt["steps"][saddle] += again["steps"]
+        candidates = saddle
     else:
-        opt["failed"][saddles()[0]] = "saddle point (negative curvature after 2 pushes)"
+        opt["failed"][saddles(candidates)[0]] = "saddle point (negative curvature after 2 pushes)"
     say(f"optimised in {time.perf_counter() - t0:.1f} s")
 
     records: List[ConformerRecord] = []

@@ -71,14 +71,3 @@ def trained_model(tmp_path_factory) -> Path:
     assert rc == 0
     return out / "model.pt"
 
-
-def internal_curvatures(hessian: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Eigenvalues (eV/A^2) of a (3N, 3N) Cartesian Hessian with the 6 rigid motions
-    (translations, rotations about the centre) projected out and their eigenvectors dropped."""
-    n = len(positions)
-    r = positions - positions.mean(axis=0)
-    rigid = [np.tile(np.eye(3)[a], n) for a in range(3)] + [np.cross(np.eye(3)[a], r).ravel() for a in range(3)]
-    basis = np.linalg.qr(np.array(rigid).T)[0]
-    proj = np.eye(3 * n) - basis @ basis.T
-    vals, vecs = np.linalg.eigh(proj @ (0.5 * (hessian + hessian.T)) @ proj)
-    return vals[np.abs(vecs.T @ basis).sum(axis=1) < 0.5]

@@ -12,7 +12,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, BFGSLineSearch, FIRE, LBFGS
 from ase.vibrations import Vibrations
 
-from conftest import ethanol, internal_curvatures, random_rotation
+from conftest import ethanol, random_rotation
 from mfcalc import MFCalculator, export
 from mfcalc.model import MultiFidelityHipnn
 from mfcalc.model.ensemble import Ensemble
@@ -153,7 +153,9 @@ def test_langevin_and_vibrations_run(tmp_path):
     assert np.abs(freqs[:6]).max() < 60  # translations and rotations: near zero
     # a minimum: with rigid motions projected out of the Hessian, all 3N - 6 = 21 curvatures
     # are positive (exact, where a frequency threshold cannot tell a soft torsion from a rotation)
-    internal = internal_curvatures(vib.get_vibrations().get_hessian_2d(), atoms.positions)
+    from mfcalc.conformers import internal_curvatures
+
+    internal = internal_curvatures(vib.get_vibrations().get_hessian_2d(), atoms.positions)[0]
     assert len(internal) == 21 and (internal > 0).all(), internal
     assert (freqs[6:].imag == 0).all() and (freqs[6:].real > 20).all(), freqs  # 21 real modes
     assert freqs[-1].real > 2500  # O-H and C-H stretches
