@@ -26,6 +26,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -114,8 +115,10 @@ def from_smiles(smiles: str, seed: int = 0) -> Atoms:
     return Atoms([a.GetAtomicNum() for a in mol.GetAtoms()], positions=mol.GetConformer().GetPositions())
 
 
+@functools.lru_cache(maxsize=1)
 def test_molecules() -> Dict[int, Atoms]:
-    """5, 9, 21 and 100 atoms: methane, ethanol, 1-hexanol, 1-aminodotriacontane (C32H65NH2)."""
+    """5, 9, 21 and 100 atoms: methane, ethanol, 1-hexanol, 1-aminodotriacontane (C32H65NH2).
+    Built once (RDKit embedding + MMFF); callers copy before attaching a calculator."""
     mols = {5: molecule("CH4"), 9: molecule("CH3CH2OH"), 21: from_smiles("CCCCCCO"), 100: from_smiles("N" + "C" * 32)}
     for n, atoms in mols.items():
         assert len(atoms) == n, (n, len(atoms))

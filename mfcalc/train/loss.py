@@ -10,8 +10,9 @@ Loss (architecture.md), with errors in kcal/mol and kcal/mol/Angstrom:
     L = sum_t  w_E,t (RMSE_E,t + MAE_E,t) + w_F,t (RMSE_F,t + MAE_F,t) + w_H,t mean_mol(H_t)
 
 Energies are compared **per structure** (total energy, not per atom), as in the HIP-NN
-and multi-fidelity papers, or per atom with ``energy_per_atom`` (``--energy-loss atom``).  Each term runs over the structures that carry that label
-only; a fidelity without forces (or without any label in the batch) contributes nothing.
+and multi-fidelity papers, or per atom with ``energy_per_atom`` (``--energy-loss atom``).
+Each term runs over the structures that carry that label only; a fidelity without forces
+(or without any label in the batch) contributes nothing.
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ def batch_stats(pred_energy: Tensor, energy: Tensor, energy_mask: Tensor, pred_f
     n_fid = energy.shape[1]
     rows: List[Tensor] = []
     zero = torch.zeros(3, dtype=pred_energy.dtype, device=pred_energy.device)
-    scale = torch.ones(energy.shape[0], dtype=energy.dtype, device=energy.device)
+    e_err = pred_energy - energy
     if energy_per_atom:
-        scale = 1.0 / torch.bincount(mol_index, minlength=energy.shape[0]).clamp(min=1).to(energy.dtype)
+        e_err = e_err / torch.bincount(mol_index, minlength=energy.shape[0]).clamp(min=1).to(energy.dtype)[:, None]
     for k in range(n_fid):
-        e_stats = error_stats((pred_energy[:, k] - energy[:, k]) * scale, energy_mask[:, k])
+        e_stats = error_stats(e_err[:, k], energy_mask[:, k])
         if k in force_fidelities:
             atom_mask = forces_mask[mol_index, k][:, None]
             f_stats = error_stats(pred_forces[:, k] - forces[:, k], atom_mask)
