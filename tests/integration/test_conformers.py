@@ -148,3 +148,32 @@ def test_bad_input_is_a_clear_error(tmp_path, case):
         args, needle = ["CCCl"], "Cl not known to this model"
     rc, out, err = run_cli(*args, "--device", "cpu", cwd=tmp_path)
     assert rc == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_a_saddle_point_is_pushed_off_and_only_the_minimum_is_ranked(ethanol_result, tmp_path):
+    """Ethanol with its methyl group eclipsed is a stationary point by symmetry: the optimiser
+    stops there (negative curvature along the methyl torsion). rank() must push it off and
+    rank the staggered anti minimum instead."""
+    anti = ethanol_result.ranked[0].positions  # RDKit order: C0 C1 O2, H3-H5 on C0, H6 H7, H8 on O
+    axis = (anti[1] - anti[0]) / np.linalg.norm(anti[1] - anti[0])
+    eclipsed = anti.copy()
+    for h in (3, 4, 5):  # rotate the methyl hydrogens by 60 degrees about C-C
+        v = anti[h] - anti[0]
+        eclipsed[h] = anti[0] + 0.5 * v + np.sqrt(0.75) * np.cross(axis, v) + 0.5 * axis * np.dot(axis, v)
+    numbers = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
+    model, meta = export.load(default_model_path())
+    model = export.freeze(model.double())
+    fid = meta["fidelities"].index("cc")
+    stuck = conformers.optimize_batched(model, numbers, eclipsed[None], fid)
+    curv, mode = conformers.lowest_curvature(model, numbers, stuck["positions"], fid)
+    assert stuck["converged"][0] and curv[0] < conformers.SADDLE_CURVATURE  # the precondition: a saddle
+    assert np.linalg.norm(mode[0][3:6], axis=1).min() > 0.2  # the negative mode moves the methyl hydrogens
+
+    path = tmp_path / "eclipsed.xyz"
+    ase.io.write(path, Atoms(numbers=numbers, positions=stuck["positions"][0]))
+    lines = []
+    result = conformers.rank(str(path), log=lines.append)
+    assert any("saddle point" in line for line in lines)
+    (best,) = result.ranked
+    assert best.energy_ev == pytest.approx(ethanol_result.ranked[0].energy_ev, abs=2e-3)
+    assert conformers.lowest_curvature(model, numbers, best.positions[None], fid)[0][0] > 0
