@@ -1,17 +1,25 @@
 """mfcalc: multi-fidelity HIP-NN-TS interatomic potentials.
 
-Layers, each importing only from those above it:
-units -> data -> neighbors -> model -> train -> export -> calculator -> (conformers).
-The calculator imports only export (TorchScript loading), never the training code.
+Layers, each importing only from those before it (checked by tests/unit/test_layering.py):
+
+    units, keys, files, device, progress, elements, models (shared helpers)
+    -> data -> neighbors -> model -> metrics, config -> export
+    -> train, evaluate, calculator -> conformers, sample, select, label -> cli
+
+Training uses export to write its model file; the calculator loads that file through export
+and never imports the training code.  Importing ``mfcalc`` loads the data, model and
+calculator layers (not training, not the applications).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from mfcalc import units  # noqa: E402
-from mfcalc import data  # noqa: E402
-from mfcalc import neighbors  # noqa: E402
-from mfcalc import model  # noqa: E402
-from mfcalc.model import MultiFidelityHipnn  # noqa: E402
+from mfcalc import (
+    data,  # noqa: E402
+    model,  # noqa: E402
+    neighbors,  # noqa: E402
+    units,  # noqa: E402
+)
 from mfcalc.calculator import MFCalculator  # noqa: E402
+from mfcalc.model import MultiFidelityHipnn  # noqa: E402
 
 __all__ = ["units", "data", "neighbors", "model", "MultiFidelityHipnn", "MFCalculator", "__version__"]

@@ -4,10 +4,14 @@ Only the model file is needed (loading goes through :mod:`mfcalc.export`; no tra
 is imported).  Energies are in eV, forces in eV/Angstrom (``-dE/dx`` by autograd, so MD
 conserves energy), stress in eV/Angstrom^3 for periodic cells (strain derivative).
 
-Ensemble models also put the member spread in ``calc.results``:
+The member spread of an ensemble is in ``calc.results`` too (zeros for a single model,
+which is an ensemble of one):
 
 * ``energy_std``: standard deviation of the members' energies, eV;
 * ``forces_std``: (N, 3) standard deviation of the members' forces, eV/Angstrom.
+
+Everything comes from one call of the model's ``compute`` (:mod:`mfcalc.model.grad` does
+the differentiation), whatever the ensemble size and whether stress is asked for.
 
 Per-call work is kept small for MD of small molecules: atomic numbers, structure index and
 cell are converted once and reused; the pair list is built with a skin and reused until
@@ -18,32 +22,23 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
-from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mfcalc import export, keys
+from mfcalc.data.fidelity import head_index
+from mfcalc.device import resolve_device
+from mfcalc.elements import check_elements
+from mfcalc.model.ensemble import Ensemble
+from mfcalc.model.hipnn import MultiFidelityHipnn
+from mfcalc.models import default_model_path
 from mfcalc.neighbors import neighbor_pairs
 
 ModelLike = Union[str, "os.PathLike[str]", torch.nn.Module, None]
-
-
-def default_model_path() -> str:
-    """Path of the default model shipped inside the package (``mfcalc/models/default.pt``)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "default.pt")
-
-
-def _resolve_device(device: Union[str, torch.device]) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    return device
 
 
 class MFCalculator(Calculator):
@@ -76,15 +71,19 @@ class MFCalculator(Calculator):
                  dtype: Optional[str] = None, skin: float = 0.5, neighbor_backend: str = "auto",
                  spread_warning: Optional[float] = None, freeze: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if model is None:
             path = default_model_path()
             if not os.path.exists(path):
                 raise FileNotFoundError(f"no default model is shipped at {path}; pass the path of a model.pt "
                                         "written by mfcalc-train")
             model = path
+        module: Any  # an mfcalc model: TorchScript or eager, with ``compute``
+        meta: Dict[str, Any]
         if isinstance(model, (str, os.PathLike)):
             module, meta = export.load(os.fspath(model), device=self.device)
+        elif isinstance(model, MultiFidelityHipnn):
+            module, meta = Ensemble([model]), {}  # a single model is an ensemble of one
         elif isinstance(model, torch.nn.Module):
             module, meta = model, {}
         else:
@@ -93,7 +92,7 @@ class MFCalculator(Calculator):
         self.fidelities = tuple(str(f) for f in (meta.get(keys.META_FIDELITIES) or module.fidelities))
         self.species = tuple(int(z) for z in (meta.get(keys.META_SPECIES) or module.species))
         self.cutoff = float(meta.get(keys.META_CUTOFF) or module.cutoff)
-        self.n_members = int(meta.get(keys.META_ENSEMBLE_SIZE) or getattr(module, "n_members", 1))
+        self.n_members = int(meta.get(keys.META_ENSEMBLE_SIZE, getattr(module, "n_members", 1)))
         model_dtype = next(module.parameters()).dtype
         self.dtype = {"float32": torch.float32, "float64": torch.float64, None: model_dtype}.get(dtype)
         if self.dtype is None:
@@ -101,17 +100,15 @@ class MFCalculator(Calculator):
         module = module.to(device=self.device, dtype=self.dtype).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        self.model = export.freeze(module) if freeze else module
+        self.model: Any = export.freeze(module) if freeze else module  # TorchScript or eager: has ``compute``
         self.skin = float(skin)
         self.neighbor_backend = neighbor_backend
         self.spread_warning = spread_warning if spread_warning is not None else meta.get(keys.META_SPREAD_WARNING)
-        self._known = np.zeros(119, dtype=bool)
-        self._known[list(self.species)] = True
         self._fidelity_index = -1
         default = meta.get(keys.META_DEFAULT_FIDELITY) or (self.fidelities[-1] if len(self.fidelities) == 1 else None)
         if fidelity is None and default is None:
             raise ValueError(f"this model has several fidelities; choose one: {', '.join(self.fidelities)}")
-        self.fidelity = fidelity if fidelity is not None else default
+        self.fidelity = str(fidelity if fidelity is not None else default)
         self._cache_key: Optional[tuple] = None
         self._pairs: Optional[tuple] = None
 
@@ -122,21 +119,14 @@ class MFCalculator(Calculator):
 
     @fidelity.setter
     def fidelity(self, name: str) -> None:
-        if name not in self.fidelities:
-            raise ValueError(f"unknown fidelity {name!r}; this model has: {', '.join(self.fidelities)}")
-        if self._fidelity_index != self.fidelities.index(name):
-            self._fidelity_index = self.fidelities.index(name)
+        index = head_index(list(self.fidelities), name)
+        if self._fidelity_index != index:
+            self._fidelity_index = index
             self.reset()  # cached results belong to the old head
 
     # ---- input checks and cached tensors ----------------------------------------------------
     def _check(self, atoms) -> None:
-        z = atoms.numbers
-        bad = (z < 0) | (z > 118)
-        bad[~bad] = ~self._known[z[~bad]]
-        if bad.any():
-            unknown = sorted({chemical_symbols[n] if 0 < n <= 118 else str(n) for n in z[bad]})
-            raise ValueError(f"element(s) {', '.join(unknown)} not known to this model; it knows "
-                             f"{', '.join(chemical_symbols[s] for s in self.species)}")
+        check_elements(atoms.numbers, self.species)
         if not np.isfinite(atoms.positions).all():
             raise ValueError("atoms.positions contain NaN or infinite values")
         if atoms.pbc.any() and abs(np.linalg.det(atoms.cell.array)) < 1e-9:
@@ -176,42 +166,22 @@ class MFCalculator(Calculator):
         want_stress = "stress" in properties
         if want_stress and not atoms.pbc.all():
             raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
-        pos0 = torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device)
-        pf, ps, shifts = self._pair_list(pos0, cell, pbc)
-        fid = self._fidelity_index
-        cell_in = cell if periodic else None
-        pbc_in = pbc if periodic else None
-
-        results: Dict[str, Any] = {}
-        if self.n_members > 1:
-            e, f, e_std, f_std = self.model.energy_forces_spread(numbers, pos0, mol, 1, fid, cell_in, pbc_in, False,
-                                                                 pf, ps, shifts)
-            results["energy"] = float(e[0].detach())
-            results["forces"] = f.detach().cpu().numpy().astype(np.float64)
-            results["energy_std"] = float(e_std[0].detach())
-            results["forces_std"] = f_std.detach().cpu().numpy().astype(np.float64)
-            if self.spread_warning is not None and results["energy_std"] > self.spread_warning:
-                warnings.warn(f"ensemble energy spread {results['energy_std']:.3f} eV exceeds "
-                              f"{self.spread_warning} eV: this structure is outside the model's training domain",
-                              stacklevel=2)
-        if self.n_members == 1 or want_stress:
-            pos = pos0.clone().requires_grad_(True)
-            leaves: List[torch.Tensor] = [pos]
-            positions, cell_used = pos, cell_in
-            if want_stress:  # E(strained positions, strained cell): dE/d(strain) / V is the stress
-                strain = torch.zeros(3, 3, dtype=self.dtype, device=self.device, requires_grad=True)
-                deform = torch.eye(3, dtype=self.dtype, device=self.device) + strain
-                positions, cell_used = pos @ deform, cell @ deform
-                leaves.append(strain)
-            out = self.model(numbers, positions, mol, 1, cell_used, pbc_in, pf, ps, shifts)
-            energy = out["energy"][0, fid]
-            grads = torch.autograd.grad([energy], leaves)
-            if self.n_members == 1:
-                results["energy"] = float(energy.detach())
-                results["forces"] = (-grads[0]).detach().cpu().numpy().astype(np.float64)
-            if want_stress:
-                volume = abs(float(np.linalg.det(atoms.cell.array)))
-                stress = grads[1].detach().cpu().numpy().astype(np.float64) / volume
-                results["stress"] = full_3x3_to_voigt_6_stress(0.5 * (stress + stress.T))
+        positions = torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device)
+        pf, ps, shifts = self._pair_list(positions, cell, pbc)
+        out = self.model.compute(numbers, positions, mol, 1, self._fidelity_index, cell if periodic else None,
+                                 pbc if periodic else None, pf, ps, shifts, True, want_stress)
+        results: Dict[str, Any] = {
+            "energy": float(out[keys.ENERGY][0].detach()),
+            "forces": out[keys.FORCES].detach().cpu().numpy().astype(np.float64),
+            "energy_std": float(out[keys.ENERGY_STD][0].detach()),
+            "forces_std": out[keys.FORCES_STD].detach().cpu().numpy().astype(np.float64),
+        }
+        if self.spread_warning is not None and results["energy_std"] > self.spread_warning:
+            warnings.warn(f"ensemble energy spread {results['energy_std']:.3f} eV exceeds "
+                          f"{self.spread_warning} eV: this structure is outside the model's training domain",
+                          stacklevel=2)
+        if want_stress:
+            stress = out[keys.STRESS][0].detach().cpu().numpy().astype(np.float64)
+            results["stress"] = full_3x3_to_voigt_6_stress(stress)
         results["free_energy"] = results["energy"]
         self.results.update(results)

@@ -9,9 +9,9 @@ TOML layout::
     out = "run"
     energy_unit = "hartree"      # optional default unit for bindings without one
 
-    [model]                      # MultiFidelityHipnn hyper-parameters
+    [model]                      # hyper-parameters (mfcalc.model.settings.ModelSettings)
     tensor_order = 2
-    [train]                      # optimisation settings (see TrainSettings)
+    [train]                      # optimisation settings (TrainSettings)
     epochs = 200
     [fidelity.dft]               # one table per fidelity, in head order
     energy = "wb97x_dz.energy"
@@ -33,8 +33,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from mfcalc.data.fidelity import FidelitySpec
 from mfcalc import units
+from mfcalc.data.fidelity import FidelitySpec
+from mfcalc.model.settings import ModelSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,41 +61,63 @@ class FidelityConfig:
         return FidelitySpec(self.name, self.energy, self.forces, self.energy_unit, self.forces_unit)
 
 
-@dataclass
-class ModelSettings:
-    n_features: int = 20
-    n_sensitivities: int = 20
-    n_interactions: int = 2
-    n_atom_layers: int = 3
-    tensor_order: int = 2
-    cutoff: float = 5.5
-    soft_min: float = 0.75
-    soft_max: Optional[float] = None
-    resnet: bool = True
-    cusp_reg: float = 1e-2  # eps in the tensor-sensitivity norms (smoothness of the energy surface; see hipnn.py)
-    species: Optional[List[int]] = None  # None: the elements found in the data
+def _help(text: str, **extra: Any) -> Dict[str, Any]:
+    return {"help": text, **extra}
 
 
 @dataclass
 class TrainSettings:
-    epochs: int = 200
-    max_minutes: Optional[float] = None
-    batch_size: int = 32
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    ensemble: int = 1
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
-    split_by: str = "random"
-    lr_patience: int = 5
-    lr_factor: float = 0.5
-    early_stopping: int = 20  # epochs without a relative improvement of 1e-4 in the validation loss
-    min_lr: float = 1e-5  # stop once the plateau schedule has decayed the learning rate below this
-    grad_clip: float = 10.0
-    energy_loss: str = "structure"  # "structure" (total energies, as in the papers) or "atom" (per atom)
-    max_structures: Optional[int] = None  # random subsample of the data (quick experiments)
+    """Optimisation settings, declared once (the TOML ``[train]`` table and one
+    ``mfcalc-train`` flag per field are generated from here)."""
+
+    epochs: int = field(default=200, metadata=_help("maximum epochs per ensemble member"))
+    max_minutes: Optional[float] = field(default=None, metadata=_help(
+        "stop cleanly after this wall time and export the best weights so far"))
+    batch_size: int = field(default=32, metadata=_help("structures per optimisation step (global, over all ranks)"))
+    lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
+    seed: int = field(default=0, metadata=_help("seeds the split, the weights and the shuffling"))
+    device: str = field(default="auto", metadata=_help("auto | cpu | cuda[:N]"))
+    dtype: str = field(default="float32", metadata=_help("floating-point precision of training",
+                                                         choices=("float32", "float64")))
+    ensemble: int = field(default=1, metadata=_help("train K members, export their mean and spread", metavar="K"))
+    valid_fraction: float = field(default=0.1, metadata=_help("fraction of structures (or groups) for validation"))
+    test_fraction: float = field(default=0.1, metadata=_help("fraction of structures (or groups) for testing"))
+    split_by: str = field(default="random", metadata=_help(
+        "random, or a group column (smiles, formula, source) so that test molecules are unseen", metavar="KEY"))
+    lr_patience: int = field(default=5, metadata=_help("epochs without improvement before the learning rate decays"))
+    lr_factor: float = field(default=0.5, metadata=_help("learning-rate decay factor on a plateau"))
+    early_stopping: int = field(default=20, metadata=_help(
+        "stop after this many epochs without a relative improvement of 1e-4 in the validation loss"))
+    min_epochs: int = field(default=40, metadata=_help(
+        "no early stop (patience or min_lr) before this epoch: early validation losses are noisy"))
+    min_lr: float = field(default=1e-5, metadata=_help(
+        "stop once the plateau schedule has decayed the learning rate below this"))
+    grad_clip: float = field(default=10.0, metadata=_help("gradient-norm clipping (0: off)"))
+    energy_loss: str = field(default="structure", metadata=_help(
+        "compare energies per structure (total energies, as in the papers) or per atom in the loss",
+        choices=("structure", "atom")))
+    max_structures: Optional[int] = field(default=None, metadata=_help(
+        "train on a random subset of this size (quick experiments)"))
+
+    def validate(self) -> TrainSettings:
+        """Raises ValueError naming the first setting out of range."""
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.ensemble < 1:
+            raise ValueError("train settings need epochs >= 0, batch_size >= 1, lr > 0, ensemble >= 1")
+        if self.min_epochs < 0 or self.early_stopping < 1 or self.lr_patience < 0:
+            raise ValueError("train settings need min_epochs >= 0, early_stopping >= 1, lr_patience >= 0")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.energy_loss not in ("structure", "atom"):
+            raise ValueError(f"energy_loss must be 'structure' or 'atom', got {self.energy_loss!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.max_structures is not None and self.max_structures < 1:
+            raise ValueError(f"max_structures must be >= 1, got {self.max_structures}")
+        return self
 
 
 @dataclass
@@ -107,9 +130,10 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
 
     # ---- validation ---------------------------------------------------------------------
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         if not self.fidelities:
-            raise ValueError("no fidelity bound: give --fidelity NAME=ENERGY_KEY[,FORCES_KEY] or [fidelity.NAME] tables")
+            raise ValueError("no fidelity bound: give --fidelity NAME=ENERGY_KEY[,FORCES_KEY] or [fidelity.NAME] "
+                             "tables")
         names = [f.name for f in self.fidelities]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -125,17 +149,8 @@ class RunConfig:
                     raise ValueError(f"fidelity {f.name!r}: {w} must be >= 0")
         if self.energy_unit is not None:
             units.energy_factor(self.energy_unit)
-        t = self.train
-        if t.epochs < 0 or t.batch_size < 1 or t.lr <= 0 or t.ensemble < 1:
-            raise ValueError("train settings need epochs >= 0, batch_size >= 1, lr > 0, ensemble >= 1")
-        if t.device not in ("auto", "cpu", "cuda") and not t.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {t.device!r}")
-        if t.energy_loss not in ("structure", "atom"):
-            raise ValueError(f"energy_loss must be 'structure' or 'atom', got {t.energy_loss!r}")
-        if t.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {t.dtype!r}")
-        if self.model.tensor_order not in (0, 1, 2):
-            raise ValueError(f"tensor_order must be 0, 1 or 2, got {self.model.tensor_order}")
+        self.train.validate()
+        self.model.validate()
         return self
 
     # ---- TOML ------------------------------------------------------------------------------
@@ -155,7 +170,7 @@ class RunConfig:
         return dump_toml(self.to_dict())
 
     @classmethod
-    def from_dict(cls, raw: Dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, raw: Dict[str, Any]) -> RunConfig:
         raw = dict(raw)
         known = {"data", "out", "energy_unit", "model", "train", "fidelity"}
         unknown = sorted(set(raw) - known)
@@ -171,7 +186,7 @@ class RunConfig:
         return cfg
 
     @classmethod
-    def from_toml(cls, path: str) -> "RunConfig":
+    def from_toml(cls, path: str) -> RunConfig:
         if not os.path.exists(path):
             raise FileNotFoundError(f"config file not found: {path}")
         try:

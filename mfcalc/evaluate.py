@@ -16,7 +16,7 @@ import torch
 from mfcalc import export, keys
 from mfcalc.data.dataset import load_data
 from mfcalc.data.fidelity import FidelitySpec
-from mfcalc.train.metrics import accumulate_stats, residual_data, stats_to_metrics
+from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
 
 
 def evaluate_file(model_path: str, data_paths: Sequence[str], fidelities: Sequence[FidelitySpec],

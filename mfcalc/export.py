@@ -8,26 +8,31 @@ cutoff, units, reference energies, training summary, metrics) rides in the file'
 from __future__ import annotations
 
 import datetime
-import inspect
 import json
 import os
-import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 import torch
 
 from mfcalc import keys
+from mfcalc.files import atomic_write
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
+from mfcalc.model.settings import ModelSettings
 
 
 def build_metadata(model: Ensemble, training: Optional[Dict[str, Any]] = None,
-                   metrics: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Metadata for a model file, read off the model itself plus optional summaries."""
+                   metrics: Optional[Dict[str, Any]] = None, domain: Optional[Dict[str, Any]] = None
+                   ) -> Dict[str, Any]:
+    """Metadata for a model file, read off the model itself plus optional summaries.
+
+    ``domain`` describes what the training structures covered (elements, heavy-atom counts);
+    the conformer search warns before optimising a molecule outside it.
+    """
     from mfcalc import __version__
 
-    first = model.members[0]
-    level0 = first.heads.levels[0].weight.detach().double().cpu()  # (F, n_species), frozen
+    first = cast(MultiFidelityHipnn, model.members[0])
+    level0 = first.heads.linears()[0].weight.detach().double().cpu()  # (F, n_species), frozen
     return {
         keys.META_FORMAT: keys.MODEL_FORMAT,
         keys.META_FORMAT_VERSION: keys.MODEL_FORMAT_VERSION,
@@ -47,24 +52,19 @@ def build_metadata(model: Ensemble, training: Optional[Dict[str, Any]] = None,
         keys.META_VERSION: __version__,
         keys.META_TRAINING: training or {},
         keys.META_METRICS: metrics or {},
+        keys.META_DOMAIN: domain or {},
         keys.META_CREATED: datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def save(model: Ensemble, path: str, metadata: Dict[str, Any]) -> None:
     """Script ``model`` and write it with ``metadata`` atomically (temp file, then rename)."""
-    scripted = torch.jit.script(model.cpu().eval())
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".pt.tmp", dir=directory)
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp, _extra_files={keys.METADATA_FILE: json.dumps(metadata, indent=1)})
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _write(torch.jit.script(model.cpu().eval()), path, metadata)
+
+
+def _write(scripted: torch.jit.ScriptModule, path: str, metadata: Dict[str, Any]) -> None:
+    extra = {keys.METADATA_FILE: json.dumps(metadata, indent=1)}
+    atomic_write(path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
 
 
 def load(path: str, device: str | torch.device = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
@@ -91,24 +91,32 @@ def load(path: str, device: str | torch.device = "cpu") -> Tuple[torch.jit.Scrip
         raise ValueError(f"{path}: metadata format {meta.get(keys.META_FORMAT)!r} is not {keys.MODEL_FORMAT!r}")
     if int(meta.get(keys.META_FORMAT_VERSION, 0)) > keys.MODEL_FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer mfcalc (format {meta[keys.META_FORMAT_VERSION]}); upgrade")
+    if not hasattr(module, "compute"):  # an older file: same weights, today's code (rescript saves it)
+        module = torch.jit.script(_rebuild(module, meta, path)).to(device)
     module.eval()
     return module, meta
+
+
+def _rebuild(module: torch.nn.Module, meta: Dict[str, Any], path: str) -> Ensemble:
+    """The eager ensemble of a loaded model file, built from its recorded hyper-parameters."""
+    hparams = dict(meta.get(keys.META_HPARAMS) or {})
+    needed = set(ModelSettings.architecture_fields()) | {"species", "fidelities"}
+    missing = sorted(needed - set(hparams))
+    if missing:  # a default filled in today could differ from the one the weights were trained with
+        raise ValueError(f"{path}: cannot rebuild the model with this mfcalc, the file does not record the "
+                         f"hyper-parameters {missing}")
+    members = [MultiFidelityHipnn(**hparams) for _ in range(int(meta.get(keys.META_ENSEMBLE_SIZE, 1)))]
+    model = Ensemble(members).to(next(module.parameters()).dtype)
+    wanted = model.state_dict()  # scripted files also list non-persistent buffers (species_table)
+    model.load_state_dict({k: v.cpu() for k, v in module.state_dict().items() if k in wanted})
+    return model.eval()
 
 
 def update_metadata(path: str, **fields: Any) -> Dict[str, Any]:
     """Add or replace metadata fields of an existing model file (atomically); returns the new metadata."""
     module, meta = load(path)
     meta.update(fields)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".pt.tmp", dir=directory)
-    os.close(fd)
-    try:
-        torch.jit.save(module, tmp, _extra_files={keys.METADATA_FILE: json.dumps(meta, indent=1)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _write(module, path, meta)
     return meta
 
 
@@ -122,17 +130,10 @@ def rescript(path: str, out: Optional[str] = None) -> Dict[str, Any]:
     from mfcalc import __version__
 
     module, meta = load(path)
-    needed = set(inspect.signature(MultiFidelityHipnn.__init__).parameters) - {"self"}
-    missing = sorted(needed - set(meta.get(keys.META_HPARAMS) or {}))
-    if missing:  # a default filled in today could differ from the one the weights were trained with
-        raise ValueError(f"{path}: cannot rescript, the file does not record the hyper-parameters {missing}")
-    members = [MultiFidelityHipnn.from_hparams(json.dumps(meta[keys.META_HPARAMS]))
-               for _ in range(int(meta.get(keys.META_ENSEMBLE_SIZE, 1)))]
-    model = Ensemble(members).to(next(module.parameters()).dtype)
-    wanted = model.state_dict()  # scripted files also list non-persistent buffers (species_table)
-    model.load_state_dict({k: v for k, v in module.state_dict().items() if k in wanted})
+    model = _rebuild(module, meta, path)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
     meta[keys.META_RESCRIPTED] = f"mfcalc {__version__}, {now}"
+    meta[keys.META_FORMAT_VERSION] = keys.MODEL_FORMAT_VERSION
     save(model, out or path, meta)
     return meta
 
@@ -146,5 +147,6 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     """
     if not isinstance(module, torch.jit.ScriptModule):
         return module
-    methods = [m for m in ("energy_and_forces", "energy_forces_spread", "fidelity_index") if hasattr(module, m)]
+    methods = [m for m in ("compute", "energy_and_forces", "energy_forces_spread", "fidelity_index")
+               if hasattr(module, m)]
     return torch.jit.freeze(module.eval(), preserved_attrs=methods)

@@ -1,7 +1,7 @@
-"""Names shared across modules: model-file metadata keys and output keys, defined once.
+"""Names shared across modules, defined once: model outputs and model-file metadata.
 
-Model outputs (``forward`` of an exported model), for B structures, A atoms, F fidelities,
-L hierarchy levels:
+Model outputs, for B structures, A atoms, F fidelities, L hierarchy levels.
+``forward`` of a model (all fidelities at once):
 
 ================  ==========  =====================================================
 key               shape       meaning
@@ -11,6 +11,16 @@ energy_std        (B, F)      eV, ensemble member spread (0 for a single model)
 energy_levels     (B, L, F)   eV, per hierarchy level (level 0 = reference energies)
 atom_energy       (A, F)      eV
 hierarchicality   (B, F)      dimensionless regulariser, see the model docstring
+================  ==========  =====================================================
+
+``compute`` of an exported model (one fidelity; :class:`mfcalc.model.ensemble.Ensemble`):
+
+================  ==========  =====================================================
+energy            (B,)        eV, ensemble mean
+energy_std        (B,)        eV, member spread
+forces            (A, 3)      eV/Angstrom, -dE/dR of the mean energy
+forces_std        (A, 3)      eV/Angstrom, member spread (when asked)
+stress            (B, 3, 3)   eV/Angstrom^3, (1/V) dE/d(strain) (when asked)
 ================  ==========  =====================================================
 """
 
@@ -22,6 +32,9 @@ ENERGY_STD: Final = "energy_std"
 ENERGY_LEVELS: Final = "energy_levels"
 ATOM_ENERGY: Final = "atom_energy"
 HIERARCHICALITY: Final = "hierarchicality"
+FORCES: Final = "forces"
+FORCES_STD: Final = "forces_std"
+STRESS: Final = "stress"
 
 # model-file metadata (one JSON document in the TorchScript file's extra files)
 METADATA_FILE: Final = "mfcalc_metadata.json"
@@ -35,14 +48,17 @@ META_LENGTH_UNIT: Final = "length_unit"  # "Angstrom"
 META_REFERENCE_ENERGIES: Final = "reference_energies"  # {fidelity: {Z: eV}}
 META_ENSEMBLE_SIZE: Final = "ensemble_size"  # int
 META_DTYPE: Final = "dtype"  # "float32" | "float64"
-META_HPARAMS: Final = "hparams"  # model hyper-parameters
+META_HPARAMS: Final = "hparams"  # model hyper-parameters (ModelSettings + species + fidelities)
 META_VERSION: Final = "mfcalc_version"
-META_TRAINING: Final = "training"  # summary: data, fidelity bindings, epochs, time
+META_TRAINING: Final = "training"  # resolved training settings, fidelity bindings, data, epochs, time
 META_METRICS: Final = "metrics"  # valid/test metrics per fidelity
 META_CREATED: Final = "created"  # ISO time
 META_RESCRIPTED: Final = "rescripted"  # mfcalc version and time of the last export.rescript
 META_DEFAULT_FIDELITY: Final = "default_fidelity"  # str, what MFCalculator uses when none is named
 META_SPREAD_WARNING: Final = "spread_warning_ev"  # float, ensemble energy spread above which users are warned
+META_DOMAIN: Final = "domain"  # what the training data covered: {"elements": [Z], "heavy_atoms": [min, max], ...}
 
 MODEL_FORMAT: Final = "mfcalc-model"
-MODEL_FORMAT_VERSION: Final = 1
+# 1: forward, energy_and_forces, energy_forces_spread; 2: adds compute (one call for
+# energy, forces, spreads and stress).  export.load upgrades older files in memory.
+MODEL_FORMAT_VERSION: Final = 2

@@ -20,7 +20,7 @@ from ase import Atoms
 from ase.optimize import BFGS
 
 from mfcalc import MFCalculator, conformers, export
-from mfcalc.calculator import default_model_path
+from mfcalc.models import default_model_path
 
 
 def main() -> None:

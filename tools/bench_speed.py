@@ -234,8 +234,9 @@ class Mfcalc(Impl):
         return run
 
     def train_step(self, batches):
-        from mfcalc.train.loop import TrainStep
-        from mfcalc.train.loss import LossWeights, batch_stats, total_loss
+        from mfcalc.metrics import batch_stats
+        from mfcalc.train.fit import TrainStep
+        from mfcalc.train.loss import LossWeights, total_loss
 
         torch.manual_seed(0)
         model = type(self.eager).from_hparams(self.eager.hparams).to(self.device, self.dtype).train()
@@ -599,7 +600,7 @@ SECTIONS = {"1": section_latency, "2": section_md, "3": section_batched, "4": se
 
 
 def main(argv=None) -> int:
-    from mfcalc.config import ModelSettings
+    from mfcalc.model.settings import ModelSettings
 
     defaults = ModelSettings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

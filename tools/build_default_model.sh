@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the shipped default model (mfcalc/models/default.pt) from the reference data and
+# Rebuild the shipped default model (models/default.pt) from the reference data and
 # print the metrics that go into models/README.md.  The recipe (40 features, cusp_reg 1e-2) is the
 # one the validation-split study in README.md selected.  About 40 minutes on 2 CPU cores.
 set -euo pipefail
@@ -15,8 +15,8 @@ mfcalc-eval --model "$out/model.pt" --data data/mf_reference.h5 --split "$out/sp
     --fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
     --fidelity "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces" --json "$out/eval_test.json"
 python tools/spread_threshold.py "$out/model.pt" data/mf_reference.h5 "$out/split.npz" --split-name valid
-mkdir -p mfcalc/models
-cp "$out/model.pt" mfcalc/models/default.pt
+
+cp "$out/model.pt" models/default.pt
 python - "$out" <<'PY'
 import json, sys, numpy as np
 out = sys.argv[1]

@@ -37,8 +37,8 @@ from mfcalc import export, keys
 from mfcalc.config import FidelityConfig, RunConfig
 from mfcalc.data import load_data, parse_fidelity
 from mfcalc.data.dataset import split_indices
+from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
 from mfcalc.train import train
-from mfcalc.train.metrics import accumulate_stats, residual_data, stats_to_metrics
 from mfcalc.units import KCAL_MOL_EV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +134,7 @@ def run_row(row: Row, split_by: str, seed: int, args, full, workdir: str) -> Dic
     t.epochs, t.batch_size, t.lr, t.seed, t.device = args.epochs, args.batch_size, args.lr, seed, "cpu"
     t.valid_fraction, t.test_fraction, t.split_by, t.max_minutes = args.valid_fraction, args.test_fraction, \
         split_by, args.max_minutes
-    t.early_stopping, t.energy_loss = args.early_stopping, args.energy_loss
+    t.early_stopping, t.min_epochs, t.energy_loss = args.early_stopping, args.min_epochs, args.energy_loss
     metrics = train(cfg, log=lambda _msg: None, data=data, split=split)  # one fixed split for every row
     model, _meta = export.load(os.path.join(cfg.out, "model.pt"))
     model = model.double()
@@ -248,6 +248,8 @@ def main(argv=None) -> int:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--early-stopping", type=int, default=25)
+    p.add_argument("--min-epochs", type=int, default=0,
+                   help="no early stop before this epoch (0, the default, is how the README table was run)")
     p.add_argument("--max-minutes", type=float, default=None, help="per training run")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)

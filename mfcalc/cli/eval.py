@@ -36,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     def body() -> int:
         from mfcalc.data.fidelity import parse_fidelity
         from mfcalc.evaluate import evaluate_file
-        from mfcalc.train.metrics import format_table
+        from mfcalc.metrics import format_table
 
         specs = [parse_fidelity(t, energy_unit=args.energy_unit) for t in args.fidelity]
         structures = None

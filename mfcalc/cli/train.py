@@ -7,7 +7,10 @@ import os
 import sys
 from typing import List, Optional
 
-from mfcalc.cli.common import run_cli
+from mfcalc.cli.common import add_settings_arguments, apply_settings, run_cli
+from mfcalc.config import FidelityConfig, RunConfig, TrainSettings
+from mfcalc.data.fidelity import parse_fidelity
+from mfcalc.model.settings import ModelSettings
 
 PROG = "mfcalc-train"
 
@@ -20,29 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory")
     p.add_argument("--config", metavar="FILE.toml", help="TOML config; flags override it")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--max-minutes", type=float, help="stop cleanly after this wall time and export")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="auto | cpu | cuda")
-    t.add_argument("--dtype", choices=["float32", "float64"])
-    t.add_argument("--ensemble", type=int, metavar="K", help="train K members, export their mean")
-    t.add_argument("--valid-fraction", type=float)
-    t.add_argument("--test-fraction", type=float)
-    t.add_argument("--split-by", metavar="KEY|random", help="group column (smiles, formula, source) or random")
-    t.add_argument("--max-structures", type=int, help="train on a random subset of this size")
-    t.add_argument("--energy-loss", choices=["structure", "atom"],
-                   help="compare energies per structure (default) or per atom in the loss")
-    m = p.add_argument_group("model")
-    m.add_argument("--tensor-order", type=int, choices=[0, 1, 2])
-    m.add_argument("--n-features", type=int)
-    m.add_argument("--n-sensitivities", type=int)
-    m.add_argument("--n-interactions", type=int)
-    m.add_argument("--n-atom-layers", type=int)
-    m.add_argument("--cutoff", type=float, metavar="A")
-    m.add_argument("--cusp-reg", type=float, metavar="EPS", help="eps in sqrt(|u|^2 + eps) of the tensor norms")
+    add_settings_arguments(p.add_argument_group("training (TrainSettings)"), TrainSettings)
+    add_settings_arguments(p.add_argument_group("model (ModelSettings)"), ModelSettings)
     p.add_argument("--energy-unit", help="unit of the --fidelity energies: hartree | ev | kcal/mol "
                    "(default: the format's, Hartree for HDF5, eV for ASE files)")
     p.add_argument("--loss-weight", action="append", metavar="NAME:energy=W,forces=W,hier=W",
@@ -66,10 +48,7 @@ def parse_loss_weight(text: str):
     return name.strip(), out
 
 
-def config_from_args(args: argparse.Namespace):
-    from mfcalc.config import FidelityConfig, RunConfig
-    from mfcalc.data.fidelity import parse_fidelity
-
+def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
     if args.data:
         cfg.data = [os.path.abspath(p) for p in args.data]
@@ -97,18 +76,8 @@ def config_from_args(args: argparse.Namespace):
             raise ValueError(f"--loss-weight names fidelity {name!r}; bound: {[f.name for f in cfg.fidelities]}")
         for k, v in w.items():
             setattr(match[0], k, v)
-    for key in ("epochs", "max_minutes", "batch_size", "lr", "seed", "device", "dtype", "ensemble",
-                "valid_fraction", "test_fraction", "split_by", "max_structures", "energy_loss"):
-        val = getattr(args, key)
-        if val is not None:
-            setattr(cfg.train, key, val)
-    for key in ("tensor_order", "n_features", "n_sensitivities", "n_interactions", "n_atom_layers", "cutoff",
-                "cusp_reg"):
-        val = getattr(args, key)
-        if val is not None:
-            setattr(cfg.model, key, val)
-    if args.cutoff is not None and cfg.model.soft_max is not None and cfg.model.soft_max > args.cutoff:
-        cfg.model.soft_max = None
+    apply_settings(args, cfg.train)
+    apply_settings(args, cfg.model)
     return cfg.validate()
 
 
@@ -116,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from mfcalc.train import format_table, train
+        from mfcalc.metrics import format_table
+        from mfcalc.train import train
 
         cfg = config_from_args(args)
         metrics = train(cfg, resume=args.resume)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -70,13 +70,13 @@ def split_indices(data: MFData, valid_fraction: float = 0.1, test_fraction: floa
         members = [m for m in members if len(m)]
         sizes = np.array([len(m) for m in members])
     targets = {"test": test_fraction * n, "valid": valid_fraction * n}
-    out = {"train": [], "valid": [], "test": []}
+    out: Dict[str, List[np.ndarray]] = {"train": [], "valid": [], "test": []}
     filled = {"test": 0, "valid": 0}
     for m, size in zip(members, sizes):
         for name in ("test", "valid"):
             if filled[name] < targets[name] and (filled[name] == 0 or filled[name] + size / 2 <= targets[name]):
                 out[name].append(m)
-                filled[name] += size
+                filled[name] += int(size)
                 break
         else:
             out["train"].append(m)
@@ -116,7 +116,7 @@ class Batch:
     def n_mol(self) -> int:
         return int(self.cell.shape[0])
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
@@ -212,9 +212,9 @@ def fit_reference_energies(data: MFData, species: Sequence[int], structures: Opt
             donors = np.nonzero(present[:, s])[0]
             if len(donors):
                 out[k, s] = out[donors[0], s]
-                warnings.warn(f"element Z={species[s]} has no {name!r} energy label; its reference energy is "
+                warnings.warn(f"element Z={species[int(s)]} has no {name!r} energy label; its reference energy is "
                               f"taken from {data.fidelities[donors[0]]!r}", stacklevel=2)
             else:
-                warnings.warn(f"element Z={species[s]} occurs in no labelled structure; reference energy 0 eV",
+                warnings.warn(f"element Z={species[int(s)]} occurs in no labelled structure; reference energy 0 eV",
                               stacklevel=2)
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 from mfcalc import units
 
@@ -64,7 +64,7 @@ def parse_fidelity(text: str, energy_unit: Optional[str] = None, forces_unit: Op
     return FidelitySpec(name.strip(), parts[0], forces_key, energy_unit, forces_unit)
 
 
-def check_unique(specs: "list[FidelitySpec] | tuple[FidelitySpec, ...]") -> None:
+def check_unique(specs: list[FidelitySpec] | tuple[FidelitySpec, ...]) -> None:
     """Raise if two specs share a name or none is given."""
     if not specs:
         raise ValueError("at least one fidelity binding is needed")
@@ -72,3 +72,15 @@ def check_unique(specs: "list[FidelitySpec] | tuple[FidelitySpec, ...]") -> None
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"fidelity names bound more than once: {dup}")
+
+
+def head_index(heads: List[str], name: str) -> int:
+    """Position of fidelity ``name`` among a model's heads; raises naming the known ones.
+
+    The one name -> head lookup: the exported (TorchScript) model, the calculator, the
+    conformer search and evaluation all use it, so every caller gets the same message.
+    """
+    for k, head in enumerate(heads):
+        if head == name:
+            return k
+    raise ValueError("unknown fidelity '" + name + "'; this model has: " + ", ".join(heads))

@@ -27,9 +27,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
+
+from mfcalc.files import atomic_write_text
 
 GroupColumn = Tuple[np.ndarray, List[str]]
 
@@ -115,7 +117,7 @@ class MFData:
         first_out = np.cumsum(counts) - counts
         return np.repeat(starts - first_out, counts) + np.arange(total, dtype=np.int64)
 
-    def subset(self, structures: np.ndarray) -> "MFData":
+    def subset(self, structures: np.ndarray) -> MFData:
         """A new MFData holding the given structures (copied into memory)."""
         structures = np.asarray(structures, dtype=np.int64)
         atoms = self.atom_index(structures)
@@ -133,7 +135,7 @@ class MFData:
             groups={k: (codes[structures], names) for k, (codes, names) in self.groups.items()},
         )
 
-    def with_fidelities(self, names: Sequence[str]) -> "MFData":
+    def with_fidelities(self, names: Sequence[str]) -> MFData:
         """The same structures with fidelity columns in the order ``names`` (absent ones NaN)."""
         names = tuple(names)
         energy = np.full((len(self), len(names)), np.nan)
@@ -165,7 +167,8 @@ class MFData:
             arrays[f"group.{key}"] = codes
         for name, arr in arrays.items():
             target = os.path.join(directory, name + ".npy")
-            if isinstance(arr, np.memmap) and os.path.abspath(arr.filename) == os.path.abspath(target):
+            if isinstance(arr, np.memmap) and arr.filename is not None \
+                    and os.path.abspath(arr.filename) == os.path.abspath(target):
                 arr.flush()  # already written in place (HDF5 reader with a cache directory)
                 continue
             np.save(target, np.ascontiguousarray(arr))
@@ -174,20 +177,17 @@ class MFData:
             "forces": list(self.forces),
             "groups": {k: names for k, (_c, names) in self.groups.items()},
         }
-        tmp = os.path.join(directory, "index.json.tmp")
-        with open(tmp, "w") as fh:
-            json.dump(index, fh)
-        os.replace(tmp, os.path.join(directory, "index.json"))
+        atomic_write_text(os.path.join(directory, "index.json"), json.dumps(index))
 
     @classmethod
-    def load(cls, directory: str, mmap: bool = True) -> "MFData":
+    def load(cls, directory: str, mmap: bool = True) -> MFData:
         """Open a directory written by :meth:`save`; arrays are memory-mapped by default."""
         path = os.path.join(directory, "index.json")
         if not os.path.exists(path):
             raise FileNotFoundError(f"{directory!r} is not an mfcalc data directory (no index.json)")
         with open(path) as fh:
             index = json.load(fh)
-        mode = "r" if mmap else None
+        mode: Optional[Literal["r"]] = "r" if mmap else None
 
         def arr(name: str) -> np.ndarray:
             return np.load(os.path.join(directory, name + ".npy"), mmap_mode=mode)
@@ -286,7 +286,7 @@ def merge_identical(data: MFData, decimals: int = 6) -> Tuple[MFData, int]:
         fill = np.isnan(energy[t]) & ~np.isnan(energy[s])
         energy[t, fill] = energy[s, fill]
     dup = np.nonzero(target != np.arange(len(data)))[0]
-    for name, f in forces.items():
+    for f in forces.values():
         src = data.atom_index(dup)
         dst = data.atom_index(target[dup])
         empty_dst = np.isnan(f[dst]).all(axis=1) & np.isfinite(f[src]).all(axis=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,13 +22,12 @@ class HierarchicalHeads(nn.Module):
 
     def __init__(self, widths: List[int], n_fidelities: int):
         super().__init__()
-        self.levels = nn.ModuleList(
-            [nn.Linear(w, n_fidelities, bias=(n > 0)) for n, w in enumerate(widths)]
-        )
-        for n, lin in enumerate(self.levels):
+        levels = [nn.Linear(w, n_fidelities, bias=(n > 0)) for n, w in enumerate(widths)]
+        for lin in levels:
             nn.init.xavier_normal_(lin.weight)
-            if n > 0:
+            if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
+        self.levels = nn.ModuleList(levels)
 
     def forward(self, features: List[Tensor]) -> Tensor:
         """Per-level features [(A, F_n)] -> atom energies (A, L, n_fidelities), eV."""
@@ -41,11 +40,17 @@ class HierarchicalHeads(nn.Module):
     def set_reference_energies(self, reference: Tensor, scale: float = 1e-2) -> None:
         """Level 0 <- reference (F, n_species) eV, frozen; shrink higher levels so training
         starts at the reference energies and each level is ``scale`` times the one before."""
+        levels = self.linears()
         with torch.no_grad():
-            self.levels[0].weight.copy_(reference.to(self.levels[0].weight))
+            levels[0].weight.copy_(reference.to(levels[0].weight))
             factor = 1.0
-            for lin in list(self.levels)[1:]:
+            for lin in levels[1:]:
                 factor *= scale
                 lin.weight.mul_(factor)
                 lin.bias.mul_(factor)
-        self.levels[0].weight.requires_grad_(False)
+        levels[0].weight.requires_grad_(False)
+
+    @torch.jit.unused
+    def linears(self) -> List[nn.Linear]:
+        """The per-level linear maps; ``linears()[0].weight`` (F, n_species) are the reference energies."""
+        return [cast(nn.Linear, lin) for lin in self.levels]

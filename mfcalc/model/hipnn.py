@@ -8,25 +8,20 @@ so an exported model needs nothing but torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from mfcalc import keys
+from mfcalc.data.fidelity import head_index
+from mfcalc.model import grad
 from mfcalc.model.heads import HierarchicalHeads
 from mfcalc.model.interaction import InteractionLayer
+from mfcalc.model.settings import ModelSettings
 from mfcalc.neighbors import radius_pairs
-
-
-
-
-def fidelity_position(fidelities: List[str], fidelity: str) -> int:
-    """Head index of a fidelity name; raises naming the known ones (shared by model and ensemble)."""
-    for k, name in enumerate(fidelities):
-        if name == fidelity:
-            return k
-    raise ValueError("unknown fidelity '" + fidelity + "'; this model has: " + ", ".join(fidelities))
 
 
 class Residual(nn.Module):
@@ -85,58 +80,54 @@ class MultiFidelityHipnn(nn.Module):
     Args:
         species: atomic numbers the model knows, e.g. ``[1, 6, 7, 8]``.
         fidelities: fidelity names in head order, e.g. ``["xtb", "dft", "cc"]``.
-        n_features: width F of every interaction block.
-        n_sensitivities: radial functions per interaction.
-        n_interactions: number of interaction blocks (hierarchy levels = this + 1).
-        n_atom_layers: atom layers after each interaction.
-        tensor_order: 0, 1 or 2 (HIP-NN-TS tensor sensitivity).
-        cutoff: Angstrom.
-        soft_min, soft_max: Angstrom, sensitivity centre range (``soft_max`` defaults to
-            ``cutoff - 1``).
-        resnet: residual blocks (hippynn's default) or plain ``softplus(L(x))``.
-        cusp_reg: eps inside the tensor norms sqrt(|u|^2 + eps).  The curvature of the
-            energy where a norm passes zero (e.g. a carbon in a near-symmetric environment)
-            grows like 1/sqrt(eps), and velocity Verlet pays for it in energy drift.  NVE MD of
-            ethanol at 0.25 fs (tests/integration/test_calculator.py) drifted 2.6e-4 eV/atom
-            with hippynn's 1e-6; with 1e-4 it ranged from 6e-7 to 1.2e-4 over six small
-            trained models, and the worst one fell to 6e-6 with 1e-2 (same weights).  On
-            validation data 1e-2 trains as accurately as 1e-4 (README, recipe study), so
-            1e-2 is the default.
+        settings: the architecture (:class:`~mfcalc.model.settings.ModelSettings`, where
+            every hyper-parameter is declared and documented); defaults when omitted.
+        **overrides: any :class:`ModelSettings` field by name, e.g. ``n_features=40``
+            (``MultiFidelityHipnn(**model.hparams)`` rebuilds a recorded model).
+
+    ``cusp_reg`` is eps inside the tensor norms sqrt(|u|^2 + eps).  The curvature of the
+    energy where a norm passes zero (e.g. a carbon in a near-symmetric environment) grows
+    like 1/sqrt(eps), and velocity Verlet pays for it in energy drift.  NVE MD of ethanol at
+    0.25 fs (tests/integration/test_calculator.py) drifted 2.6e-4 eV/atom with hippynn's
+    1e-6; with 1e-4 it ranged from 6e-7 to 1.2e-4 over six small trained models, and the
+    worst one fell to 6e-6 with 1e-2 (same weights).  On validation data 1e-2 trains as
+    accurately as 1e-4 (README, recipe study), so 1e-2 is the default.
     """
 
-    def __init__(self, species: List[int], fidelities: List[str], n_features: int = 20, n_sensitivities: int = 20,
-                 n_interactions: int = 2, n_atom_layers: int = 3, tensor_order: int = 2, cutoff: float = 5.5,
-                 soft_min: float = 0.75, soft_max: Optional[float] = None, resnet: bool = True,
-                 cusp_reg: float = 1e-2):
+    def __init__(self, species: List[int], fidelities: List[str], settings: Optional[ModelSettings] = None,
+                 **overrides):
         super().__init__()
+        base = settings if settings is not None else ModelSettings()
+        unknown = sorted(set(overrides) - set(ModelSettings.architecture_fields()))
+        if unknown:
+            raise TypeError(f"unknown model setting(s) {unknown}; known: {ModelSettings.architecture_fields()}")
+        settings = dataclasses.replace(base, species=None, **overrides).validate()
         species = sorted(int(z) for z in species)
         if not species or species[0] < 1 or species[-1] > 118 or len(set(species)) != len(species):
             raise ValueError(f"species must be distinct atomic numbers in 1..118, got {species}")
         if not fidelities or len(set(fidelities)) != len(fidelities):
             raise ValueError(f"fidelities must be distinct names, got {fidelities}")
-        if n_interactions < 1:
-            raise ValueError("n_interactions must be >= 1")
-        soft_max = float(cutoff - 1.0 if soft_max is None else soft_max)
+        arch = settings.architecture()
         self.species: List[int] = species
         self.fidelities: List[str] = list(fidelities)
-        self.cutoff = float(cutoff)
-        self.hparams = json.dumps(dict(
-            species=species, fidelities=list(fidelities), n_features=n_features, n_sensitivities=n_sensitivities,
-            n_interactions=n_interactions, n_atom_layers=n_atom_layers, tensor_order=tensor_order,
-            cutoff=float(cutoff), soft_min=float(soft_min), soft_max=soft_max, resnet=resnet, cusp_reg=cusp_reg))
+        self.cutoff = float(settings.cutoff)
+        self.hparams = json.dumps(dict(species=species, fidelities=list(fidelities), **arch))
+        self.species_table: Tensor  # declared for type checkers; registered as a buffer below
         table = torch.full((119,), -1, dtype=torch.long)
         table[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("species_table", table, persistent=False)
-        widths = [len(species)] + [n_features] * n_interactions
+        widths = [len(species)] + [settings.n_features] * settings.n_interactions
         self.blocks = nn.ModuleList([
-            Block(widths[n], widths[n + 1], n_atom_layers, resnet, n_sensitivities=n_sensitivities,
-                  tensor_order=tensor_order, soft_min=soft_min, soft_max=soft_max, cutoff=cutoff, cusp_reg=cusp_reg)
-            for n in range(n_interactions)
+            Block(widths[n], widths[n + 1], settings.n_atom_layers, settings.resnet,
+                  n_sensitivities=settings.n_sensitivities, tensor_order=settings.tensor_order,
+                  soft_min=arch["soft_min"], soft_max=arch["soft_max"], cutoff=arch["cutoff"],
+                  cusp_reg=settings.cusp_reg)
+            for n in range(settings.n_interactions)
         ])
         self.heads = HierarchicalHeads(widths, len(fidelities))
 
     @classmethod
-    def from_hparams(cls, hparams: str) -> "MultiFidelityHipnn":
+    def from_hparams(cls, hparams: str) -> MultiFidelityHipnn:
         return cls(**json.loads(hparams))
 
     # ---- input checks (TorchScript raises these as plain errors with the message) -----------
@@ -207,16 +198,16 @@ class MultiFidelityHipnn(nn.Module):
         hier = torch.zeros(n_mol, n_fid, dtype=positions.dtype, device=positions.device)
         hier = hier.index_add(0, mol_index, ratio.sum(dim=1))
         return {
-            "energy": mol_levels.sum(dim=1),
-            "energy_levels": mol_levels,
-            "atom_energy": atom_levels.sum(dim=1),
-            "hierarchicality": hier,
+            keys.ENERGY: mol_levels.sum(dim=1),
+            keys.ENERGY_LEVELS: mol_levels,
+            keys.ATOM_ENERGY: atom_levels.sum(dim=1),
+            keys.HIERARCHICALITY: hier,
         }
 
     @torch.jit.export
     def fidelity_index(self, fidelity: str) -> int:
         """Head index of a fidelity name; raises naming the known ones."""
-        return fidelity_position(self.fidelities, fidelity)
+        return head_index(self.fidelities, fidelity)
 
     @torch.jit.export
     def energy_and_forces(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, fidelity: int,
@@ -234,9 +225,5 @@ class MultiFidelityHipnn(nn.Module):
         if not positions.requires_grad:
             positions = positions.detach().requires_grad_(True)
         out = self.forward(numbers, positions, mol_index, n_mol, cell, pbc, pair_first, pair_second, shifts)
-        energy = out["energy"][:, fidelity]
-        grads = torch.autograd.grad([energy.sum()], [positions], create_graph=create_graph, allow_unused=True)
-        grad = grads[0]
-        if grad is None:
-            grad = torch.zeros_like(positions)
-        return energy, -grad
+        energy = out[keys.ENERGY][:, fidelity]
+        return energy, grad.forces(energy, positions, create_graph)

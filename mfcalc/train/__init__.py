@@ -1,6 +1,6 @@
-"""Training: masked multi-fidelity loss, the training loop, checkpoints, metrics."""
+"""Training: prepare the run's data -> fit each member -> export (see :mod:`mfcalc.train.loop`)."""
 
-from mfcalc.train.loop import load_run_data, train
-from mfcalc.train.metrics import accumulate_stats, format_table, residual_data, stats_to_metrics
+from mfcalc.train.loop import train
+from mfcalc.train.prepare import load_run_data
 
-__all__ = ["train", "load_run_data", "accumulate_stats", "format_table", "residual_data", "stats_to_metrics"]
+__all__ = ["train", "load_run_data"]

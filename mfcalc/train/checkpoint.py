@@ -1,28 +1,18 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, then rename.
-
-A crash (or a kill) during the write leaves the previous checkpoint intact, so at most the
-epoch in progress is lost.
-"""
+"""Checkpoints, written atomically (:mod:`mfcalc.files`): a crash or a kill during the write
+leaves the previous checkpoint intact, so at most the epoch in progress is lost."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Dict
 
 import torch
 
+from mfcalc.files import atomic_write
+
 
 def save_checkpoint(state: Dict[str, Any], path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), mode=0o600)
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:

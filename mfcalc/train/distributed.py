@@ -24,7 +24,7 @@ class DistContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device_kind: str) -> "DistContext":
+    def from_env(cls, device_kind: str) -> DistContext:
         """Join the process group torchrun describes (``WORLD_SIZE`` > 1), gloo on CPU, nccl on CUDA."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:

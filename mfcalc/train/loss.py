@@ -1,9 +1,8 @@
-"""Masked multi-fidelity loss, built from additive error statistics.
+"""Masked multi-fidelity loss, built from the additive error statistics of :mod:`mfcalc.metrics`.
 
-Errors are summarised per fidelity as sums (squared error, absolute error, count) so that
-the statistics of several batch shards (DistributedDataParallel ranks) add up exactly
-before the non-linear RMSE is taken: a 2-process run computes the same loss as one
-process with the same global batch.
+The statistics of several batch shards (DistributedDataParallel ranks) add up exactly
+before the non-linear RMSE is taken: a 2-process run computes the same loss as one process
+with the same global batch.
 
 Loss (architecture.md), with errors in kcal/mol and kcal/mol/Angstrom:
 
@@ -18,15 +17,13 @@ Each term runs over the structures that carry that label only; a fidelity withou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List
 
 import torch
 from torch import Tensor
 
+from mfcalc.metrics import COUNT, ENERGY, FORCES, SUMABS, SUMSQ
 from mfcalc.units import KCAL_MOL_EV
-
-ENERGY, FORCES = 0, 1
-SUMSQ, SUMABS, COUNT = 0, 1, 2
 
 
 @dataclass
@@ -36,44 +33,6 @@ class LossWeights:
     energy: List[float]
     forces: List[float]
     hier: List[float]
-
-
-def error_stats(err: Tensor, mask: Tensor) -> Tensor:
-    """(3,) [sum of squares, sum of |err|, count] of ``err`` where ``mask`` (broadcastable) is True."""
-    m = mask.to(err.dtype).expand_as(err)
-    e = err * m
-    return torch.stack([(e * e).sum(), e.abs().sum(), m.sum()])
-
-
-def batch_stats(pred_energy: Tensor, energy: Tensor, energy_mask: Tensor, pred_forces: Tensor, forces: Tensor,
-                forces_mask: Tensor, mol_index: Tensor, force_fidelities: Sequence[int],
-                energy_per_atom: bool = False) -> Tensor:
-    """Error statistics (F, 2, 3) in eV and eV/Angstrom for one batch.
-
-    Args:
-        pred_energy, energy: (B, F) predicted and reference energies (same reference shift).
-        energy_mask, forces_mask: (B, F) bool.
-        pred_forces, forces: (A, F, 3); only ``force_fidelities`` columns are compared.
-        mol_index: (A,) structure of each atom.
-        energy_per_atom: compare energies per atom (eV/atom) instead of per structure, so
-            large structures do not dominate the energy term (a training option; reported
-            metrics stay per structure).
-    """
-    n_fid = energy.shape[1]
-    rows: List[Tensor] = []
-    zero = torch.zeros(3, dtype=pred_energy.dtype, device=pred_energy.device)
-    e_err = pred_energy - energy
-    if energy_per_atom:
-        e_err = e_err / torch.bincount(mol_index, minlength=energy.shape[0]).clamp(min=1).to(energy.dtype)[:, None]
-    for k in range(n_fid):
-        e_stats = error_stats(e_err[:, k], energy_mask[:, k])
-        if k in force_fidelities:
-            atom_mask = forces_mask[mol_index, k][:, None]
-            f_stats = error_stats(pred_forces[:, k] - forces[:, k], atom_mask)
-        else:
-            f_stats = zero
-        rows.append(torch.stack([e_stats, f_stats]))
-    return torch.stack(rows)
 
 
 def rmse_plus_mae(stats: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from ase.constraints import FixAtoms
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
-from ase.optimize import BFGS, BFGSLineSearch, FIRE, LBFGS
+from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch
 from ase.vibrations import Vibrations
 
 from conftest import ethanol, random_rotation

@@ -4,11 +4,11 @@ import json
 import subprocess
 import sys
 
+import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.optimize import BFGS
-import ase.io
 
 from conftest import ethanol
 from mfcalc import MFCalculator, conformers, export
@@ -177,3 +177,26 @@ def test_a_saddle_point_is_pushed_off_and_only_the_minimum_is_ranked(ethanol_res
     (best,) = result.ranked
     assert best.energy_ev == pytest.approx(ethanol_result.ranked[0].energy_ev, abs=2e-3)
     assert conformers.lowest_curvature(model, numbers, best.positions[None], fid)[0][0] > 0
+
+
+def test_a_molecule_outside_the_domain_is_warned_about_before_optimising(tmp_path):
+    """Ibuprofen (15 heavy atoms, an aromatic ring) on the shipped model (1-4 heavy atoms): the
+    warning names the reason before any optimisation step, and the JSON carries it per conformer."""
+    lines = []
+    with pytest.warns(UserWarning, match="heavy atoms"):
+        result = conformers.rank("CC(C)Cc1ccc(cc1)C(C)C(=O)O", n_conformers=2, max_steps=3, log=lines.append)
+    first_step = next(i for i, line in enumerate(lines) if "step" in line)
+    assert any("WARNING" in line and "15 heavy atoms" in line and "1 to 4" in line for line in lines[:first_step])
+    assert any("15 heavy atoms" in w for w in result.warnings)
+    assert all(r.initial_spread_ev is not None and r.initial_spread_ev > 0 for r in result.records)
+    path = tmp_path / "ibu.json"
+    conformers.write_json(result, str(path))
+    doc = json.loads(path.read_text())
+    assert doc["warnings"] == result.warnings
+    assert {"initial_spread_ev", "spread_ev", "outside_domain"} <= set(doc["conformers"][0])
+    assert "WARNING" in conformers.format_table(result)
+
+
+def test_an_in_domain_molecule_gets_no_domain_warning(ethanol_result):
+    assert ethanol_result.warnings == []
+    assert not any(r.outside_domain for r in ethanol_result.records)

@@ -8,7 +8,7 @@ import pytest
 
 from mfcalc.cli.train import main as train_main
 from mfcalc.config import RunConfig
-from mfcalc.train.loop import load_run_data
+from mfcalc.train.prepare import load_run_data
 from mfcalc.units import BOHR_ANGSTROM, HARTREE_EV
 
 CONFIG = """

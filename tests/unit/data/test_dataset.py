@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from mfcalc.data import (collate, concatenate, fit_reference_energies, iterate_batches, parse_fidelity, read_hdf5,
-                         split_indices, MFData)
+from mfcalc.data import (
+    MFData,
+    collate,
+    concatenate,
+    fit_reference_energies,
+    iterate_batches,
+    parse_fidelity,
+    read_hdf5,
+    split_indices,
+)
 
 SPECS = [parse_fidelity("dft=wb97x_dz.energy,wb97x_dz.forces"), parse_fidelity("cc=ccsd(t)_dz.energy")]
 
@@ -52,7 +60,8 @@ def test_collate_builds_flat_batches_in_order(ref):
     n = ref.n_atoms[idx]
     assert b.positions.shape == (n.sum(), 3) and b.n_mol == 3
     assert torch.equal(b.mol_index, torch.repeat_interleave(torch.arange(3), torch.from_numpy(n)))
-    np.testing.assert_array_equal(b.positions[n[0]:n[0] + n[1]].numpy(), ref.positions[ref.offsets[900]:ref.offsets[901]])
+    np.testing.assert_array_equal(b.positions[n[0]:n[0] + n[1]].numpy(),
+                                  ref.positions[ref.offsets[900]:ref.offsets[901]])
     assert b.energy_mask.dtype == torch.bool and b.energy.shape == (3, 2)
     assert torch.isfinite(b.forces).all()  # absent labels are zeros, masked
     assert b.forces_mask[:, 1].sum() == 0 and b.forces_mask[:, 0].all()

@@ -1,11 +1,11 @@
 """Readers: documented counts and units of the reference file, masks, layouts, bad files."""
 
+import ase.io
 import h5py
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-import ase.io
 
 from mfcalc.data import FidelitySpec, MFData, load_data, parse_fidelity, read_ase, read_hdf5
 from mfcalc.units import BOHR_ANGSTROM, HARTREE_EV
@@ -104,7 +104,8 @@ def test_extxyz_per_fidelity_keys_and_declared_units(tmp_path):
     frames[1].info.pop("cc_energy_kcal")  # one frame lacks the high level
     path = tmp_path / "water.extxyz"
     _write_extxyz(path, frames)
-    specs = [FidelitySpec("xtb", "xtb_energy", "xtb_forces"), FidelitySpec("cc", "cc_energy_kcal", energy_unit="kcal/mol")]
+    specs = [FidelitySpec("xtb", "xtb_energy", "xtb_forces"),
+             FidelitySpec("cc", "cc_energy_kcal", energy_unit="kcal/mol")]
     data = read_ase(str(path), specs)
     assert len(data) == 3
     np.testing.assert_allclose(data.energy[:, 0], [-5.0, -6.0, -7.0])

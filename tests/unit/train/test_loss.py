@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from mfcalc.data import collate, parse_fidelity, read_hdf5
+from mfcalc.metrics import batch_stats, error_stats
 from mfcalc.model import MultiFidelityHipnn
-from mfcalc.train.loss import LossWeights, batch_stats, error_stats, rmse_plus_mae, total_loss
+from mfcalc.train.loss import LossWeights, rmse_plus_mae, total_loss
 from mfcalc.units import KCAL_MOL_EV
 
 
@@ -87,7 +88,7 @@ def test_energy_loss_setting_is_checked_and_reaches_the_cli():
 
     args = build_parser().parse_args(["--data", "x.h5", "--fidelity", "dft=e", "--out", "o", "--energy-loss", "atom"])
     assert config_from_args(args).train.energy_loss == "atom"
-    from mfcalc.config import RunConfig, FidelityConfig
+    from mfcalc.config import FidelityConfig, RunConfig
 
     cfg = RunConfig(data=["x.h5"], fidelities=[FidelityConfig("dft", "e")])
     cfg.train.energy_loss = "molecule"

@@ -1,4 +1,10 @@
-"""Error metrics of a model on labelled structures, per fidelity, in eV and kcal/mol."""
+"""Error metrics of a model on labelled structures, per fidelity, in eV and kcal/mol.
+
+Errors are summarised per fidelity as additive sums (squared error, absolute error, count),
+so the statistics of several batches or DistributedDataParallel ranks add up exactly before
+the non-linear RMSE is taken.  Training (:mod:`mfcalc.train.loss`) builds its loss from the
+same statistics; evaluation uses them without importing the training package.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,56 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from mfcalc import keys
 from mfcalc.data.dataset import iterate_batches, species_counts
+from mfcalc.data.fidelity import head_index
 from mfcalc.data.records import MFData
-from mfcalc.train.loss import COUNT, ENERGY, FORCES, SUMABS, SUMSQ, batch_stats
+from mfcalc.model import grad
 from mfcalc.units import KCAL_MOL_EV
+
+ENERGY, FORCES = 0, 1
+SUMSQ, SUMABS, COUNT = 0, 1, 2
+
+
+def error_stats(err: Tensor, mask: Tensor) -> Tensor:
+    """(3,) [sum of squares, sum of |err|, count] of ``err`` where ``mask`` (broadcastable) is True."""
+    m = mask.to(err.dtype).expand_as(err)
+    e = err * m
+    return torch.stack([(e * e).sum(), e.abs().sum(), m.sum()])
+
+
+def batch_stats(pred_energy: Tensor, energy: Tensor, energy_mask: Tensor, pred_forces: Tensor, forces: Tensor,
+                forces_mask: Tensor, mol_index: Tensor, force_fidelities: Sequence[int],
+                energy_per_atom: bool = False) -> Tensor:
+    """Error statistics (F, 2, 3) in eV and eV/Angstrom for one batch.
+
+    Args:
+        pred_energy, energy: (B, F) predicted and reference energies (same reference shift).
+        energy_mask, forces_mask: (B, F) bool.
+        pred_forces, forces: (A, F, 3); only ``force_fidelities`` columns are compared.
+        mol_index: (A,) structure of each atom.
+        energy_per_atom: compare energies per atom (eV/atom) instead of per structure, so
+            large structures do not dominate the energy term (a training option; reported
+            metrics stay per structure).
+    """
+    n_fid = energy.shape[1]
+    rows: List[Tensor] = []
+    zero = torch.zeros(3, dtype=pred_energy.dtype, device=pred_energy.device)
+    e_err = pred_energy - energy
+    if energy_per_atom:
+        e_err = e_err / torch.bincount(mol_index, minlength=energy.shape[0]).clamp(min=1).to(energy.dtype)[:, None]
+    for k in range(n_fid):
+        e_stats = error_stats(e_err[:, k], energy_mask[:, k])
+        if k in force_fidelities:
+            atom_mask = forces_mask[mol_index, k][:, None]
+            f_stats = error_stats(pred_forces[:, k] - forces[:, k], atom_mask)
+        else:
+            f_stats = zero
+        rows.append(torch.stack([e_stats, f_stats]))
+    return torch.stack(rows)
+
 
 
 def residual_data(data: MFData, species: Sequence[int], reference: np.ndarray) -> MFData:
@@ -38,11 +89,7 @@ def accumulate_stats(model, data: MFData, structures: np.ndarray, model_fideliti
     ``model_fidelities`` maps data fidelities to model heads by name; ``forces_mask``
     (``data.forces_mask()``) may be passed when the caller already has it (every epoch).
     """
-    heads = []
-    for name in data.fidelities:
-        if name not in model_fidelities:
-            raise ValueError(f"fidelity {name!r} is not a head of this model; it has: {', '.join(model_fidelities)}")
-        heads.append(list(model_fidelities).index(name))
+    heads = [head_index(list(model_fidelities), name) for name in data.fidelities]
     force_cols = [k for k, name in enumerate(data.fidelities) if name in data.forces]
     total = torch.zeros(len(data.fidelities), 2, 3, dtype=torch.float64)
     for batch in iterate_batches(data, structures, batch_size, dtype=dtype, forces_mask=forces_mask):
@@ -50,12 +97,9 @@ def accumulate_stats(model, data: MFData, structures: np.ndarray, model_fideliti
         positions = batch.positions.detach().requires_grad_(bool(force_cols))
         with torch.set_grad_enabled(bool(force_cols)):
             out = model(batch.numbers, positions, batch.mol_index, batch.n_mol, batch.cell, batch.pbc)
-            levels = out["energy_levels"][:, 1:].sum(dim=1)[:, heads]  # (B, F_data)
-            pred_f = torch.zeros_like(batch.forces)
-            for k in force_cols:
-                if bool(batch.forces_mask[:, k].any()):
-                    g = torch.autograd.grad(levels[:, k].sum(), positions, retain_graph=True)[0]
-                    pred_f[:, k] = -g
+            levels = out[keys.ENERGY_LEVELS][:, 1:].sum(dim=1)[:, heads]  # (B, F_data)
+            wanted = [k for k in force_cols if bool(batch.forces_mask[:, k].any())]
+            pred_f = grad.forces_of_columns(levels, positions, wanted) if wanted else torch.zeros_like(batch.forces)
         stats = batch_stats(levels.detach(), batch.energy, batch.energy_mask, pred_f.detach(), batch.forces,
                             batch.forces_mask, batch.mol_index, force_cols)
         total += stats.double().cpu()

@@ -1,0 +1,134 @@
+"""RDKit side of the conformer search: embed or read conformers, bond graphs, symmetry-aware RMSD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def rdkit_chem() -> Any:
+    """``rdkit.Chem`` with RDKit's log silenced, or a clear error naming the extra to install."""
+    try:
+        from rdkit import Chem, RDLogger
+    except ImportError:  # pragma: no cover - rdkit is an extra
+        raise ValueError("conformer search needs RDKit: pip install 'mfcalc[conformers]'") from None
+    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # RDKit's stubs lag its API
+    return Chem
+
+
+def embed_smiles(smiles: str, n_conformers: int, seed: int = 0) -> Any:
+    """RDKit molecule (explicit H) with up to ``n_conformers`` ETKDGv3 conformers."""
+    Chem = rdkit_chem()
+    from rdkit.Chem import AllChem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"invalid SMILES {smiles!r} (and no file of that name)")
+    mol = Chem.AddHs(mol)
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    params = AllChem.ETKDGv3()  # type: ignore[attr-defined]
+    # RDKit gives every conformer the same coordinates when randomSeed is 0 (checked with
+    # RDKit 2026.09 on ethanol), so the user's seed s maps to RDKit's seed s + 1
+    params.randomSeed = int(seed) + 1
+    params.numThreads = 1  # reproducible order
+    embed = AllChem.EmbedMultipleConfs  # type: ignore[attr-defined]
+    ids = embed(mol, numConfs=int(n_conformers), params=params)
+    if len(ids) == 0:
+        raise ValueError(f"RDKit could not embed any conformer of {smiles!r}")
+    return mol
+
+
+def read_conformers(path: str) -> Any:
+    """Conformers of one molecule from an SDF or a multi-frame XYZ (any ASE format) file."""
+    Chem = rdkit_chem()
+    if path.lower().endswith((".sdf", ".mol", ".sd")):
+        supplier = Chem.SDMolSupplier(path, removeHs=False)
+        mols = list(supplier)
+        if not mols or any(m is None for m in mols):
+            raise ValueError(f"cannot read every record of {path} as a molecule")
+        smiles = {Chem.MolToSmiles(Chem.RemoveHs(m)) for m in mols}
+        if len(smiles) > 1 or len({m.GetNumAtoms() for m in mols}) > 1:
+            raise ValueError(f"{path} mixes different molecules: {sorted(smiles)}")
+        mol = Chem.Mol(mols[0])
+        for m in mols[1:]:
+            mol.AddConformer(Chem.Conformer(m.GetConformer()), assignId=True)
+        return mol
+    import ase.io
+    from rdkit.Chem import rdDetermineBonds
+
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:
+        raise ValueError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    if not frames:
+        raise ValueError(f"{path} holds no structures")
+    symbols = {tuple(a.get_chemical_symbols()) for a in frames}
+    if len(symbols) > 1:
+        raise ValueError(f"{path} mixes different molecules: {sorted(''.join(s) for s in symbols)}")
+    first = frames[0]
+    block = f"{len(first)}\n\n" + "\n".join(f"{s} {x:.8f} {y:.8f} {z:.8f}"
+                                           for s, (x, y, z) in zip(first.get_chemical_symbols(), first.positions))
+    mol = Chem.MolFromXYZBlock(block)
+    if mol is None:
+        raise ValueError(f"RDKit cannot build a molecule from {path}")
+    rdDetermineBonds.DetermineConnectivity(mol)
+    mol.RemoveAllConformers()
+    for a in frames:
+        conf = Chem.Conformer(len(a))
+        for i, p in enumerate(a.positions):
+            conf.SetAtomPosition(i, p.tolist())
+        mol.AddConformer(conf, assignId=True)
+    return mol
+
+
+def conformer_coordinates(mol: Any) -> np.ndarray:
+    """(C, N, 3) Angstrom coordinates of every conformer of an RDKit molecule."""
+    return np.stack([c.GetPositions() for c in mol.GetConformers()])
+
+
+def atomic_numbers(mol: Any) -> np.ndarray:
+    return np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+
+
+def bond_graph(mol: Any, positions: np.ndarray) -> np.ndarray:
+    """Adjacency matrix from geometry (RDKit's connect-the-dots on covalent radii)."""
+    Chem = rdkit_chem()
+    from rdkit.Chem import rdDetermineBonds
+
+    rw = Chem.RWMol(mol)
+    for bond in list(rw.GetBonds()):
+        rw.RemoveBond(bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
+    rw.RemoveAllConformers()
+    conf = Chem.Conformer(rw.GetNumAtoms())
+    for i, p in enumerate(positions):
+        conf.SetAtomPosition(i, p.tolist())
+    rw.AddConformer(conf, assignId=True)
+    for atom in rw.GetAtoms():
+        atom.SetFormalCharge(0)
+        atom.SetNoImplicit(True)
+    rdDetermineBonds.DetermineConnectivity(rw)
+    return Chem.GetAdjacencyMatrix(rw)
+
+
+def with_positions(mol: Any, positions: np.ndarray, heavy_only: bool = False) -> Any:
+    """A copy of ``mol`` with one conformer at ``positions`` (hydrogens removed if asked)."""
+    Chem = rdkit_chem()
+    m = Chem.Mol(mol)
+    m.RemoveAllConformers()
+    conf = Chem.Conformer(m.GetNumAtoms())
+    for i, p in enumerate(positions):
+        conf.SetAtomPosition(i, p.tolist())
+    m.AddConformer(conf, assignId=True)
+    return Chem.RemoveHs(m, sanitize=False) if heavy_only else m
+
+
+def best_rmsd(mol: Any, a: np.ndarray, b: np.ndarray, heavy_only: bool = True) -> float:
+    """Symmetry-aware RMSD (Angstrom) between two geometries of ``mol`` after alignment."""
+    from rdkit.Chem import rdMolAlign
+
+    pa, pb = with_positions(mol, a, heavy_only), with_positions(mol, b, heavy_only)
+    if pa.GetNumAtoms() < 2:
+        return float(np.sqrt(((a - a.mean(0) - (b - b.mean(0))) ** 2).sum(1).mean())) if heavy_only else 0.0
+    return float(rdMolAlign.GetBestRMS(pa, pb, maxMatches=10000))

@@ -1,0 +1,296 @@
+"""The conformer search as a short sequence of named steps.
+
+load the model -> embed or read conformers -> check the molecule is in the model's domain
+-> optimise all conformers together -> push saddle points off and re-optimise -> drop
+conformers whose bonds changed -> merge duplicates -> rank within the energy window.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from mfcalc import export, keys
+from mfcalc.conformers.hessian import SADDLE_CURVATURE, lowest_curvature
+from mfcalc.conformers.molecules import (
+    atomic_numbers,
+    best_rmsd,
+    bond_graph,
+    conformer_coordinates,
+    embed_smiles,
+    rdkit_chem,
+    read_conformers,
+)
+from mfcalc.conformers.optimize import STALL_STEPS, model_evaluator, optimize
+from mfcalc.data.fidelity import head_index
+from mfcalc.device import resolve_device
+from mfcalc.elements import check_elements
+from mfcalc.progress import ProgressLines, stderr_line
+from mfcalc.units import KCAL_MOL_EV
+
+SADDLE_KICK = 0.1  # A, largest atomic displacement along the negative mode before re-optimising
+SADDLE_PUSHES = 2
+
+
+@dataclass
+class ConformerRecord:
+    """One input conformer after optimisation.
+
+    ``status`` is ``"ranked"``, ``"duplicate of <id>"``, ``"above window"``,
+    ``"connectivity changed"``, ``"saddle point ..."`` or ``"failed: <reason>"`` (which
+    includes a stalled optimisation); only ranked conformers have a rank.  Ranked
+    conformers are minima: converged, and the lowest curvature of the energy surface (rigid
+    motions projected out) is above ``SADDLE_CURVATURE``.
+    Energies in eV (absolute, ``energy_ev``) and kcal/mol relative to the lowest ranked one;
+    ``initial_spread_ev`` is the ensemble spread of the starting geometry and
+    ``outside_domain`` whether a spread exceeded the model's warning threshold.
+    """
+
+    id: int
+    status: str
+    energy_ev: Optional[float]
+    spread_ev: Optional[float]
+    converged: bool
+    steps: int
+    rank: Optional[int] = None
+    relative_kcal_mol: Optional[float] = None
+    rmsd_to_lowest: Optional[float] = None
+    initial_spread_ev: Optional[float] = None
+    outside_domain: bool = False
+    positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
+
+    def to_json(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.pop("positions")
+        return d
+
+
+@dataclass
+class RankResult:
+    smiles: str
+    fidelity: str
+    model: str
+    records: List[ConformerRecord]
+    mol: Any = field(repr=False, default=None)  # RDKit molecule with the optimised conformers
+    warnings: List[str] = field(default_factory=list)  # why the molecule may be outside the model's domain
+
+    @property
+    def ranked(self) -> List[ConformerRecord]:
+        return sorted((r for r in self.records if r.rank is not None), key=lambda r: r.rank or 0)
+
+
+@dataclass
+class _Model:
+    net: Any
+    meta: Dict[str, Any]
+    path: str
+    fidelity: str
+    index: int
+    device: torch.device
+
+    @property
+    def is_ensemble(self) -> bool:
+        return int(self.meta.get(keys.META_ENSEMBLE_SIZE, 1)) > 1
+
+
+def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = None, n_conformers: int = 50,
+         fmax: float = 0.01, max_steps: int = 500, window: float = 10.0, prune_rmsd: float = 0.3,
+         energy_tol: float = 0.1, device: str = "auto", seed: int = 0,
+         log: Optional[Callable[[str], None]] = None, optimizer: str = "lbfgs",
+         stall_steps: Optional[int] = STALL_STEPS) -> RankResult:
+    """Generate (or read), optimise and rank conformers of one molecule at one fidelity.
+
+    Args:
+        source: a SMILES, or a path to an SDF / multi-frame XYZ of one molecule's conformers.
+        model: model file; ``None`` or ``"default"`` for the shipped default model.
+        fidelity: head to rank at; ``None`` uses the model's default.
+        n_conformers: conformers to embed from a SMILES.
+        fmax: eV/Angstrom convergence; max_steps: optimiser steps at most.
+        optimizer: ``"lbfgs"`` or ``"fire"``, both batched over all conformers.
+        window: kcal/mol above the lowest beyond which conformers are not ranked.
+        prune_rmsd: Angstrom; two conformers within ``energy_tol`` kcal/mol whose
+            heavy-atom and all-atom symmetry-aware RMSDs are below this are duplicates.
+        log: receives progress lines (default: stderr).
+        stall_steps: stop a conformer that makes no progress for this many steps.
+
+    Raises:
+        ValueError: invalid SMILES, unreadable or mixed file, element unknown to the model,
+            unknown fidelity.
+    """
+    say = log or stderr_line
+    job = _load_model(model, fidelity, device)
+    mol = read_conformers(source) if os.path.exists(source) else embed_smiles(source, n_conformers, seed)
+    numbers = atomic_numbers(mol)
+    check_elements(numbers, job.meta[keys.META_SPECIES])
+    coords = conformer_coordinates(mol)
+    smiles = rdkit_chem().MolToSmiles(rdkit_chem().RemoveHs(mol))
+    evaluate = model_evaluator(job.net, numbers, job.index, job.device)
+    initial_spread = evaluate(coords)[2]
+    found = domain_warnings(job.meta, numbers, initial_spread)
+    for text in found:
+        say(f"WARNING: {text}")
+        warnings.warn(f"{smiles}: {text}", stacklevel=2)
+    say(f"{smiles}: {len(coords)} conformers, optimising at fidelity {job.fidelity!r} (batched {optimizer}, "
+        f"fmax {fmax} eV/A)")
+    t0 = time.perf_counter()
+    lines = ProgressLines(say, timestamps=False)
+
+    def progress(step: int, n_conv: int, n_fail: int, worst: float) -> None:
+        lines(f"  step {step:4d}: {n_conv}/{len(coords)} converged, {n_fail} stopped, max force {worst:.3f} eV/A",
+              force=n_conv + n_fail == len(coords))
+
+    opt = optimize(evaluate, coords, fmax, max_steps, optimizer, progress, stall_steps)
+    _push_off_saddles(opt, job, numbers, fmax, max_steps, optimizer, stall_steps, say)
+    say(f"optimised in {time.perf_counter() - t0:.1f} s")
+    records = _records(opt, initial_spread, job)
+    _mark_changed_bonds(records, mol, coords)
+    _assign_ranks(_merge_duplicates(records, mol, energy_tol, prune_rmsd), window, mol)
+    return RankResult(smiles=smiles, fidelity=job.fidelity, model=os.path.abspath(job.path), records=records,
+                      mol=_output_molecule(mol, records), warnings=found)
+
+
+# ---- the steps ---------------------------------------------------------------------------------------
+def _load_model(model: Optional[str], fidelity: Optional[str], device: str) -> _Model:
+    from mfcalc.models import default_model_path
+
+    path = default_model_path() if model in (None, "default") else str(model)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    dev = resolve_device(device)
+    net, meta = export.load(path, device=dev)
+    fidelities = list(meta[keys.META_FIDELITIES])
+    name = fidelity or meta.get(keys.META_DEFAULT_FIDELITY) or fidelities[-1]
+    index = head_index(fidelities, name)
+    return _Model(export.freeze(net.to(torch.float64)), meta, path, name, index, dev)
+
+
+def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarray) -> List[str]:
+    """Reasons to doubt the model on this molecule, checked before any optimisation: more
+    heavy atoms than in its training data, and ensemble spreads above its warning threshold."""
+    found: List[str] = []
+    heavy = int((np.asarray(numbers) > 1).sum())
+    span = (meta.get(keys.META_DOMAIN) or {}).get("heavy_atoms")
+    if span and heavy > int(span[1]):
+        found.append(f"the molecule has {heavy} heavy atoms; the model was trained on molecules with "
+                     f"{span[0]} to {span[1]}: expect errors well beyond its test metrics")
+    threshold = meta.get(keys.META_SPREAD_WARNING)
+    if threshold is not None and int(meta.get(keys.META_ENSEMBLE_SIZE, 1)) > 1:
+        above = np.asarray(spreads) > float(threshold)
+        if above.any():
+            found.append(f"the ensemble members disagree by more than {threshold} eV (the model's warning "
+                         f"threshold) on {int(above.sum())} of {len(above)} starting conformers (largest "
+                         f"{float(np.max(spreads)):.2f} eV): this chemistry is outside the training data")
+    return found
+
+
+def _push_off_saddles(opt: Dict[str, np.ndarray], job: _Model, numbers: np.ndarray, fmax: float, max_steps: int,
+                      optimizer: str, stall_steps: Optional[int], say: Callable[[str], None]) -> None:
+    """Converged conformers at saddle points are pushed along their negative mode and
+    re-optimised (twice at most); any still at a saddle are marked, not ranked."""
+    candidates = np.arange(len(opt["energy"]))  # after a push, only the pushed conformers can have changed
+    for _ in range(SADDLE_PUSHES):
+        saddle, kick = _saddles(opt, candidates, job, numbers)
+        if len(saddle) == 0:
+            return
+        say(f"  {len(saddle)} conformer(s) stopped at a saddle point; pushing them off along the negative "
+            f"mode and re-optimising")
+        kick *= SADDLE_KICK / np.linalg.norm(kick, axis=2).max(axis=1)[:, None, None]
+        evaluate = model_evaluator(job.net, numbers, job.index, job.device)
+        again = optimize(evaluate, opt["positions"][saddle] + kick, fmax, max_steps, optimizer, None, stall_steps)
+        for key in ("positions", "energy", "spread", "converged", "failed"):
+            opt[key][saddle] = again[key]
+        opt["steps"][saddle] += again["steps"]
+        candidates = saddle
+    opt["failed"][_saddles(opt, candidates, job, numbers)[0]] = \
+        f"saddle point (negative curvature after {SADDLE_PUSHES} pushes)"
+
+
+def _saddles(opt: Dict[str, np.ndarray], candidates: np.ndarray, job: _Model, numbers: np.ndarray):
+    """Those of ``candidates`` that converged at saddle points, with their negative modes.
+    The Hessian is computed for one conformer per energy level (duplicates and mirror
+    images share the spectrum) and then for every member of a level that is a saddle."""
+    none = (np.zeros(0, dtype=np.int64), np.zeros((0, len(numbers), 3)))
+    done = candidates[opt["converged"][candidates] & (opt["failed"][candidates] == "")]
+    done = done[np.argsort(opt["energy"][done])]
+    if len(done) == 0:
+        return none
+    level = np.concatenate([[0], np.cumsum(np.diff(opt["energy"][done]) > 1e-4)])
+    reps = np.array([done[level == g][0] for g in range(level[-1] + 1)])
+    curv, _ = lowest_curvature(job.net, numbers, opt["positions"][reps], job.index, device=job.device)
+    suspects = done[np.isin(level, np.nonzero(curv < SADDLE_CURVATURE)[0])]
+    if len(suspects) == 0:
+        return none
+    curv, modes = lowest_curvature(job.net, numbers, opt["positions"][suspects], job.index, device=job.device)
+    return suspects[curv < SADDLE_CURVATURE], modes[curv < SADDLE_CURVATURE]
+
+
+def _records(opt: Dict[str, np.ndarray], initial_spread: np.ndarray, job: _Model) -> List[ConformerRecord]:
+    threshold = job.meta.get(keys.META_SPREAD_WARNING)
+    records = []
+    for i in range(len(opt["energy"])):
+        spread = float(opt["spread"][i]) if job.is_ensemble else None
+        start = float(initial_spread[i]) if job.is_ensemble else None
+        outside = threshold is not None and job.is_ensemble and max(spread or 0.0, start or 0.0) > float(threshold)
+        records.append(ConformerRecord(
+            id=i, status=opt["failed"][i] or "ranked",
+            energy_ev=float(opt["energy"][i]) if np.isfinite(opt["energy"][i]) else None, spread_ev=spread,
+            converged=bool(opt["converged"][i]), steps=int(opt["steps"][i]), initial_spread_ev=start,
+            outside_domain=bool(outside), positions=opt["positions"][i]))
+    return records
+
+
+def _mark_changed_bonds(records: List[ConformerRecord], mol: Any, coords: np.ndarray) -> None:
+    for rec in records:
+        if rec.status == "ranked" and not np.array_equal(bond_graph(mol, coords[rec.id]),
+                                                         bond_graph(mol, rec.positions)):
+            rec.status = "connectivity changed"
+
+
+def _merge_duplicates(records: List[ConformerRecord], mol: Any, energy_tol: float,
+                      prune_rmsd: float) -> List[ConformerRecord]:
+    """The distinct conformers, lowest first; the others are marked ``duplicate of <id>``."""
+    candidates = sorted((r for r in records if r.status == "ranked"), key=lambda r: r.energy_ev or 0.0)
+    kept: List[ConformerRecord] = []
+    for rec in candidates:
+        for ref in kept:
+            if abs((rec.energy_ev or 0.0) - (ref.energy_ev or 0.0)) / KCAL_MOL_EV < energy_tol \
+                    and best_rmsd(mol, rec.positions, ref.positions, True) < prune_rmsd \
+                    and best_rmsd(mol, rec.positions, ref.positions, False) < prune_rmsd:
+                rec.status = f"duplicate of {ref.id}"
+                break
+        else:
+            kept.append(rec)
+    return kept
+
+
+def _assign_ranks(kept: List[ConformerRecord], window: float, mol: Any) -> None:
+    if not kept:
+        return
+    lowest = kept[0]
+    rank_no = 0
+    for rec in kept:
+        rel = ((rec.energy_ev or 0.0) - (lowest.energy_ev or 0.0)) / KCAL_MOL_EV
+        if rel > window:
+            rec.status = "above window"
+            continue
+        rank_no += 1
+        rec.rank = rank_no
+        rec.relative_kcal_mol = rel
+        rec.rmsd_to_lowest = best_rmsd(mol, rec.positions, lowest.positions, True)
+
+
+def _output_molecule(mol: Any, records: List[ConformerRecord]) -> Any:
+    """A copy of ``mol`` whose conformers hold the optimised geometries."""
+    out = rdkit_chem().Mol(mol)
+    conf_ids = [c.GetId() for c in mol.GetConformers()]
+    for rec in records:
+        conf = out.GetConformer(conf_ids[rec.id])
+        for j, p in enumerate(rec.positions):
+            conf.SetAtomPosition(j, p.tolist())
+    return out

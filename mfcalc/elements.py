@@ -1,0 +1,31 @@
+"""Which elements a model knows: one check, one message, for every entry point."""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Sequence
+
+import numpy as np
+from ase.data import chemical_symbols
+
+
+def symbols(numbers: Iterable[int]) -> List[str]:
+    """Element symbols of atomic numbers (the number itself where it is out of range)."""
+    return [chemical_symbols[int(z)] if 0 < int(z) < len(chemical_symbols) else str(int(z)) for z in numbers]
+
+
+def unknown_elements(numbers: Sequence[int] | np.ndarray, known: Sequence[int]) -> List[int]:
+    """Sorted distinct atomic numbers of ``numbers`` that are not in ``known``."""
+    z = np.unique(np.asarray(numbers, dtype=np.int64))
+    return [int(x) for x in z[~np.isin(z, np.asarray(list(known), dtype=np.int64))]]
+
+
+def check_elements(numbers: Sequence[int] | np.ndarray, known: Sequence[int], owner: str = "this model") -> None:
+    """Raise if any atomic number is outside ``known``.
+
+    Raises:
+        ValueError: ``element(s) Cl not known to this model; it knows H, C, N, O``.
+    """
+    bad = unknown_elements(numbers, known)
+    if bad:
+        raise ValueError(f"element(s) {', '.join(symbols(bad))} not known to {owner}; it knows "
+                         f"{', '.join(symbols(sorted(known)))}")

@@ -1,0 +1,126 @@
+"""Step 1 of a run: the data it trains on, its split, species and reference energies.
+
+Everything here is decided once per run and recorded in the checkpoint, so a resumed run
+trains on exactly the same structures with the same reference energies.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from mfcalc.config import RunConfig
+from mfcalc.data.dataset import fit_reference_energies, read_file, split_indices
+from mfcalc.data.fidelity import FidelitySpec
+from mfcalc.data.records import MFData, concatenate, merge_identical
+from mfcalc.metrics import residual_data
+from mfcalc.train.loss import LossWeights
+
+
+@dataclass
+class RunData:
+    """What every member of a run trains and is scored on.
+
+    Attributes:
+        data: the structures as read (after any ``max_structures`` subsample).
+        rows: (S,) their rows in the files as read (``split.npz`` refers to those).
+        split: ``train`` / ``valid`` / ``test`` indices into ``data``.
+        species: atomic numbers the model knows.
+        reference: (F, n_species) eV, per-fidelity reference energies (frozen level 0).
+        residual: ``data`` with the reference energies subtracted (what the network fits).
+        weights: loss weights per fidelity (forces weight 0 where a fidelity has none).
+        forces_mask: (S, F) structures carrying complete forces, computed once.
+        force_columns: fidelities whose forces enter the loss.
+    """
+
+    data: MFData
+    rows: np.ndarray
+    split: Dict[str, np.ndarray]
+    species: List[int]
+    reference: np.ndarray
+    residual: MFData
+    weights: LossWeights
+    forces_mask: np.ndarray
+    force_columns: List[int]
+
+
+def load_run_data(cfg: RunConfig, say: Callable[[str], None] = print) -> MFData:
+    """Read every file once with all fidelities bound to it; columns in config order."""
+    by_file: Dict[str, List[FidelitySpec]] = {}
+    for f in cfg.fidelities:
+        for path in (f.files or cfg.data):
+            by_file.setdefault(os.path.abspath(path), []).append(f.spec())
+    parts = [read_file(path, specs) for path, specs in by_file.items()]
+    data = concatenate(parts).with_fidelities([f.name for f in cfg.fidelities])
+    if len(parts) > 1:  # one file per level of theory over shared geometries: one structure, all labels
+        data, n_merged = merge_identical(data)
+        if n_merged:
+            say(f"merged {n_merged} structures with identical geometry across/within files")
+    return data
+
+
+def loss_weights(cfg: RunConfig, data: MFData) -> LossWeights:
+    return LossWeights(
+        energy=[f.weight_energy for f in cfg.fidelities],
+        forces=[f.weight_forces if f.name in data.forces else 0.0 for f in cfg.fidelities],
+        hier=[f.weight_hier for f in cfg.fidelities],
+    )
+
+
+def check_labels(data: MFData, split: Dict[str, np.ndarray]) -> None:
+    """Every fidelity needs energies, and some of them in the training split."""
+    em = data.energy_mask
+    for k, name in enumerate(data.fidelities):
+        if not em[:, k].any():
+            raise ValueError(f"no structure is labelled with an energy for fidelity {name!r}")
+        if not em[split["train"], k].any():
+            raise ValueError(f"no structure in the training split carries an energy for fidelity {name!r}")
+
+
+def prepare_run(cfg: RunConfig, data: Optional[MFData] = None, given_split: Optional[Dict[str, np.ndarray]] = None,
+                state: Optional[Dict[str, Any]] = None, say: Callable[[str], None] = print) -> RunData:
+    """Read (or take) the data, subsample, split, choose species and fit reference energies.
+
+    Args:
+        data: replaces reading ``cfg``'s files (fidelities in ``cfg``'s order).
+        given_split: train/valid/test indices into ``data``, replacing the drawn split.
+        state: a checkpoint being resumed: its split, species and references are reused.
+    """
+    t_cfg = cfg.train
+    if data is None:
+        data = load_run_data(cfg, say)
+    elif list(data.fidelities) != [f.name for f in cfg.fidelities]:
+        names = [f.name for f in cfg.fidelities]
+        raise ValueError(f"data fidelities {data.fidelities} differ from the config's {names}")
+    rows = np.arange(len(data))
+    if given_split is not None and t_cfg.max_structures is not None:
+        raise ValueError("a given split cannot be combined with max_structures")
+    if t_cfg.max_structures is not None and t_cfg.max_structures < len(data):
+        rows = np.sort(np.random.default_rng(t_cfg.seed).choice(len(data), t_cfg.max_structures, replace=False))
+        data = data.subset(rows)
+    say(f"data: {data.summary()}")
+    reference: Optional[np.ndarray] = None
+    if state is not None:
+        split = {k: np.asarray(v) for k, v in state["split"].items()}
+        species = list(state["species"])
+        reference = np.asarray(state["reference"])
+    else:
+        if given_split is not None:
+            split = {k: np.asarray(given_split[k], dtype=np.int64) for k in ("train", "valid", "test")}
+        else:
+            split = split_indices(data, t_cfg.valid_fraction, t_cfg.test_fraction, by=t_cfg.split_by,
+                                  seed=t_cfg.seed)
+        species = sorted(cfg.model.species or np.unique(np.asarray(data.numbers)).astype(int).tolist())
+    check_labels(data, split)
+    if reference is None:
+        reference = fit_reference_energies(data, species, split["train"])
+    say(f"split ({t_cfg.split_by}): train {len(split['train'])}, valid {len(split['valid'])}, "
+        f"test {len(split['test'])}; species {species}")
+    weights = loss_weights(cfg, data)
+    residual = residual_data(data, species, reference)
+    return RunData(data=data, rows=rows, split=split, species=species, reference=reference, residual=residual,
+                   weights=weights, forces_mask=residual.forces_mask(),
+                   force_columns=[k for k, w in enumerate(weights.forces) if w > 0])
