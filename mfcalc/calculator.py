@@ -67,16 +67,26 @@ class MFCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energy_std", "forces_std"]
     default_parameters: Dict[str, Any] = {}
 
-    def __init__(self, model: ModelLike = None, fidelity: Optional[str] = None, device: str = "auto",
-                 dtype: Optional[str] = None, skin: float = 0.5, neighbor_backend: str = "auto",
-                 spread_warning: Optional[float] = None, freeze: bool = True, **kwargs):
+    def __init__(
+        self,
+        model: ModelLike = None,
+        fidelity: Optional[str] = None,
+        device: str = "auto",
+        dtype: Optional[str] = None,
+        skin: float = 0.5,
+        neighbor_backend: str = "auto",
+        spread_warning: Optional[float] = None,
+        freeze: bool = True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.device = resolve_device(device)
         if model is None:
             path = default_model_path()
             if not os.path.exists(path):
-                raise FileNotFoundError(f"no default model is shipped at {path}; pass the path of a model.pt "
-                                        "written by mfcalc-train")
+                raise FileNotFoundError(
+                    f"no default model is shipped at {path}; pass the path of a model.pt written by mfcalc-train"
+                )
             model = path
         module: Any  # an mfcalc model: TorchScript or eager, with ``compute``
         meta: Dict[str, Any]
@@ -151,8 +161,15 @@ class MFCalculator(Calculator):
             if float(moved) < 0.5 * self.skin:
                 return self._pairs[:3]
         periodic = bool(pbc.any())
-        pf, ps, sh = neighbor_pairs(positions, self._mol, 1, self.cutoff + self.skin, cell if periodic else None,
-                                    pbc if periodic else None, backend=self.neighbor_backend)
+        pf, ps, sh = neighbor_pairs(
+            positions,
+            self._mol,
+            1,
+            self.cutoff + self.skin,
+            cell if periodic else None,
+            pbc if periodic else None,
+            backend=self.neighbor_backend,
+        )
         self._pairs = (pf, ps, sh.to(self.dtype), positions.detach().clone())
         return self._pairs[:3]
 
@@ -168,8 +185,20 @@ class MFCalculator(Calculator):
             raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
         positions = torch.as_tensor(atoms.positions, dtype=self.dtype, device=self.device)
         pf, ps, shifts = self._pair_list(positions, cell, pbc)
-        out = self.model.compute(numbers, positions, mol, 1, self._fidelity_index, cell if periodic else None,
-                                 pbc if periodic else None, pf, ps, shifts, True, want_stress)
+        out = self.model.compute(
+            numbers,
+            positions,
+            mol,
+            1,
+            self._fidelity_index,
+            cell if periodic else None,
+            pbc if periodic else None,
+            pf,
+            ps,
+            shifts,
+            True,
+            want_stress,
+        )
         results: Dict[str, Any] = {
             "energy": float(out[keys.ENERGY][0].detach()),
             "forces": out[keys.FORCES].detach().cpu().numpy().astype(np.float64),
@@ -177,9 +206,11 @@ class MFCalculator(Calculator):
             "forces_std": out[keys.FORCES_STD].detach().cpu().numpy().astype(np.float64),
         }
         if self.spread_warning is not None and results["energy_std"] > self.spread_warning:
-            warnings.warn(f"ensemble energy spread {results['energy_std']:.3f} eV exceeds "
-                          f"{self.spread_warning} eV: this structure is outside the model's training domain",
-                          stacklevel=2)
+            warnings.warn(
+                f"ensemble energy spread {results['energy_std']:.3f} eV exceeds "
+                f"{self.spread_warning} eV: this structure is outside the model's training domain",
+                stacklevel=2,
+            )
         if want_stress:
             stress = out[keys.STRESS][0].detach().cpu().numpy().astype(np.float64)
             results["stress"] = full_3x3_to_voigt_6_stress(stress)

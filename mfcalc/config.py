@@ -71,33 +71,49 @@ class TrainSettings:
     ``mfcalc-train`` flag per field are generated from here)."""
 
     epochs: int = field(default=200, metadata=_help("maximum epochs per ensemble member"))
-    max_minutes: Optional[float] = field(default=None, metadata=_help(
-        "stop cleanly after this wall time and export the best weights so far"))
+    max_minutes: Optional[float] = field(
+        default=None, metadata=_help("stop cleanly after this wall time and export the best weights so far")
+    )
     batch_size: int = field(default=32, metadata=_help("structures per optimisation step (global, over all ranks)"))
     lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
     seed: int = field(default=0, metadata=_help("seeds the split, the weights and the shuffling"))
     device: str = field(default="auto", metadata=_help("auto | cpu | cuda[:N]"))
-    dtype: str = field(default="float32", metadata=_help("floating-point precision of training",
-                                                         choices=("float32", "float64")))
+    dtype: str = field(
+        default="float32", metadata=_help("floating-point precision of training", choices=("float32", "float64"))
+    )
     ensemble: int = field(default=1, metadata=_help("train K members, export their mean and spread", metavar="K"))
     valid_fraction: float = field(default=0.1, metadata=_help("fraction of structures (or groups) for validation"))
     test_fraction: float = field(default=0.1, metadata=_help("fraction of structures (or groups) for testing"))
-    split_by: str = field(default="random", metadata=_help(
-        "random, or a group column (smiles, formula, source) so that test molecules are unseen", metavar="KEY"))
+    split_by: str = field(
+        default="random",
+        metadata=_help(
+            "random, or a group column (smiles, formula, source) so that test molecules are unseen", metavar="KEY"
+        ),
+    )
     lr_patience: int = field(default=5, metadata=_help("epochs without improvement before the learning rate decays"))
     lr_factor: float = field(default=0.5, metadata=_help("learning-rate decay factor on a plateau"))
-    early_stopping: int = field(default=20, metadata=_help(
-        "stop after this many epochs without a relative improvement of 1e-4 in the validation loss"))
-    min_epochs: int = field(default=40, metadata=_help(
-        "no early stop (patience or min_lr) before this epoch: early validation losses are noisy"))
-    min_lr: float = field(default=1e-5, metadata=_help(
-        "stop once the plateau schedule has decayed the learning rate below this"))
+    early_stopping: int = field(
+        default=20,
+        metadata=_help("stop after this many epochs without a relative improvement of 1e-4 in the validation loss"),
+    )
+    min_epochs: int = field(
+        default=40,
+        metadata=_help("no early stop (patience or min_lr) before this epoch: early validation losses are noisy"),
+    )
+    min_lr: float = field(
+        default=1e-5, metadata=_help("stop once the plateau schedule has decayed the learning rate below this")
+    )
     grad_clip: float = field(default=10.0, metadata=_help("gradient-norm clipping (0: off)"))
-    energy_loss: str = field(default="structure", metadata=_help(
-        "compare energies per structure (total energies, as in the papers) or per atom in the loss",
-        choices=("structure", "atom")))
-    max_structures: Optional[int] = field(default=None, metadata=_help(
-        "train on a random subset of this size (quick experiments)"))
+    energy_loss: str = field(
+        default="structure",
+        metadata=_help(
+            "compare energies per structure (total energies, as in the papers) or per atom in the loss",
+            choices=("structure", "atom"),
+        ),
+    )
+    max_structures: Optional[int] = field(
+        default=None, metadata=_help("train on a random subset of this size (quick experiments)")
+    )
 
     def validate(self) -> TrainSettings:
         """Raises ValueError naming the first setting out of range."""
@@ -132,8 +148,9 @@ class RunConfig:
     # ---- validation ---------------------------------------------------------------------
     def validate(self) -> RunConfig:
         if not self.fidelities:
-            raise ValueError("no fidelity bound: give --fidelity NAME=ENERGY_KEY[,FORCES_KEY] or [fidelity.NAME] "
-                             "tables")
+            raise ValueError(
+                "no fidelity bound: give --fidelity NAME=ENERGY_KEY[,FORCES_KEY] or [fidelity.NAME] tables"
+            )
         names = [f.name for f in self.fidelities]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -27,5 +27,6 @@ def check_elements(numbers: Sequence[int] | np.ndarray, known: Sequence[int], ow
     """
     bad = unknown_elements(numbers, known)
     if bad:
-        raise ValueError(f"element(s) {', '.join(symbols(bad))} not known to {owner}; it knows "
-                         f"{', '.join(symbols(sorted(known)))}")
+        raise ValueError(
+            f"element(s) {', '.join(symbols(bad))} not known to {owner}; it knows {', '.join(symbols(sorted(known)))}"
+        )

@@ -19,9 +19,15 @@ from mfcalc.data.fidelity import FidelitySpec
 from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
 
 
-def evaluate_file(model_path: str, data_paths: Sequence[str], fidelities: Sequence[FidelitySpec],
-                  structures: Optional[np.ndarray] = None, batch_size: int = 64, device: str = "cpu",
-                  dtype: str = "float64") -> Dict[str, Dict[str, Any]]:
+def evaluate_file(
+    model_path: str,
+    data_paths: Sequence[str],
+    fidelities: Sequence[FidelitySpec],
+    structures: Optional[np.ndarray] = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: str = "float64",
+) -> Dict[str, Dict[str, Any]]:
     """Metrics per fidelity of the model file on the data (all structures, or ``structures``)."""
     model, meta = export.load(model_path, device=device)
     known = list(meta[keys.META_FIDELITIES])

@@ -21,9 +21,12 @@ from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.model.settings import ModelSettings
 
 
-def build_metadata(model: Ensemble, training: Optional[Dict[str, Any]] = None,
-                   metrics: Optional[Dict[str, Any]] = None, domain: Optional[Dict[str, Any]] = None
-                   ) -> Dict[str, Any]:
+def build_metadata(
+    model: Ensemble,
+    training: Optional[Dict[str, Any]] = None,
+    metrics: Optional[Dict[str, Any]] = None,
+    domain: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """Metadata for a model file, read off the model itself plus optional summaries.
 
     ``domain`` describes what the training structures covered (elements, heavy-atom counts);
@@ -103,8 +106,10 @@ def _rebuild(module: torch.nn.Module, meta: Dict[str, Any], path: str) -> Ensemb
     needed = set(ModelSettings.architecture_fields()) | {"species", "fidelities"}
     missing = sorted(needed - set(hparams))
     if missing:  # a default filled in today could differ from the one the weights were trained with
-        raise ValueError(f"{path}: cannot rebuild the model with this mfcalc, the file does not record the "
-                         f"hyper-parameters {missing}")
+        raise ValueError(
+            f"{path}: cannot rebuild the model with this mfcalc, the file does not record the "
+            f"hyper-parameters {missing}"
+        )
     members = [MultiFidelityHipnn(**hparams) for _ in range(int(meta.get(keys.META_ENSEMBLE_SIZE, 1)))]
     model = Ensemble(members).to(next(module.parameters()).dtype)
     wanted = model.state_dict()  # scripted files also list non-persistent buffers (species_table)
@@ -131,7 +136,7 @@ def rescript(path: str, out: Optional[str] = None) -> Dict[str, Any]:
 
     module, meta = load(path)
     model = _rebuild(module, meta, path)
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta[keys.META_RESCRIPTED] = f"mfcalc {__version__}, {now}"
     meta[keys.META_FORMAT_VERSION] = keys.MODEL_FORMAT_VERSION
     save(model, out or path, meta)
@@ -147,6 +152,7 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     """
     if not isinstance(module, torch.jit.ScriptModule):
         return module
-    methods = [m for m in ("compute", "energy_and_forces", "energy_forces_spread", "fidelity_index")
-               if hasattr(module, m)]
+    methods = [
+        m for m in ("compute", "energy_and_forces", "energy_forces_spread", "fidelity_index") if hasattr(module, m)
+    ]
     return torch.jit.freeze(module.eval(), preserved_attrs=methods)

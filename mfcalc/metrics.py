@@ -32,9 +32,17 @@ def error_stats(err: Tensor, mask: Tensor) -> Tensor:
     return torch.stack([(e * e).sum(), e.abs().sum(), m.sum()])
 
 
-def batch_stats(pred_energy: Tensor, energy: Tensor, energy_mask: Tensor, pred_forces: Tensor, forces: Tensor,
-                forces_mask: Tensor, mol_index: Tensor, force_fidelities: Sequence[int],
-                energy_per_atom: bool = False) -> Tensor:
+def batch_stats(
+    pred_energy: Tensor,
+    energy: Tensor,
+    energy_mask: Tensor,
+    pred_forces: Tensor,
+    forces: Tensor,
+    forces_mask: Tensor,
+    mol_index: Tensor,
+    force_fidelities: Sequence[int],
+    energy_per_atom: bool = False,
+) -> Tensor:
     """Error statistics (F, 2, 3) in eV and eV/Angstrom for one batch.
 
     Args:
@@ -63,7 +71,6 @@ def batch_stats(pred_energy: Tensor, energy: Tensor, energy_mask: Tensor, pred_f
     return torch.stack(rows)
 
 
-
 def residual_data(data: MFData, species: Sequence[int], reference: np.ndarray) -> MFData:
     """A view of ``data`` whose energies are minus the per-species reference energies.
 
@@ -74,14 +81,29 @@ def residual_data(data: MFData, species: Sequence[int], reference: np.ndarray) -
         reference: (F, n_species) eV, in the order of ``data.fidelities``.
     """
     e0 = species_counts(data, species) @ np.asarray(reference, dtype=np.float64).T
-    return MFData(fidelities=data.fidelities, numbers=data.numbers, positions=data.positions, offsets=data.offsets,
-                  cell=data.cell, pbc=data.pbc, energy=np.asarray(data.energy) - e0, forces=data.forces,
-                  groups=data.groups)
+    return MFData(
+        fidelities=data.fidelities,
+        numbers=data.numbers,
+        positions=data.positions,
+        offsets=data.offsets,
+        cell=data.cell,
+        pbc=data.pbc,
+        energy=np.asarray(data.energy) - e0,
+        forces=data.forces,
+        groups=data.groups,
+    )
 
 
-def accumulate_stats(model, data: MFData, structures: np.ndarray, model_fidelities: Sequence[str],
-                     batch_size: int = 64, device: torch.device = torch.device("cpu"),
-                     dtype: torch.dtype = torch.float32, forces_mask: Optional[np.ndarray] = None) -> torch.Tensor:
+def accumulate_stats(
+    model,
+    data: MFData,
+    structures: np.ndarray,
+    model_fidelities: Sequence[str],
+    batch_size: int = 64,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float32,
+    forces_mask: Optional[np.ndarray] = None,
+) -> torch.Tensor:
     """Summed error statistics (F_data, 2, 3) of ``model`` on ``data`` (residual energies).
 
     ``model`` is anything with the model ``forward`` (eager, ensemble or TorchScript); its
@@ -100,8 +122,16 @@ def accumulate_stats(model, data: MFData, structures: np.ndarray, model_fideliti
             levels = out[keys.ENERGY_LEVELS][:, 1:].sum(dim=1)[:, heads]  # (B, F_data)
             wanted = [k for k in force_cols if bool(batch.forces_mask[:, k].any())]
             pred_f = grad.forces_of_columns(levels, positions, wanted) if wanted else torch.zeros_like(batch.forces)
-        stats = batch_stats(levels.detach(), batch.energy, batch.energy_mask, pred_f.detach(), batch.forces,
-                            batch.forces_mask, batch.mol_index, force_cols)
+        stats = batch_stats(
+            levels.detach(),
+            batch.energy,
+            batch.energy_mask,
+            pred_f.detach(),
+            batch.forces,
+            batch.forces_mask,
+            batch.mol_index,
+            force_cols,
+        )
         total += stats.double().cpu()
     return total
 
@@ -111,8 +141,10 @@ def stats_to_metrics(stats: torch.Tensor, fidelities: Sequence[str]) -> Dict[str
     out: Dict[str, Dict[str, Any]] = {}
     for k, name in enumerate(fidelities):
         row: Dict[str, Any] = {}
-        for term, label, unit_ev, unit_kcal in ((ENERGY, "energy", "ev", "kcal_mol"),
-                                                (FORCES, "forces", "ev_a", "kcal_mol_a")):
+        for term, label, unit_ev, unit_kcal in (
+            (ENERGY, "energy", "ev", "kcal_mol"),
+            (FORCES, "forces", "ev_a", "kcal_mol_a"),
+        ):
             s = stats[k, term]
             n = float(s[COUNT])
             rmse: Optional[float] = float(np.sqrt(float(s[SUMSQ]) / n)) if n > 0 else None
@@ -129,20 +161,27 @@ def stats_to_metrics(stats: torch.Tensor, fidelities: Sequence[str]) -> Dict[str
 
 def format_table(metrics: Dict[str, Dict[str, Any]], title: str = "") -> str:
     """Plain-text table of per-fidelity metrics (kcal/mol and eV)."""
+
     def f(x: Optional[float], fmt: str = "{:9.4f}") -> str:
         return fmt.format(x) if x is not None else f"{'-':>9}"
 
     lines: List[str] = []
     if title:
         lines.append(title)
-    lines.append(f"{'fidelity':<10} {'n_E':>6} {'E RMSE':>9} {'E MAE':>9} {'E RMSE':>9} {'n_F':>7} {'F RMSE':>9} "
-                 f"{'F MAE':>9} {'F RMSE':>9}")
-    lines.append(f"{'':<10} {'':>6} {'kcal/mol':>9} {'kcal/mol':>9} {'meV':>9} {'comp.':>7} {'kcal/mol/A':>9} "
-                 f"{'kcal/mol/A':>9} {'meV/A':>9}")
+    lines.append(
+        f"{'fidelity':<10} {'n_E':>6} {'E RMSE':>9} {'E MAE':>9} {'E RMSE':>9} {'n_F':>7} {'F RMSE':>9} "
+        f"{'F MAE':>9} {'F RMSE':>9}"
+    )
+    lines.append(
+        f"{'':<10} {'':>6} {'kcal/mol':>9} {'kcal/mol':>9} {'meV':>9} {'comp.':>7} {'kcal/mol/A':>9} "
+        f"{'kcal/mol/A':>9} {'meV/A':>9}"
+    )
     for name, m in metrics.items():
         e_mev = m["energy_rmse_ev"] * 1000 if m["energy_rmse_ev"] is not None else None
         f_mev = m["forces_rmse_ev_a"] * 1000 if m["forces_rmse_ev_a"] is not None else None
-        lines.append(f"{name:<10} {m['n_energy']:>6d} {f(m['energy_rmse_kcal_mol'])} {f(m['energy_mae_kcal_mol'])} "
-                     f"{f(e_mev, '{:9.2f}')} {m['n_force_components']:>7d} {f(m['forces_rmse_kcal_mol_a'])} "
-                     f"{f(m['forces_mae_kcal_mol_a'])} {f(f_mev, '{:9.2f}')}")
+        lines.append(
+            f"{name:<10} {m['n_energy']:>6d} {f(m['energy_rmse_kcal_mol'])} {f(m['energy_mae_kcal_mol'])} "
+            f"{f(e_mev, '{:9.2f}')} {m['n_force_components']:>7d} {f(m['forces_rmse_kcal_mol_a'])} "
+            f"{f(m['forces_mae_kcal_mol_a'])} {f(f_mev, '{:9.2f}')}"
+        )
     return "\n".join(lines)

@@ -33,8 +33,9 @@ def _segment_arange(counts: Tensor) -> Tensor:
     return torch.arange(total, device=counts.device) - torch.repeat_interleave(starts, counts)
 
 
-def _periodic_images(pos: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Tensor, pbc: Tensor
-                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _periodic_images(
+    pos: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Tensor, pbc: Tensor
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Wrap atoms into their cell and list the images within ``cutoff`` of it.
 
     Returns:
@@ -84,8 +85,9 @@ def _dense_candidates(mol_index: Tensor, image_mol_sorted: Tensor, n_mol: int) -
     return cand_i, cand_img
 
 
-def _binned_candidates(home: Tensor, mol_index: Tensor, image_pos: Tensor, image_mol: Tensor, n_mol: int,
-                       cutoff: float) -> Tuple[Tensor, Tensor]:
+def _binned_candidates(
+    home: Tensor, mol_index: Tensor, image_pos: Tensor, image_mol: Tensor, n_mol: int, cutoff: float
+) -> Tuple[Tensor, Tensor]:
     """Cell-list search: (atom, image) pairs in the same or adjacent bins of edge ``cutoff``."""
     big = torch.full((n_mol, 3), float("inf"), dtype=image_pos.dtype, device=image_pos.device)
     origin = big.scatter_reduce(0, image_mol[:, None].expand(-1, 3), image_pos, reduce="amin", include_self=True)
@@ -95,8 +97,11 @@ def _binned_candidates(home: Tensor, mol_index: Tensor, image_pos: Tensor, image
     nx, ny, nz = int(dims[0]), int(dims[1]), int(dims[2])
     img_key = ((image_mol * nx + img_bin[:, 0]) * ny + img_bin[:, 1]) * nz + img_bin[:, 2]
     sorted_key, order = torch.sort(img_key)
-    offsets = torch.cartesian_prod(torch.arange(-1, 2, device=home.device), torch.arange(-1, 2, device=home.device),
-                                   torch.arange(-1, 2, device=home.device))  # (27, 3)
+    offsets = torch.cartesian_prod(
+        torch.arange(-1, 2, device=home.device),
+        torch.arange(-1, 2, device=home.device),
+        torch.arange(-1, 2, device=home.device),
+    )  # (27, 3)
     q = home_bin[:, None, :] + offsets[None, :, :]  # (A, 27, 3)
     valid = ((q >= 0) & (q < dims)).all(dim=2)
     q_key = ((mol_index[:, None] * nx + q[..., 0]) * ny + q[..., 1]) * nz + q[..., 2]
@@ -109,13 +114,15 @@ def _binned_candidates(home: Tensor, mol_index: Tensor, image_pos: Tensor, image
     return cand_i, cand_img
 
 
-def _prepare(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Optional[Tensor],
-             pbc: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _prepare(
+    positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Optional[Tensor], pbc: Optional[Tensor]
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Home positions, the structure-sorted image list (positions, atom, shift) and the wrap."""
     pos = positions.detach()
     if cell is not None and pbc is not None and bool(pbc.any()):
-        home, image_pos, image_atom, image_shift, wrap = _periodic_images(pos, mol_index, n_mol, cutoff,
-                                                                          cell.detach().to(pos.dtype), pbc)
+        home, image_pos, image_atom, image_shift, wrap = _periodic_images(
+            pos, mol_index, n_mol, cutoff, cell.detach().to(pos.dtype), pbc
+        )
     else:
         home = pos
         image_pos = pos
@@ -126,8 +133,16 @@ def _prepare(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, ce
     return home, image_pos[order], image_atom[order], image_shift[order], wrap
 
 
-def _finish(home: Tensor, image_pos: Tensor, image_atom: Tensor, image_shift: Tensor, wrap: Tensor, cand_i: Tensor,
-            cand_img: Tensor, cutoff: float) -> Tuple[Tensor, Tensor, Tensor]:
+def _finish(
+    home: Tensor,
+    image_pos: Tensor,
+    image_atom: Tensor,
+    image_shift: Tensor,
+    wrap: Tensor,
+    cand_i: Tensor,
+    cand_img: Tensor,
+    cutoff: float,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Keep candidates strictly inside the cutoff, drop self pairs, sort by (i, j).
 
     Shifts refer to the caller's (unwrapped) positions: x_j - x_i + shift @ cell.
@@ -144,8 +159,15 @@ def _finish(home: Tensor, image_pos: Tensor, image_atom: Tensor, image_shift: Te
     return i[order], j[order], shift[order]
 
 
-def radius_pairs(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Optional[Tensor] = None,
-                 pbc: Optional[Tensor] = None, dense_limit: int = DENSE_LIMIT) -> Tuple[Tensor, Tensor, Tensor]:
+def radius_pairs(
+    positions: Tensor,
+    mol_index: Tensor,
+    n_mol: int,
+    cutoff: float,
+    cell: Optional[Tensor] = None,
+    pbc: Optional[Tensor] = None,
+    dense_limit: int = DENSE_LIMIT,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Pure-torch pair search (TorchScript-compatible).
 
     Args:
@@ -180,8 +202,14 @@ def have_torch_cluster() -> bool:
     return True
 
 
-def cluster_pairs(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Optional[Tensor] = None,
-                  pbc: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+def cluster_pairs(
+    positions: Tensor,
+    mol_index: Tensor,
+    n_mol: int,
+    cutoff: float,
+    cell: Optional[Tensor] = None,
+    pbc: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Same contract as :func:`radius_pairs`, searching with torch-cluster's ``radius``."""
     import torch_cluster
 
@@ -189,13 +217,21 @@ def cluster_pairs(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: floa
         home, image_pos, image_atom, image_shift, wrap = _prepare(positions, mol_index, n_mol, cutoff, cell, pbc)
         image_mol = mol_index[image_atom]
         max_nb = max(int(torch.bincount(image_mol, minlength=n_mol).max()), 1) if image_mol.numel() else 1
-        edges = torch_cluster.radius(image_pos, home, cutoff, batch_x=image_mol, batch_y=mol_index,
-                                     max_num_neighbors=max_nb)
+        edges = torch_cluster.radius(
+            image_pos, home, cutoff, batch_x=image_mol, batch_y=mol_index, max_num_neighbors=max_nb
+        )
         return _finish(home, image_pos, image_atom, image_shift, wrap, edges[0], edges[1], cutoff)
 
 
-def neighbor_pairs(positions: Tensor, mol_index: Tensor, n_mol: int, cutoff: float, cell: Optional[Tensor] = None,
-                   pbc: Optional[Tensor] = None, backend: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
+def neighbor_pairs(
+    positions: Tensor,
+    mol_index: Tensor,
+    n_mol: int,
+    cutoff: float,
+    cell: Optional[Tensor] = None,
+    pbc: Optional[Tensor] = None,
+    backend: str = "auto",
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Pair search choosing a backend: ``"torch"``, ``"cluster"`` or ``"auto"``.
 
     ``"auto"`` uses torch-cluster for CPU tensors when it is installed, the pure-torch search

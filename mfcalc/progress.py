@@ -27,8 +27,10 @@ class ProgressBar:
         filled = int(width * done / max(self.total, 1))
         rate = done / max(time.perf_counter() - self.start, 1e-9)
         extra = f" loss {loss:8.3f}" if loss is not None else ""
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}"
-                         f"{extra} {rate:5.1f} {self.unit}/s")
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}"
+            f"{extra} {rate:5.1f} {self.unit}/s"
+        )
         sys.stderr.flush()
 
     def close(self) -> None:

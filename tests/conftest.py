@@ -63,12 +63,39 @@ def trained_model(tmp_path_factory) -> Path:
     from mfcalc.cli.train import main as train_main
 
     out = tmp_path_factory.mktemp("trained")
-    rc = train_main(["--data", str(REFERENCE_H5), "--fidelity", "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
-                     "--fidelity", "dft=wb97x_dz.energy,wb97x_dz.forces", "--fidelity", "cc=ccsd(t)_dz.energy",
-                     "--out", str(out), "--epochs", "60", "--batch-size", "16", "--lr", "3e-3",
-                     "--max-structures", "400",
-                     "--n-features", "12", "--n-sensitivities", "8", "--n-atom-layers", "1", "--cutoff", "4.5",
-                     "--device", "cpu", "--seed", "0"])
+    rc = train_main(
+        [
+            "--data",
+            str(REFERENCE_H5),
+            "--fidelity",
+            "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
+            "--fidelity",
+            "dft=wb97x_dz.energy,wb97x_dz.forces",
+            "--fidelity",
+            "cc=ccsd(t)_dz.energy",
+            "--out",
+            str(out),
+            "--epochs",
+            "60",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-3",
+            "--max-structures",
+            "400",
+            "--n-features",
+            "12",
+            "--n-sensitivities",
+            "8",
+            "--n-atom-layers",
+            "1",
+            "--cutoff",
+            "4.5",
+            "--device",
+            "cpu",
+            "--seed",
+            "0",
+        ]
+    )
     assert rc == 0
     return out / "model.pt"
-

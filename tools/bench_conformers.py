@@ -43,9 +43,11 @@ def main() -> None:
 
     def batched(method):
         def run():
-            out = conformers.optimize_batched(model, numbers, coords, fid, fmax=args.fmax, max_steps=2000,
-                                              method=method)
+            out = conformers.optimize_batched(
+                model, numbers, coords, fid, fmax=args.fmax, max_steps=2000, method=method
+            )
             return f"{int(out['converged'].sum())} converged, {int(out['steps'].max())} steps (slowest)"
+
         return run
 
     def one_by_one():
@@ -59,9 +61,11 @@ def main() -> None:
         return f"{len(coords)} converged, {int(sum(steps))} steps (sum)"
 
     rows = {}
-    methods = (("batched L-BFGS (one model call per step)", batched("lbfgs")),
-               ("batched FIRE (one model call per step)", batched("fire")),
-               ("ASE BFGS, one conformer at a time", one_by_one))
+    methods = (
+        ("batched L-BFGS (one model call per step)", batched("lbfgs")),
+        ("batched FIRE (one model call per step)", batched("fire")),
+        ("ASE BFGS, one conformer at a time", one_by_one),
+    )
     for name, fn in methods:
         times = []
         for _ in range(args.repeats):
@@ -70,8 +74,10 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         rows[name] = (statistics.median(times), info)
         print(f"  {name}: {rows[name][0]:.1f} s, {info}", file=sys.stderr, flush=True)
-    print(f"{len(coords)} conformers of {args.smiles} ({len(numbers)} atoms), fmax {args.fmax} eV/A, "
-          f"{args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    print(
+        f"{len(coords)} conformers of {args.smiles} ({len(numbers)} atoms), fmax {args.fmax} eV/A, "
+        f"{args.repeats} repeats, torch threads {torch.get_num_threads()}"
+    )
     print("| method | median wall time | detail | one-by-one / this |")
     print("|---|---|---|---|")
     t_ase = rows[methods[-1][0]][0]

@@ -152,10 +152,14 @@ def water_box(n_molecules: int, seed: int = 0) -> Atoms:
         q = rng.normal(size=4)
         q /= np.linalg.norm(q)
         a, b, c, d = q
-        rot = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-                        [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
-                        [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d]])
-        cell_idx = np.array([i % side, (i // side) % side, i // side ** 2])
+        rot = np.array(
+            [
+                [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
+                [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
+            ]
+        )
+        cell_idx = np.array([i % side, (i // side) % side, i // side**2])
         pos.append(w @ rot.T + spacing * (cell_idx + 0.5))
         numbers += [8, 1, 1]
     return Atoms(numbers, positions=np.concatenate(pos), cell=[length] * 3, pbc=True)
@@ -173,8 +177,8 @@ def padded_batch(structs: List[Atoms], pad: int, device, dtype):
     z = torch.full((len(structs), n_max), pad, dtype=torch.long)
     r = torch.zeros(len(structs), n_max, 3, dtype=dtype)
     for i, a in enumerate(structs):
-        z[i, :len(a)] = torch.from_numpy(a.numbers)
-        r[i, :len(a)] = torch.from_numpy(a.positions)
+        z[i, : len(a)] = torch.from_numpy(a.numbers)
+        r[i, : len(a)] = torch.from_numpy(a.positions)
     return z.to(device), r.to(device)
 
 
@@ -220,8 +224,9 @@ class Mfcalc(Impl):
     def calculator(self, skin: float = 0.5):
         from mfcalc import MFCalculator
 
-        return MFCalculator(self.path, fidelity="dft", device=str(self.device),
-                            dtype=str(self.dtype).replace("torch.", ""), skin=skin)
+        return MFCalculator(
+            self.path, fidelity="dft", device=str(self.device), dtype=str(self.dtype).replace("torch.", ""), skin=skin
+        )
 
     def infer(self, structs):
         numbers, positions, mol = flat_batch(structs, self.device, self.dtype)
@@ -271,10 +276,16 @@ class Hippynn(Impl):
         species = inputs.SpeciesNode(db_name="Z")
         positions = inputs.PositionsNode(db_name="R")
         cls = {0: networks.Hipnn, 1: networks.HipnnVec, 2: networks.HipnnQuad}[size["tensor_order"]]
-        kwargs = dict(possible_species=[0] + SPECIES, n_features=size["n_features"],
-                      n_sensitivities=size["n_sensitivities"], dist_soft_min=size["soft_min"],
-                      dist_soft_max=size["soft_max"], dist_hard_max=size["cutoff"],
-                      n_interaction_layers=size["n_interactions"], n_atom_layers=size["n_atom_layers"])
+        kwargs = dict(
+            possible_species=[0] + SPECIES,
+            n_features=size["n_features"],
+            n_sensitivities=size["n_sensitivities"],
+            dist_soft_min=size["soft_min"],
+            dist_soft_max=size["soft_max"],
+            dist_hard_max=size["cutoff"],
+            n_interaction_layers=size["n_interactions"],
+            n_atom_layers=size["n_atom_layers"],
+        )
         if size["tensor_order"] > 0:
             kwargs["cusp_reg"] = size["cusp_reg"]
         net = cls("HIPNN", (species, positions), module_kwargs=kwargs)
@@ -319,9 +330,12 @@ class Hippynn(Impl):
             r = r.detach().requires_grad_(True)
             e0, e1, f0, f1 = self.module(z, r)
             real = (z > 0)[..., None]
-            loss = ((e0[:, 0] - e[:, 0]) ** 2).mean() + ((e1[:, 0] - e[:, 1]) ** 2).mean() \
-                + (((f0 - f[:, :, 0]) * real) ** 2).sum() / real.sum() / 3 \
+            loss = (
+                ((e0[:, 0] - e[:, 0]) ** 2).mean()
+                + ((e1[:, 0] - e[:, 1]) ** 2).mean()
+                + (((f0 - f[:, :, 0]) * real) ** 2).sum() / real.sum() / 3
                 + (((f1 - f[:, :, 1]) * real) ** 2).sum() / real.sum() / 3
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -369,8 +383,9 @@ class TorchAni(Impl):
 PEERS = {"hippynn": Hippynn, "torchani": TorchAni}
 
 
-def build_impls(size, device, dtype, workdir, only: Optional[str] = None,
-                peers: Sequence[str] = tuple(PEERS)) -> Tuple[List[Impl], List[str]]:
+def build_impls(
+    size, device, dtype, workdir, only: Optional[str] = None, peers: Sequence[str] = tuple(PEERS)
+) -> Tuple[List[Impl], List[str]]:
     impls: List[Impl] = [Mfcalc(size, device, dtype, workdir)] if only in (None, "mfcalc") else []
     missing = []
     for module, cls in PEERS.items():
@@ -393,16 +408,25 @@ class Table:
 
     def add(self, section: str, case: str, unit: str, values: Dict[str, Optional[float]], higher_better: bool):
         self.rows.append((section, case, unit, values, higher_better))
-        print(f"  {section:<12} {case:<36} " + "  ".join(
-            f"{k} {v:.4g}" for k, v in values.items() if v is not None), file=sys.stderr, flush=True)
+        print(
+            f"  {section:<12} {case:<36} " + "  ".join(f"{k} {v:.4g}" for k, v in values.items() if v is not None),
+            file=sys.stderr,
+            flush=True,
+        )
 
     def print(self) -> None:
         peers = [n for n in self.names if n != "mfcalc"]
-        head = "| section | case | unit | mfcalc | " + " | ".join(peers) + " | " + \
-            " | ".join(f"mfcalc vs {p}" for p in peers) + " |"
+        head = (
+            "| section | case | unit | mfcalc | "
+            + " | ".join(peers)
+            + " | "
+            + " | ".join(f"mfcalc vs {p}" for p in peers)
+            + " |"
+        )
         print(head)
         print("|" + "---|" * (head.count("|") - 1))
         for section, case, unit, values, higher in self.rows:
+
             def cell(v):
                 return "-" if v is None else f"{v:.4g}"
 
@@ -413,8 +437,13 @@ class Table:
                     ratios.append("-")
                 else:
                     ratios.append(f"{(m / q if higher else q / m):.2f}x")
-            print(f"| {section} | {case} | {unit} | {cell(values.get('mfcalc'))} | "
-                  + " | ".join(cell(values.get(p)) for p in peers) + " | " + " | ".join(ratios) + " |")
+            print(
+                f"| {section} | {case} | {unit} | {cell(values.get('mfcalc'))} | "
+                + " | ".join(cell(values.get(p)) for p in peers)
+                + " | "
+                + " | ".join(ratios)
+                + " |"
+            )
 
 
 def section_latency(impls, table, args, device):
@@ -462,7 +491,7 @@ def inference_workload(impl: Impl, args) -> Optional[Callable[[], object]]:
     """All ``--n-batch`` structures through ``impl`` in batches of ``--batch-size-infer``."""
     structs = batch_structures(args.n_batch)
     bs = args.batch_size_infer
-    calls = [impl.infer(structs[i:i + bs]) for i in range(0, len(structs), bs)]
+    calls = [impl.infer(structs[i : i + bs]) for i in range(0, len(structs), bs)]
     if calls[0] is None:
         return None
 
@@ -481,8 +510,13 @@ def section_batched(impls, table, args, device):
             continue
         values[impl.name] = args.n_batch / median_time(work, max(3, args.repeats // 10), 2, device)
         memory[impl.name] = measure_memory(impl, "3", args, device)
-    table.add("3 inference", f"{args.n_batch} structures 9-21 atoms, batch {args.batch_size_infer}",
-              "structures/s (higher better)", values, True)
+    table.add(
+        "3 inference",
+        f"{args.n_batch} structures 9-21 atoms, batch {args.batch_size_infer}",
+        "structures/s (higher better)",
+        values,
+        True,
+    )
     table.add("5 memory", f"peak, inference batch {args.batch_size_infer}", "MiB (lower better)", memory, False)
 
 
@@ -519,14 +553,16 @@ def training_batches(batch_size: int, n_batches: int):
     from mfcalc.data import load_data, parse_fidelity
     from mfcalc.data.dataset import collate
 
-    data = load_data([DATA], [parse_fidelity("xtb=gfn2_xtb.energy,gfn2_xtb.forces"),
-                              parse_fidelity("dft=wb97x_dz.energy,wb97x_dz.forces")])
+    data = load_data(
+        [DATA],
+        [parse_fidelity("xtb=gfn2_xtb.energy,gfn2_xtb.forces"), parse_fidelity("dft=wb97x_dz.energy,wb97x_dz.forces")],
+    )
     has_all = np.nonzero(data.forces_mask().all(axis=1) & np.isfinite(data.energy).all(axis=1))[0]
     rng = np.random.default_rng(0)
     order = rng.permutation(has_all)
     out = []
     for b in range(n_batches):
-        idx = order[(b * batch_size) % len(order):][:batch_size]
+        idx = order[(b * batch_size) % len(order) :][:batch_size]
         flat = collate(data, idx, dtype=torch.float64)
         flat.energy = flat.energy - flat.energy.mean(dim=0)  # any offset; timing only
         counts = data.n_atoms[idx]
@@ -536,9 +572,9 @@ def training_batches(batch_size: int, n_batches: int):
         f = torch.zeros(len(idx), n_max, 2, 3, dtype=torch.float64)
         start = 0
         for i, c in enumerate(counts):
-            z[i, :c] = flat.numbers[start:start + c]
-            r[i, :c] = flat.positions[start:start + c]
-            f[i, :c] = flat.forces[start:start + c]
+            z[i, :c] = flat.numbers[start : start + c]
+            r[i, :c] = flat.positions[start : start + c]
+            f[i, :c] = flat.forces[start : start + c]
             start += c
         out.append((flat, (z, r, flat.energy, f)))
     return out
@@ -549,7 +585,7 @@ def training_workload(impl: Impl, args) -> Optional[Callable[[], object]]:
     step = impl.train_step(training_batches(args.batch_size_train, 16))
     if step is None:
         return None
-    counter = iter(range(10 ** 9))
+    counter = iter(range(10**9))
 
     def run():
         for _ in range(args.train_steps):
@@ -566,8 +602,9 @@ def section_training(impls, table, args, device):
             continue
         values[impl.name] = args.train_steps * args.batch_size_train / median_time(work, 3, 1, device)
         memory[impl.name] = measure_memory(impl, "4", args, device)
-    table.add("4 training", f"E+F of xtb and dft, batch {args.batch_size_train}", "structures/s (higher better)",
-              values, True)
+    table.add(
+        "4 training", f"E+F of xtb and dft, batch {args.batch_size_train}", "structures/s (higher better)", values, True
+    )
     table.add("5 memory", f"peak, training batch {args.batch_size_train}", "MiB (lower better)", memory, False)
 
 
@@ -588,8 +625,9 @@ def section_scaling(impls, table, args, device):
         t = median_time(call, 5 if len(atoms) > 3000 else args.repeats // 2 + 1, 3, device)
         sizes.append(len(atoms))
         times.append(t)
-        table.add("6 scaling", f"periodic water, {len(atoms)} atoms", "ms/call (lower better)", {"mfcalc": 1e3 * t},
-                  False)
+        table.add(
+            "6 scaling", f"periodic water, {len(atoms)} atoms", "ms/call (lower better)", {"mfcalc": 1e3 * t}, False
+        )
     if len(sizes) >= 2:
         slope = np.polyfit(np.log(sizes), np.log(times), 1)[0]
         print(f"  fitted exponent: time ~ N^{slope:.2f} ({sizes[0]}..{sizes[-1]} atoms)", file=sys.stderr)
@@ -605,8 +643,13 @@ def main(argv=None) -> int:
     defaults = ModelSettings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS),
-                   help="peers to compare with when installed (default: all; none: mfcalc alone)")
+    p.add_argument(
+        "--peers",
+        nargs="*",
+        default=list(PEERS),
+        choices=list(PEERS),
+        help="peers to compare with when installed (default: all; none: mfcalc alone)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
     p.add_argument("--repeats", type=int, default=30, help="timed calls per latency median")
@@ -615,8 +658,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size-infer", type=int, default=100)
     p.add_argument("--batch-size-train", type=int, default=32)
     p.add_argument("--train-steps", type=int, default=10, help="optimisation steps per timed run")
-    p.add_argument("--water-sizes", type=int, nargs="*", default=[36, 125, 343, 1000, 3375],
-                   help="water molecules per box (3 atoms each)")
+    p.add_argument(
+        "--water-sizes",
+        type=int,
+        nargs="*",
+        default=[36, 125, 343, 1000, 3375],
+        help="water molecules per box (3 atoms each)",
+    )
     p.add_argument("--n-features", type=int, default=defaults.n_features)
     p.add_argument("--n-sensitivities", type=int, default=defaults.n_sensitivities)
     p.add_argument("--n-interactions", type=int, default=defaults.n_interactions)
@@ -631,20 +679,31 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda asked for but CUDA is not available")
     dtype = getattr(torch, args.dtype)
-    size = dict(n_features=args.n_features, n_sensitivities=args.n_sensitivities, n_interactions=args.n_interactions,
-                n_atom_layers=args.n_atom_layers, tensor_order=args.tensor_order, cutoff=args.cutoff,
-                soft_min=defaults.soft_min, soft_max=args.cutoff - 1.0, cusp_reg=defaults.cusp_reg)
+    size = dict(
+        n_features=args.n_features,
+        n_sensitivities=args.n_sensitivities,
+        n_interactions=args.n_interactions,
+        n_atom_layers=args.n_atom_layers,
+        tensor_order=args.tensor_order,
+        cutoff=args.cutoff,
+        soft_min=defaults.soft_min,
+        soft_max=args.cutoff - 1.0,
+        cusp_reg=defaults.cusp_reg,
+    )
     if args.probe_memory:
         return probe_memory(args.probe_memory, args, device, dtype, size)
     with tempfile.TemporaryDirectory() as workdir:
         impls, missing = build_impls(size, device, dtype, workdir, peers=args.peers)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         print(f"# mfcalc speed benchmark, {time.strftime('%Y-%m-%d')}\n")
-        print(f"device: {device} ({name}), {torch.get_num_threads()} torch threads, {os.cpu_count()} cores; "
-              f"torch {torch.__version__}, {args.dtype}")
+        print(
+            f"device: {device} ({name}), {torch.get_num_threads()} torch threads, {os.cpu_count()} cores; "
+            f"torch {torch.__version__}, {args.dtype}"
+        )
         print("model size: " + ", ".join(f"{k} {v}" for k, v in size.items()))
-        print("parameters: " + ", ".join(f"{i.name} {i.n_params()}" + (f" ({i.note})" if i.note else "")
-                                         for i in impls))
+        print(
+            "parameters: " + ", ".join(f"{i.name} {i.n_params()}" + (f" ({i.note})" if i.note else "") for i in impls)
+        )
         if missing:
             print("not installed (skipped): " + ", ".join(missing))
         print("command: python tools/bench_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "\n")

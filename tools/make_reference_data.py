@@ -43,8 +43,7 @@ def xtb_calculator():
 def pyscf_mole(numbers, positions, basis):
     from pyscf import gto
 
-    return gto.M(atom=[(int(z), tuple(p)) for z, p in zip(numbers, positions)], basis=basis, unit="Angstrom",
-                 verbose=0)
+    return gto.M(atom=[(int(z), tuple(p)) for z, p in zip(numbers, positions)], basis=basis, unit="Angstrom", verbose=0)
 
 
 def dft_wb97x(numbers, positions):
@@ -102,8 +101,9 @@ def snapshots(smiles: str, n: int, seed: int):
         md = atoms.copy()
         md.calc = xtb_calculator()
         MaxwellBoltzmannDistribution(md, temperature_K=temperature, rng=np.random.default_rng(seed))
-        dyn = Langevin(md, 0.5 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False,
-                       rng=np.random.default_rng(seed))
+        dyn = Langevin(
+            md, 0.5 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=np.random.default_rng(seed)
+        )
         dyn.run(200)  # 100 fs equilibration
         for _ in range(n // 2 + n % 2 * (temperature == 500)):
             dyn.run(30)  # 15 fs
@@ -161,8 +161,10 @@ def check_gradients(smiles: str, h: float = 1e-3) -> None:
         "CCSD(T)/cc-pVDZ": (ccsd_t(z, x, True)[1], fd(lambda p: ccsd_t(z, p, False)[0])),
     }
     for name, (analytic, numeric) in checks.items():
-        print(f"{name:<16} max |analytic - finite difference| = {np.abs(analytic - numeric).max():.2e} Ha/A "
-              f"(max |F| {np.abs(numeric).max():.3f})")
+        print(
+            f"{name:<16} max |analytic - finite difference| = {np.abs(analytic - numeric).max():.2e} Ha/A "
+            f"(max |F| {np.abs(numeric).max():.3f})"
+        )
 
 
 def main(argv: List[str] = None) -> int:
@@ -189,9 +191,15 @@ def main(argv: List[str] = None) -> int:
             order = np.argsort(frames[0].numbers, kind="stable")
             frames = [f[order] for f in frames]
             labels = label(frames, args.cc_forces, log)
-            formula = "".join(f"{s}{c}" for s, c in sorted(
-                {sym: frames[0].get_chemical_symbols().count(sym) for sym in set(frames[0].get_chemical_symbols())}
-                .items()))
+            formula = "".join(
+                f"{s}{c}"
+                for s, c in sorted(
+                    {
+                        sym: frames[0].get_chemical_symbols().count(sym)
+                        for sym in set(frames[0].get_chemical_symbols())
+                    }.items()
+                )
+            )
             coords = np.stack([f.positions for f in frames])
             g = h5.require_group(formula)
             new = {"coordinates": coords, "smiles": np.array([smi.encode()] * len(frames)), **labels}
@@ -203,7 +211,7 @@ def main(argv: List[str] = None) -> int:
                 for k, v in new.items():
                     ds = g[k]
                     ds.resize(ds.shape[0] + len(v), axis=0)
-                    ds[-len(v):] = v
+                    ds[-len(v) :] = v
     log(f"wrote {args.out}")
     return 0
 

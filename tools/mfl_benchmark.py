@@ -75,11 +75,18 @@ def matrix() -> List[Row]:
         tag = f"@{int(frac * 100)}%"
         rows += [
             Row(f"SF-cc/E{tag}", "scarce high level", {"cc": False}, "cc", keep_high=frac),
-            Row(f"MF-dft/EF-cc/E{tag}", "scarce high level", {"dft": True, "cc": False}, "cc", f"SF-cc/E{tag}",
-                keep_high=frac),
+            Row(
+                f"MF-dft/EF-cc/E{tag}",
+                "scarce high level",
+                {"dft": True, "cc": False},
+                "cc",
+                f"SF-cc/E{tag}",
+                keep_high=frac,
+            ),
         ]
-    rows.append(Row("MF-xtb/EF-dft/EF-cc/E", "three fidelities", {"xtb": True, "dft": True, "cc": False}, "cc",
-                    "SF-cc/E"))
+    rows.append(
+        Row("MF-xtb/EF-dft/EF-cc/E", "three fidelities", {"xtb": True, "dft": True, "cc": False}, "cc", "SF-cc/E")
+    )
     return rows
 
 
@@ -124,16 +131,21 @@ def run_row(row: Row, split_by: str, seed: int, args, full, workdir: str) -> Dic
         hide = rng.choice(train_rows, int(round(len(train_rows) * (1 - row.keep_high))), replace=False)
         data.energy[hide, names.index(row.target)] = np.nan
     cfg = RunConfig(
-        data=[DATA], out=os.path.join(workdir, f"{row.name.replace('/', '_')}-{split_by}-{seed}"),
-        fidelities=[FidelityConfig(s.name, s.energy_key, s.forces_key, **args.weights.get(s.name, {}))
-                    for s in specs])
+        data=[DATA],
+        out=os.path.join(workdir, f"{row.name.replace('/', '_')}-{split_by}-{seed}"),
+        fidelities=[FidelityConfig(s.name, s.energy_key, s.forces_key, **args.weights.get(s.name, {})) for s in specs],
+    )
     cfg.model.n_features, cfg.model.n_sensitivities = args.n_features, args.n_sensitivities
     cfg.model.n_atom_layers, cfg.model.tensor_order = args.n_atom_layers, args.tensor_order
     cfg.model.cusp_reg = args.cusp_reg
     t = cfg.train
     t.epochs, t.batch_size, t.lr, t.seed, t.device = args.epochs, args.batch_size, args.lr, seed, "cpu"
-    t.valid_fraction, t.test_fraction, t.split_by, t.max_minutes = args.valid_fraction, args.test_fraction, \
-        split_by, args.max_minutes
+    t.valid_fraction, t.test_fraction, t.split_by, t.max_minutes = (
+        args.valid_fraction,
+        args.test_fraction,
+        split_by,
+        args.max_minutes,
+    )
     t.early_stopping, t.min_epochs, t.energy_loss = args.early_stopping, args.min_epochs, args.energy_loss
     metrics = train(cfg, log=lambda _msg: None, data=data, split=split)  # one fixed split for every row
     model, _meta = export.load(os.path.join(cfg.out, "model.pt"))
@@ -142,7 +154,8 @@ def run_row(row: Row, split_by: str, seed: int, args, full, workdir: str) -> Dic
     scored = args.score_on
     m = metrics[scored][row.target]
     out: Dict[str, Optional[float]] = {
-        "energy_rmse": m["energy_rmse_kcal_mol"], "energy_mae": m["energy_mae_kcal_mol"],
+        "energy_rmse": m["energy_rmse_kcal_mol"],
+        "energy_mae": m["energy_mae_kcal_mol"],
         "forces_rmse": m["forces_rmse_kcal_mol_a"] if row.target != "cc" else None,
         "rel_energy_rmse": relative_energy_rmse(model, full.with_fidelities([row.target]), split[scored], row.target),
     }
@@ -162,8 +175,9 @@ def score_forces(model, full, fid: str, structures, meta) -> Optional[float]:
     one = full.with_fidelities([fid])
     one.forces = {fid: full.forces[fid]}
     resid = residual_data(one, species, np.array([[ref[str(z)] for z in species]]))
-    stats = accumulate_stats(model, resid, np.asarray(structures), list(meta[keys.META_FIDELITIES]), 64,
-                             torch.device("cpu"), torch.float64)
+    stats = accumulate_stats(
+        model, resid, np.asarray(structures), list(meta[keys.META_FIDELITIES]), 64, torch.device("cpu"), torch.float64
+    )
     return stats_to_metrics(stats, [fid])[fid]["forces_rmse_kcal_mol_a"]
 
 
@@ -182,8 +196,9 @@ def gain(base: Optional[float], value: Optional[float]) -> Optional[float]:
     return 100.0 * (base - value) / base
 
 
-def print_table(results: Dict[str, Dict[str, List[Dict]]], rows: Sequence[Row], header: str,
-                markdown: bool = False) -> Dict:
+def print_table(
+    results: Dict[str, Dict[str, List[Dict]]], rows: Sequence[Row], header: str, markdown: bool = False
+) -> Dict:
     """Mean +- 95 % interval per row and split, with gains over the row's SF-X/E baseline."""
     summary: Dict = {}
     for split_by, by_row in results.items():
@@ -203,8 +218,10 @@ def print_table(results: Dict[str, Dict[str, List[Dict]]], rows: Sequence[Row], 
         label = "grouped (unseen molecules)" if split_by == "smiles" else "random (in-sample)"
         if not markdown:
             print(f"\nsplit: {label}; {header}; mean +- 95% interval; kcal/mol, kcal/mol/A")
-            print(f"{'case':<30} {'row':<24} {'E RMSE':>15} {'E MAE':>7} {'relE RMSE':>15} {'F RMSE':>15} "
-                  f"{'dE %':>6} {'dF %':>6}")
+            print(
+                f"{'case':<30} {'row':<24} {'E RMSE':>15} {'E MAE':>7} {'relE RMSE':>15} {'F RMSE':>15} "
+                f"{'dE %':>6} {'dF %':>6}"
+            )
         for row in rows:
             if row.name not in by_row:
                 continue
@@ -213,13 +230,17 @@ def print_table(results: Dict[str, Dict[str, List[Dict]]], rows: Sequence[Row], 
             ge = gain(base["energy_rmse"][0], cols["energy_rmse"][0]) if base else None
             gf = gain(base["forces_rmse"][0], cols["forces_rmse"][0]) if base else None
             if markdown:
-                print(f"| {label} | {row.case} | {row.name} | {len(by_row[row.name])} | {fmt(cols, 'energy_rmse')} | "
-                      f"{fmt(cols, 'rel_energy_rmse')} | {fmt(cols, 'forces_rmse')} | {row.baseline if base else ''} | "
-                      f"{'' if ge is None else f'{ge:.0f} %'} | {'' if gf is None else f'{gf:.0f} %'} |")
+                print(
+                    f"| {label} | {row.case} | {row.name} | {len(by_row[row.name])} | {fmt(cols, 'energy_rmse')} | "
+                    f"{fmt(cols, 'rel_energy_rmse')} | {fmt(cols, 'forces_rmse')} | {row.baseline if base else ''} | "
+                    f"{'' if ge is None else f'{ge:.0f} %'} | {'' if gf is None else f'{gf:.0f} %'} |"
+                )
             else:
-                print(f"{row.case:<30} {row.name:<24} {fmt(cols, 'energy_rmse')} {cols['energy_mae'][0]:7.3f} "
-                      f"{fmt(cols, 'rel_energy_rmse')} {fmt(cols, 'forces_rmse')} "
-                      f"{'' if ge is None else f'{ge:6.0f}':>6} {'' if gf is None else f'{gf:6.0f}':>6}")
+                print(
+                    f"{row.case:<30} {row.name:<24} {fmt(cols, 'energy_rmse')} {cols['energy_mae'][0]:7.3f} "
+                    f"{fmt(cols, 'rel_energy_rmse')} {fmt(cols, 'forces_rmse')} "
+                    f"{'' if ge is None else f'{ge:6.0f}':>6} {'' if gf is None else f'{gf:6.0f}':>6}"
+                )
     return summary
 
 
@@ -248,8 +269,12 @@ def main(argv=None) -> int:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=150)
     p.add_argument("--early-stopping", type=int, default=25)
-    p.add_argument("--min-epochs", type=int, default=0,
-                   help="no early stop before this epoch (0, the default, is how the README table was run)")
+    p.add_argument(
+        "--min-epochs",
+        type=int,
+        default=0,
+        help="no early stop before this epoch (0, the default, is how the README table was run)",
+    )
     p.add_argument("--max-minutes", type=float, default=None, help="per training run")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -261,14 +286,26 @@ def main(argv=None) -> int:
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.15)
     p.add_argument("--energy-loss", choices=["structure", "atom"], default="structure")
-    p.add_argument("--loss-weight", action="append", default=[], metavar="NAME:energy=W,forces=W,hier=W",
-                   help="loss weights of a fidelity wherever a row trains it (as mfcalc-train)")
-    p.add_argument("--score-on", choices=["test", "valid"], default="test",
-                   help="valid: score on the validation split (for investigating recipes without "
-                        "looking at the test split)")
+    p.add_argument(
+        "--loss-weight",
+        action="append",
+        default=[],
+        metavar="NAME:energy=W,forces=W,hier=W",
+        help="loss weights of a fidelity wherever a row trains it (as mfcalc-train)",
+    )
+    p.add_argument(
+        "--score-on",
+        choices=["test", "valid"],
+        default="test",
+        help="valid: score on the validation split (for investigating recipes without looking at the test split)",
+    )
     p.add_argument("--json", help="write all per-seed results and the summary here")
-    p.add_argument("--report", nargs="+", metavar="JSON", help="train nothing: merge these --json files and "
-                   "print one markdown table")
+    p.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: merge these --json files and print one markdown table",
+    )
     p.add_argument("--workdir", help="keep the runs here (default: a temporary folder)")
     args = p.parse_args(argv)
     if args.report:
@@ -296,9 +333,13 @@ def main(argv=None) -> int:
                 res = run_row(row, split_by, seed, args, full, workdir)
                 results.setdefault(split_by, {}).setdefault(row.name, []).append(res)
                 done += 1
-                print(f"[{done}/{total}] {split_by:<6} {row.name:<24} seed {seed}: "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in res.items() if v is not None)
-                      + f"  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"[{done}/{total}] {split_by:<6} {row.name:<24} seed {seed}: "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in res.items() if v is not None)
+                    + f"  ({time.perf_counter() - t0:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     header = f"scored on the {args.score_on} split; {args.seeds} seeds"
     summary = print_table(results, rows, header)

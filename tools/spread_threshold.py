@@ -35,8 +35,10 @@ def main() -> None:
     spreads = torch.cat(spreads).numpy()
     threshold = float(3.0 * np.percentile(spreads, 99))
     export.update_metadata(args.model, **{keys.META_SPREAD_WARNING: round(threshold, 4)})
-    print(f"spread on {len(spreads)} {args.split_name} structures: median {np.median(spreads):.4f} eV, "
-          f"99th percentile {np.percentile(spreads, 99):.4f} eV -> warning threshold {threshold:.4f} eV")
+    print(
+        f"spread on {len(spreads)} {args.split_name} structures: median {np.median(spreads):.4f} eV, "
+        f"99th percentile {np.percentile(spreads, 99):.4f} eV -> warning threshold {threshold:.4f} eV"
+    )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Energy and force errors of a model per fidelity.")
     p.add_argument("--model", required=True, help="model.pt written by mfcalc-train")
     p.add_argument("--data", nargs="+", required=True, metavar="FILE")
-    p.add_argument("--fidelity", action="append", required=True, metavar="NAME=ENERGY_KEY[,FORCES_KEY]",
-                   help="binding of a model head to keys of the data (any label, trained on or not)")
+    p.add_argument(
+        "--fidelity",
+        action="append",
+        required=True,
+        metavar="NAME=ENERGY_KEY[,FORCES_KEY]",
+        help="binding of a model head to keys of the data (any label, trained on or not)",
+    )
     p.add_argument("--energy-unit", help="unit of the energies in the data (default: the format's)")
-    p.add_argument("--split", metavar="DIR/split.npz:NAME",
-                   help="evaluate only one split of a training run, e.g. run/split.npz:test")
+    p.add_argument(
+        "--split",
+        metavar="DIR/split.npz:NAME",
+        help="evaluate only one split of a training run, e.g. run/split.npz:test",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=64)
@@ -48,10 +56,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if name not in npz:
                     raise ValueError(f"--split: no split {name!r} in {path}; it has {sorted(npz.files)}")
                 structures = npz[name]
-        metrics = evaluate_file(args.model, args.data, specs, structures=structures, batch_size=args.batch_size,
-                                device=args.device)
-        print(format_table(metrics, title=f"{args.model} on {', '.join(args.data)}"
-                           + (f" ({args.split})" if args.split else "")))
+        metrics = evaluate_file(
+            args.model, args.data, specs, structures=structures, batch_size=args.batch_size, device=args.device
+        )
+        print(
+            format_table(
+                metrics, title=f"{args.model} on {', '.join(args.data)}" + (f" ({args.split})" if args.split else "")
+            )
+        )
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(metrics, fh, indent=1)

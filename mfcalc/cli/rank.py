@@ -19,11 +19,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-conformers", type=int, default=50)
     p.add_argument("--fmax", type=float, default=0.01, help="eV/A")
     p.add_argument("--max-steps", type=int, default=500)
-    p.add_argument("--optimizer", choices=["lbfgs", "fire"], default="lbfgs",
-                   help="batched optimiser (both move all conformers with one model call per step)")
-    p.add_argument("--stall-steps", type=int, default=100,
-                   help="stop a conformer that makes no progress (no lower energy, no smaller maximum force) for "
-                        "this many steps; 0: never")
+    p.add_argument(
+        "--optimizer",
+        choices=["lbfgs", "fire"],
+        default="lbfgs",
+        help="batched optimiser (both move all conformers with one model call per step)",
+    )
+    p.add_argument(
+        "--stall-steps",
+        type=int,
+        default=100,
+        help="stop a conformer that makes no progress (no lower energy, no smaller maximum force) for "
+        "this many steps; 0: never",
+    )
     p.add_argument("--window", type=float, default=10.0, help="kcal/mol above the lowest to report")
     p.add_argument("--prune-rmsd", type=float, default=0.3, help="A, duplicate threshold")
     p.add_argument("--out", default="ranked.sdf", help="SDF of the ranked conformers")
@@ -41,10 +49,20 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.n_conformers < 1 or args.max_steps < 0 or args.fmax <= 0:
             raise ValueError("need --n-conformers >= 1, --max-steps >= 0 and --fmax > 0")
-        result = conformers.rank(args.source, model=args.model, fidelity=args.fidelity,
-                                 n_conformers=args.n_conformers, fmax=args.fmax, max_steps=args.max_steps,
-                                 window=args.window, prune_rmsd=args.prune_rmsd, device=args.device, seed=args.seed,
-                                 optimizer=args.optimizer, stall_steps=args.stall_steps or None)
+        result = conformers.rank(
+            args.source,
+            model=args.model,
+            fidelity=args.fidelity,
+            n_conformers=args.n_conformers,
+            fmax=args.fmax,
+            max_steps=args.max_steps,
+            window=args.window,
+            prune_rmsd=args.prune_rmsd,
+            device=args.device,
+            seed=args.seed,
+            optimizer=args.optimizer,
+            stall_steps=args.stall_steps or None,
+        )
         print(conformers.format_table(result))
         conformers.write_sdf(result, args.out)
         if args.json:

@@ -18,17 +18,28 @@ PROG = "mfcalc-train"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Train a multi-fidelity HIP-NN-TS model and export TorchScript.")
     p.add_argument("--data", nargs="+", metavar="FILE", help="data files (HDF5 or any ASE format)")
-    p.add_argument("--fidelity", action="append", metavar="NAME=ENERGY_KEY[,FORCES_KEY]",
-                   help="bind a fidelity to keys of the --data files (repeat, in head order)")
+    p.add_argument(
+        "--fidelity",
+        action="append",
+        metavar="NAME=ENERGY_KEY[,FORCES_KEY]",
+        help="bind a fidelity to keys of the --data files (repeat, in head order)",
+    )
     p.add_argument("--out", metavar="DIR", help="output directory")
     p.add_argument("--config", metavar="FILE.toml", help="TOML config; flags override it")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     add_settings_arguments(p.add_argument_group("training (TrainSettings)"), TrainSettings)
     add_settings_arguments(p.add_argument_group("model (ModelSettings)"), ModelSettings)
-    p.add_argument("--energy-unit", help="unit of the --fidelity energies: hartree | ev | kcal/mol "
-                   "(default: the format's, Hartree for HDF5, eV for ASE files)")
-    p.add_argument("--loss-weight", action="append", metavar="NAME:energy=W,forces=W,hier=W",
-                   help="per-fidelity loss weights (default 1)")
+    p.add_argument(
+        "--energy-unit",
+        help="unit of the --fidelity energies: hartree | ev | kcal/mol "
+        "(default: the format's, Hartree for HDF5, eV for ASE files)",
+    )
+    p.add_argument(
+        "--loss-weight",
+        action="append",
+        metavar="NAME:energy=W,forces=W,hier=W",
+        help="per-fidelity loss weights (default 1)",
+    )
     return p
 
 
@@ -62,8 +73,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cfg.fidelities = []
         for text in args.fidelity:
             spec = parse_fidelity(text)
-            cfg.fidelities.append(FidelityConfig(spec.name, spec.energy_key, spec.forces_key,
-                                                 energy_unit=args.energy_unit))
+            cfg.fidelities.append(
+                FidelityConfig(spec.name, spec.energy_key, spec.forces_key, energy_unit=args.energy_unit)
+            )
     if args.out:
         cfg.out = args.out
     elif not args.config:

@@ -11,19 +11,36 @@ check minima, prune, rank.
 from mfcalc.conformers.hessian import SADDLE_CURVATURE, hessians, internal_curvatures, lowest_curvature
 from mfcalc.conformers.molecules import best_rmsd, bond_graph, embed_smiles, read_conformers
 from mfcalc.conformers.optimize import (
-                                        OPTIMIZERS,
-                                        BatchedFIRE,
-                                        BatchedLBFGS,
-                                        model_evaluator,
-                                        optimize,
-                                        optimize_batched,
+    OPTIMIZERS,
+    BatchedFIRE,
+    BatchedLBFGS,
+    model_evaluator,
+    optimize,
+    optimize_batched,
 )
 from mfcalc.conformers.output import format_table, write_json, write_sdf
 from mfcalc.conformers.rank import ConformerRecord, RankResult, domain_warnings, rank
 
 __all__ = [
-    "SADDLE_CURVATURE", "hessians", "internal_curvatures", "lowest_curvature", "best_rmsd", "bond_graph",
-    "embed_smiles", "read_conformers", "OPTIMIZERS", "BatchedFIRE", "BatchedLBFGS", "model_evaluator", "optimize",
-    "optimize_batched", "format_table", "write_json", "write_sdf", "ConformerRecord", "RankResult",
-    "domain_warnings", "rank",
+    "SADDLE_CURVATURE",
+    "hessians",
+    "internal_curvatures",
+    "lowest_curvature",
+    "best_rmsd",
+    "bond_graph",
+    "embed_smiles",
+    "read_conformers",
+    "OPTIMIZERS",
+    "BatchedFIRE",
+    "BatchedLBFGS",
+    "model_evaluator",
+    "optimize",
+    "optimize_batched",
+    "format_table",
+    "write_json",
+    "write_sdf",
+    "ConformerRecord",
+    "RankResult",
+    "domain_warnings",
+    "rank",
 ]

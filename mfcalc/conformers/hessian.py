@@ -49,9 +49,15 @@ def hessians(evaluate: Evaluator, positions: np.ndarray, step: float = 5e-3) -> 
     return hess
 
 
-def lowest_curvature(model, numbers: np.ndarray, positions: np.ndarray, fidelity: int,
-                     step: float = 5e-3, device: torch.device = torch.device("cpu"),
-                     dtype: torch.dtype = torch.float64) -> Tuple[np.ndarray, np.ndarray]:
+def lowest_curvature(
+    model,
+    numbers: np.ndarray,
+    positions: np.ndarray,
+    fidelity: int,
+    step: float = 5e-3,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float64,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Lowest curvature (eV/A^2) of each geometry's energy surface, rigid motions projected out.
 
     A clearly negative value (below :data:`SADDLE_CURVATURE`) means the optimiser stopped at

@@ -68,8 +68,9 @@ def read_conformers(path: str) -> Any:
     if len(symbols) > 1:
         raise ValueError(f"{path} mixes different molecules: {sorted(''.join(s) for s in symbols)}")
     first = frames[0]
-    block = f"{len(first)}\n\n" + "\n".join(f"{s} {x:.8f} {y:.8f} {z:.8f}"
-                                           for s, (x, y, z) in zip(first.get_chemical_symbols(), first.positions))
+    block = f"{len(first)}\n\n" + "\n".join(
+        f"{s} {x:.8f} {y:.8f} {z:.8f}" for s, (x, y, z) in zip(first.get_chemical_symbols(), first.positions)
+    )
     mol = Chem.MolFromXYZBlock(block)
     if mol is None:
         raise ValueError(f"RDKit cannot build a molecule from {path}")

@@ -36,8 +36,13 @@ STALL_STEPS = 100  # steps without a new lowest energy or a new smallest maximum
 STALL_ENERGY = 1e-6  # eV: a smaller fall of the lowest energy is not progress
 
 
-def model_evaluator(model, numbers: np.ndarray, fidelity: int, device: torch.device = torch.device("cpu"),
-                    dtype: torch.dtype = torch.float64) -> Evaluator:
+def model_evaluator(
+    model,
+    numbers: np.ndarray,
+    fidelity: int,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float64,
+) -> Evaluator:
     """An evaluator on an mfcalc model (``compute``): all conformers in one batched call,
     forces of the ensemble-mean energy (one backward pass)."""
     z = torch.as_tensor(np.asarray(numbers), dtype=torch.long, device=device)
@@ -48,9 +53,11 @@ def model_evaluator(model, numbers: np.ndarray, fidelity: int, device: torch.dev
         pos = torch.as_tensor(positions.reshape(-1, 3), dtype=dtype, device=device)
         mol = torch.arange(k, device=device).repeat_interleave(n_atoms)
         out = model.compute(z.repeat(k), pos, mol, k, fidelity, forces_spread=False)
-        return (out[keys.ENERGY].detach().cpu().numpy().astype(np.float64),
-                out[keys.FORCES].detach().cpu().numpy().astype(np.float64).reshape(k, n_atoms, 3),
-                out[keys.ENERGY_STD].detach().cpu().numpy().astype(np.float64))
+        return (
+            out[keys.ENERGY].detach().cpu().numpy().astype(np.float64),
+            out[keys.FORCES].detach().cpu().numpy().astype(np.float64).reshape(k, n_atoms, 3),
+            out[keys.ENERGY_STD].detach().cpu().numpy().astype(np.float64),
+        )
 
     return evaluate
 
@@ -89,8 +96,11 @@ class BatchedLBFGS:
         reset = prev & ~keep
         S, Y, rho = self.S[idx], self.Y[idx], self.rho[idx]
         S[reset], Y[reset], rho[reset] = 0.0, 0.0, 0.0
-        S[keep], Y[keep], rho[keep] = np.roll(S[keep], -1, axis=1), np.roll(Y[keep], -1, axis=1), \
-            np.roll(rho[keep], -1, axis=1)
+        S[keep], Y[keep], rho[keep] = (
+            np.roll(S[keep], -1, axis=1),
+            np.roll(Y[keep], -1, axis=1),
+            np.roll(rho[keep], -1, axis=1),
+        )
         S[keep, -1], Y[keep, -1], rho[keep, -1] = s[keep], y[keep], 1.0 / sy[keep]
         q = g.copy()
         alpha = np.zeros((k, LBFGS_MEMORY))
@@ -186,13 +196,21 @@ class StallWatch:
         return self.since[idx] >= self.patience
 
     def status(self, i: int) -> str:
-        return (f"failed: optimisation stalled (no progress for {self.patience} steps, maximum force between "
-                f"{self.f_lo[i]:.3f} and {self.f_hi[i]:.3f} eV/A)")
+        return (
+            f"failed: optimisation stalled (no progress for {self.patience} steps, maximum force between "
+            f"{self.f_lo[i]:.3f} and {self.f_hi[i]:.3f} eV/A)"
+        )
 
 
-def optimize(evaluate: Evaluator, coords: np.ndarray, fmax: float = 0.01, max_steps: int = 500,
-             method: str = "lbfgs", progress: Optional[Callable[[int, int, int, float], None]] = None,
-             stall_steps: Optional[int] = STALL_STEPS) -> Dict[str, np.ndarray]:
+def optimize(
+    evaluate: Evaluator,
+    coords: np.ndarray,
+    fmax: float = 0.01,
+    max_steps: int = 500,
+    method: str = "lbfgs",
+    progress: Optional[Callable[[int, int, int, float], None]] = None,
+    stall_steps: Optional[int] = STALL_STEPS,
+) -> Dict[str, np.ndarray]:
     """Optimise all conformers at once; one ``evaluate`` call per step for those still moving.
 
     Args:
@@ -242,15 +260,30 @@ def optimize(evaluate: Evaluator, coords: np.ndarray, fmax: float = 0.01, max_st
         if step == max_steps or len(idx) == 0:
             continue
         r[idx] += optimizer.step(idx, r[idx], f[move], e[move])
-    return {"positions": r, "energy": energy, "spread": spread, "converged": converged, "steps": steps,
-            "failed": failed}
+    return {
+        "positions": r,
+        "energy": energy,
+        "spread": spread,
+        "converged": converged,
+        "steps": steps,
+        "failed": failed,
+    }
 
 
-def optimize_batched(model, numbers: np.ndarray, coords: np.ndarray, fidelity: int, fmax: float = 0.01,
-                     max_steps: int = 500, device: torch.device = torch.device("cpu"),
-                     dtype: torch.dtype = torch.float64,
-                     progress: Optional[Callable[[int, int, int, float], None]] = None,
-                     method: str = "lbfgs", stall_steps: Optional[int] = STALL_STEPS) -> Dict[str, np.ndarray]:
+def optimize_batched(
+    model,
+    numbers: np.ndarray,
+    coords: np.ndarray,
+    fidelity: int,
+    fmax: float = 0.01,
+    max_steps: int = 500,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float64,
+    progress: Optional[Callable[[int, int, int, float], None]] = None,
+    method: str = "lbfgs",
+    stall_steps: Optional[int] = STALL_STEPS,
+) -> Dict[str, np.ndarray]:
     """:func:`optimize` on an mfcalc model (see :func:`model_evaluator`) at head ``fidelity``."""
-    return optimize(model_evaluator(model, numbers, fidelity, device, dtype), coords, fmax, max_steps, method,
-                    progress, stall_steps)
+    return optimize(
+        model_evaluator(model, numbers, fidelity, device, dtype), coords, fmax, max_steps, method, progress, stall_steps
+    )

@@ -16,10 +16,16 @@ def format_table(result: RankResult) -> str:
     """Rank, id, relative energy, ensemble spread ("!" above the model's warning threshold),
     heavy-atom RMSD to the lowest, convergence and steps; then what was not ranked and why."""
     has_spread = any(r.spread_ev is not None for r in result.records)
-    head = f"{'rank':>4} {'id':>4} {'rel. E':>10} " + (f"{'spread':>10} " if has_spread else "") + \
-        f"{'RMSD':>7} {'conv.':>5} {'steps':>5}"
-    units = f"{'':>4} {'':>4} {'kcal/mol':>10} " + (f"{'kcal/mol':>10} " if has_spread else "") + \
-        f"{'A':>7} {'':>5} {'':>5}"
+    head = (
+        f"{'rank':>4} {'id':>4} {'rel. E':>10} "
+        + (f"{'spread':>10} " if has_spread else "")
+        + f"{'RMSD':>7} {'conv.':>5} {'steps':>5}"
+    )
+    units = (
+        f"{'':>4} {'':>4} {'kcal/mol':>10} "
+        + (f"{'kcal/mol':>10} " if has_spread else "")
+        + f"{'A':>7} {'':>5} {'':>5}"
+    )
     lines = [f"{result.smiles} at fidelity {result.fidelity!r}"]
     lines += [f"WARNING: {w}" for w in result.warnings]
     lines += [head, units]
@@ -27,8 +33,10 @@ def format_table(result: RankResult) -> str:
         spread = ""
         if has_spread and r.spread_ev is not None:
             spread = f"{r.spread_ev / KCAL_MOL_EV:9.3f}{'!' if r.outside_domain else ' '} "
-        lines.append(f"{r.rank:>4} {r.id:>4} {r.relative_kcal_mol:10.3f} {spread}{r.rmsd_to_lowest:7.3f} "
-                     f"{'yes' if r.converged else 'no':>5} {r.steps:>5}")
+        lines.append(
+            f"{r.rank:>4} {r.id:>4} {r.relative_kcal_mol:10.3f} {spread}{r.rmsd_to_lowest:7.3f} "
+            f"{'yes' if r.converged else 'no':>5} {r.steps:>5}"
+        )
     others: Dict[str, int] = {}
     for r in result.records:
         if r.rank is None:
@@ -74,8 +82,11 @@ def write_sdf(result: RankResult, path: str) -> None:
 
 def write_json(result: RankResult, path: str) -> None:
     """Every conformer (ranked first), with status, energies, spreads and the domain warnings."""
-    doc = {"smiles": result.smiles, "fidelity": result.fidelity, "model": result.model,
-           "warnings": list(result.warnings),
-           "conformers": [r.to_json() for r in sorted(result.records, key=lambda r: (r.rank is None, r.rank or 0,
-                                                                                    r.id))]}
+    doc = {
+        "smiles": result.smiles,
+        "fidelity": result.fidelity,
+        "model": result.model,
+        "warnings": list(result.warnings),
+        "conformers": [r.to_json() for r in sorted(result.records, key=lambda r: (r.rank is None, r.rank or 0, r.id))],
+    }
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")

@@ -99,11 +99,22 @@ class _Model:
         return int(self.meta.get(keys.META_ENSEMBLE_SIZE, 1)) > 1
 
 
-def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = None, n_conformers: int = 50,
-         fmax: float = 0.01, max_steps: int = 500, window: float = 10.0, prune_rmsd: float = 0.3,
-         energy_tol: float = 0.1, device: str = "auto", seed: int = 0,
-         log: Optional[Callable[[str], None]] = None, optimizer: str = "lbfgs",
-         stall_steps: Optional[int] = STALL_STEPS) -> RankResult:
+def rank(
+    source: str,
+    model: Optional[str] = None,
+    fidelity: Optional[str] = None,
+    n_conformers: int = 50,
+    fmax: float = 0.01,
+    max_steps: int = 500,
+    window: float = 10.0,
+    prune_rmsd: float = 0.3,
+    energy_tol: float = 0.1,
+    device: str = "auto",
+    seed: int = 0,
+    log: Optional[Callable[[str], None]] = None,
+    optimizer: str = "lbfgs",
+    stall_steps: Optional[int] = STALL_STEPS,
+) -> RankResult:
     """Generate (or read), optimise and rank conformers of one molecule at one fidelity.
 
     Args:
@@ -136,14 +147,18 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
     for text in found:
         say(f"WARNING: {text}")
         warnings.warn(f"{smiles}: {text}", stacklevel=2)
-    say(f"{smiles}: {len(coords)} conformers, optimising at fidelity {job.fidelity!r} (batched {optimizer}, "
-        f"fmax {fmax} eV/A)")
+    say(
+        f"{smiles}: {len(coords)} conformers, optimising at fidelity {job.fidelity!r} (batched {optimizer}, "
+        f"fmax {fmax} eV/A)"
+    )
     t0 = time.perf_counter()
     lines = ProgressLines(say, timestamps=False)
 
     def progress(step: int, n_conv: int, n_fail: int, worst: float) -> None:
-        lines(f"  step {step:4d}: {n_conv}/{len(coords)} converged, {n_fail} stopped, max force {worst:.3f} eV/A",
-              force=n_conv + n_fail == len(coords))
+        lines(
+            f"  step {step:4d}: {n_conv}/{len(coords)} converged, {n_fail} stopped, max force {worst:.3f} eV/A",
+            force=n_conv + n_fail == len(coords),
+        )
 
     opt = optimize(evaluate, coords, fmax, max_steps, optimizer, progress, stall_steps)
     _push_off_saddles(opt, job, numbers, fmax, max_steps, optimizer, stall_steps, say)
@@ -151,8 +166,14 @@ def rank(source: str, model: Optional[str] = None, fidelity: Optional[str] = Non
     records = _records(opt, initial_spread, job)
     _mark_changed_bonds(records, mol, coords)
     _assign_ranks(_merge_duplicates(records, mol, energy_tol, prune_rmsd), window, mol)
-    return RankResult(smiles=smiles, fidelity=job.fidelity, model=os.path.abspath(job.path), records=records,
-                      mol=_output_molecule(mol, records), warnings=found)
+    return RankResult(
+        smiles=smiles,
+        fidelity=job.fidelity,
+        model=os.path.abspath(job.path),
+        records=records,
+        mol=_output_molecule(mol, records),
+        warnings=found,
+    )
 
 
 # ---- the steps ---------------------------------------------------------------------------------------
@@ -177,20 +198,32 @@ def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarr
     heavy = int((np.asarray(numbers) > 1).sum())
     span = (meta.get(keys.META_DOMAIN) or {}).get("heavy_atoms")
     if span and heavy > int(span[1]):
-        found.append(f"the molecule has {heavy} heavy atoms; the model was trained on molecules with "
-                     f"{span[0]} to {span[1]}: expect errors well beyond its test metrics")
+        found.append(
+            f"the molecule has {heavy} heavy atoms; the model was trained on molecules with "
+            f"{span[0]} to {span[1]}: expect errors well beyond its test metrics"
+        )
     threshold = meta.get(keys.META_SPREAD_WARNING)
     if threshold is not None and int(meta.get(keys.META_ENSEMBLE_SIZE, 1)) > 1:
         above = np.asarray(spreads) > float(threshold)
         if above.any():
-            found.append(f"the ensemble members disagree by more than {threshold} eV (the model's warning "
-                         f"threshold) on {int(above.sum())} of {len(above)} starting conformers (largest "
-                         f"{float(np.max(spreads)):.2f} eV): this chemistry is outside the training data")
+            found.append(
+                f"the ensemble members disagree by more than {threshold} eV (the model's warning "
+                f"threshold) on {int(above.sum())} of {len(above)} starting conformers (largest "
+                f"{float(np.max(spreads)):.2f} eV): this chemistry is outside the training data"
+            )
     return found
 
 
-def _push_off_saddles(opt: Dict[str, np.ndarray], job: _Model, numbers: np.ndarray, fmax: float, max_steps: int,
-                      optimizer: str, stall_steps: Optional[int], say: Callable[[str], None]) -> None:
+def _push_off_saddles(
+    opt: Dict[str, np.ndarray],
+    job: _Model,
+    numbers: np.ndarray,
+    fmax: float,
+    max_steps: int,
+    optimizer: str,
+    stall_steps: Optional[int],
+    say: Callable[[str], None],
+) -> None:
     """Converged conformers at saddle points are pushed along their negative mode and
     re-optimised (twice at most); any still at a saddle are marked, not ranked."""
     candidates = np.arange(len(opt["energy"]))  # after a push, only the pushed conformers can have changed
@@ -198,8 +231,10 @@ def _push_off_saddles(opt: Dict[str, np.ndarray], job: _Model, numbers: np.ndarr
         saddle, kick = _saddles(opt, candidates, job, numbers)
         if len(saddle) == 0:
             return
-        say(f"  {len(saddle)} conformer(s) stopped at a saddle point; pushing them off along the negative "
-            f"mode and re-optimising")
+        say(
+            f"  {len(saddle)} conformer(s) stopped at a saddle point; pushing them off along the negative "
+            f"mode and re-optimising"
+        )
         kick *= SADDLE_KICK / np.linalg.norm(kick, axis=2).max(axis=1)[:, None, None]
         evaluate = model_evaluator(job.net, numbers, job.index, job.device)
         again = optimize(evaluate, opt["positions"][saddle] + kick, fmax, max_steps, optimizer, None, stall_steps)
@@ -207,8 +242,9 @@ def _push_off_saddles(opt: Dict[str, np.ndarray], job: _Model, numbers: np.ndarr
             opt[key][saddle] = again[key]
         opt["steps"][saddle] += again["steps"]
         candidates = saddle
-    opt["failed"][_saddles(opt, candidates, job, numbers)[0]] = \
+    opt["failed"][_saddles(opt, candidates, job, numbers)[0]] = (
         f"saddle point (negative curvature after {SADDLE_PUSHES} pushes)"
+    )
 
 
 def _saddles(opt: Dict[str, np.ndarray], candidates: np.ndarray, job: _Model, numbers: np.ndarray):
@@ -237,31 +273,43 @@ def _records(opt: Dict[str, np.ndarray], initial_spread: np.ndarray, job: _Model
         spread = float(opt["spread"][i]) if job.is_ensemble else None
         start = float(initial_spread[i]) if job.is_ensemble else None
         outside = threshold is not None and job.is_ensemble and max(spread or 0.0, start or 0.0) > float(threshold)
-        records.append(ConformerRecord(
-            id=i, status=opt["failed"][i] or "ranked",
-            energy_ev=float(opt["energy"][i]) if np.isfinite(opt["energy"][i]) else None, spread_ev=spread,
-            converged=bool(opt["converged"][i]), steps=int(opt["steps"][i]), initial_spread_ev=start,
-            outside_domain=bool(outside), positions=opt["positions"][i]))
+        records.append(
+            ConformerRecord(
+                id=i,
+                status=opt["failed"][i] or "ranked",
+                energy_ev=float(opt["energy"][i]) if np.isfinite(opt["energy"][i]) else None,
+                spread_ev=spread,
+                converged=bool(opt["converged"][i]),
+                steps=int(opt["steps"][i]),
+                initial_spread_ev=start,
+                outside_domain=bool(outside),
+                positions=opt["positions"][i],
+            )
+        )
     return records
 
 
 def _mark_changed_bonds(records: List[ConformerRecord], mol: Any, coords: np.ndarray) -> None:
     for rec in records:
-        if rec.status == "ranked" and not np.array_equal(bond_graph(mol, coords[rec.id]),
-                                                         bond_graph(mol, rec.positions)):
+        if rec.status == "ranked" and not np.array_equal(
+            bond_graph(mol, coords[rec.id]), bond_graph(mol, rec.positions)
+        ):
             rec.status = "connectivity changed"
 
 
-def _merge_duplicates(records: List[ConformerRecord], mol: Any, energy_tol: float,
-                      prune_rmsd: float) -> List[ConformerRecord]:
+def _merge_duplicates(
+    records: List[ConformerRecord], mol: Any, energy_tol: float, prune_rmsd: float
+) -> List[ConformerRecord]:
     """The distinct conformers, lowest first; the others are marked ``duplicate of <id>``."""
     candidates = sorted((r for r in records if r.status == "ranked"), key=lambda r: r.energy_ev or 0.0)
     kept: List[ConformerRecord] = []
     for rec in candidates:
         for ref in kept:
-            if abs((rec.energy_ev or 0.0) - (ref.energy_ev or 0.0)) / KCAL_MOL_EV < energy_tol \
-                    and best_rmsd(mol, rec.positions, ref.positions, True) < prune_rmsd \
-                    and best_rmsd(mol, rec.positions, ref.positions, False) < prune_rmsd:
+            if (
+                abs((rec.energy_ev or 0.0) - (ref.energy_ev or 0.0)) / KCAL_MOL_EV < energy_tol
+                and best_rmsd(mol, rec.positions, ref.positions, True) < prune_rmsd
+                and best_rmsd(mol, rec.positions, ref.positions, False) < prune_rmsd
+            ):
                 rec.status = f"duplicate of {ref.id}"
                 break
         else:

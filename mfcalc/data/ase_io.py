@@ -29,8 +29,13 @@ def _lookup(atoms, key: str, per_atom: bool):
     return results.get(key)
 
 
-def read_ase(path: str, fidelities: Sequence[FidelitySpec], index: str = ":", format: Optional[str] = None,
-             group_keys: Sequence[str] = ("smiles",)) -> MFData:
+def read_ase(
+    path: str,
+    fidelities: Sequence[FidelitySpec],
+    index: str = ":",
+    format: Optional[str] = None,
+    group_keys: Sequence[str] = ("smiles",),
+) -> MFData:
     """Read labelled structures from a file ASE can read.
 
     Args:
@@ -78,17 +83,21 @@ def read_ase(path: str, fidelities: Sequence[FidelitySpec], index: str = ":", fo
                     seen[spec.forces_key] = True
                     f = np.asarray(f, dtype=np.float64)
                     if f.shape != (len(atoms), 3):
-                        raise ValueError(f"{path} frame {i}: {spec.forces_key!r} has shape {f.shape}, "
-                                         f"expected ({len(atoms)}, 3)")
-                    forces[spec.name][offsets[i]:offsets[i + 1]] = f * spec.forces_to_ev_per_angstrom(
-                        DEFAULT_ENERGY_UNIT)
+                        raise ValueError(
+                            f"{path} frame {i}: {spec.forces_key!r} has shape {f.shape}, expected ({len(atoms)}, 3)"
+                        )
+                    forces[spec.name][offsets[i] : offsets[i + 1]] = f * spec.forces_to_ev_per_angstrom(
+                        DEFAULT_ENERGY_UNIT
+                    )
     missing = [k for k, ok in seen.items() if not ok]
     if missing:
         info_keys = sorted({k for a in frames for k in a.info})
         array_keys = sorted({k for a in frames for k in a.arrays})
         calc_keys = sorted({k for a in frames for k in (getattr(a.calc, "results", None) or {})})
-        raise ValueError(f"{path}: key(s) {missing} are in no frame; info keys: {info_keys}, "
-                         f"array keys: {array_keys}, calculator results: {calc_keys}")
+        raise ValueError(
+            f"{path}: key(s) {missing} are in no frame; info keys: {info_keys}, "
+            f"array keys: {array_keys}, calculator results: {calc_keys}"
+        )
 
     positions = np.concatenate([a.positions for a in frames]).astype(np.float64)
     if not np.isfinite(positions).all():

@@ -35,8 +35,9 @@ def load_data(paths: Sequence[str], fidelities: Sequence[FidelitySpec]) -> MFDat
 
 
 # ---- splits ------------------------------------------------------------------------------
-def split_indices(data: MFData, valid_fraction: float = 0.1, test_fraction: float = 0.1, by: str = "random",
-                  seed: int = 0) -> Dict[str, np.ndarray]:
+def split_indices(
+    data: MFData, valid_fraction: float = 0.1, test_fraction: float = 0.1, by: str = "random", seed: int = 0
+) -> Dict[str, np.ndarray]:
     """Split structure indices into ``train``/``valid``/``test``.
 
     Args:
@@ -66,7 +67,7 @@ def split_indices(data: MFData, valid_fraction: float = 0.1, test_fraction: floa
         order = rng.permutation(int(codes.max()) + 1)
         by_group = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[by_group], np.arange(int(codes.max()) + 2))
-        members = [by_group[bounds[g]:bounds[g + 1]] for g in order]
+        members = [by_group[bounds[g] : bounds[g + 1]] for g in order]
         members = [m for m in members if len(m)]
         sizes = np.array([len(m) for m in members])
     targets = {"test": test_fraction * n, "valid": valid_fraction * n}
@@ -85,8 +86,10 @@ def split_indices(data: MFData, valid_fraction: float = 0.1, test_fraction: floa
     for name, needed in wanted.items():
         if needed and len(result[name]) == 0:
             what = "groups" if by != "random" else "structures"
-            raise ValueError(f"the {name} split is empty: {n} structures in {len(members)} {what} cannot be split "
-                             f"{1 - valid_fraction - test_fraction:.2f}/{valid_fraction:.2f}/{test_fraction:.2f}")
+            raise ValueError(
+                f"the {name} split is empty: {n} structures in {len(members)} {what} cannot be split "
+                f"{1 - valid_fraction - test_fraction:.2f}/{valid_fraction:.2f}/{test_fraction:.2f}"
+            )
     return result
 
 
@@ -120,8 +123,9 @@ class Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
-def collate(data: MFData, structures: np.ndarray, dtype: torch.dtype = torch.float32,
-            forces_mask: Optional[np.ndarray] = None) -> Batch:
+def collate(
+    data: MFData, structures: np.ndarray, dtype: torch.dtype = torch.float32, forces_mask: Optional[np.ndarray] = None
+) -> Batch:
     """Build a :class:`Batch` for the given structures with array ops only."""
     structures = np.asarray(structures, dtype=np.int64)
     atoms = data.atom_index(structures)
@@ -149,9 +153,15 @@ def collate(data: MFData, structures: np.ndarray, dtype: torch.dtype = torch.flo
     )
 
 
-def iterate_batches(data: MFData, structures: np.ndarray, batch_size: int, shuffle: bool = False,
-                    rng: Optional[np.random.Generator] = None, dtype: torch.dtype = torch.float32,
-                    forces_mask: Optional[np.ndarray] = None) -> Iterator[Batch]:
+def iterate_batches(
+    data: MFData,
+    structures: np.ndarray,
+    batch_size: int,
+    shuffle: bool = False,
+    rng: Optional[np.random.Generator] = None,
+    dtype: torch.dtype = torch.float32,
+    forces_mask: Optional[np.ndarray] = None,
+) -> Iterator[Batch]:
     """Yield batches over ``structures`` (shuffled with ``rng`` when asked); ``forces_mask``
     is ``data.forces_mask()`` when the caller has it already."""
     if batch_size < 1:
@@ -161,7 +171,7 @@ def iterate_batches(data: MFData, structures: np.ndarray, batch_size: int, shuff
         structures = (rng or np.random.default_rng()).permutation(structures)
     fmask = data.forces_mask() if forces_mask is None else forces_mask
     for start in range(0, len(structures), batch_size):
-        yield collate(data, structures[start:start + batch_size], dtype=dtype, forces_mask=fmask)
+        yield collate(data, structures[start : start + batch_size], dtype=dtype, forces_mask=fmask)
 
 
 # ---- reference energies --------------------------------------------------------------------
@@ -185,8 +195,7 @@ def species_counts(data: MFData, species: Sequence[int], structures: Optional[np
     return counts
 
 
-def fit_reference_energies(data: MFData, species: Sequence[int], structures: Optional[np.ndarray] = None
-                           ) -> np.ndarray:
+def fit_reference_energies(data: MFData, species: Sequence[int], structures: Optional[np.ndarray] = None) -> np.ndarray:
     """(F, n_species) per-fidelity atom reference energies (eV) by least squares on counts.
 
     Each fidelity uses only the structures that carry its energy.  A species that none of
@@ -212,9 +221,13 @@ def fit_reference_energies(data: MFData, species: Sequence[int], structures: Opt
             donors = np.nonzero(present[:, s])[0]
             if len(donors):
                 out[k, s] = out[donors[0], s]
-                warnings.warn(f"element Z={species[int(s)]} has no {name!r} energy label; its reference energy is "
-                              f"taken from {data.fidelities[donors[0]]!r}", stacklevel=2)
+                warnings.warn(
+                    f"element Z={species[int(s)]} has no {name!r} energy label; its reference energy is "
+                    f"taken from {data.fidelities[donors[0]]!r}",
+                    stacklevel=2,
+                )
             else:
-                warnings.warn(f"element Z={species[int(s)]} occurs in no labelled structure; reference energy 0 eV",
-                              stacklevel=2)
+                warnings.warn(
+                    f"element Z={species[int(s)]} occurs in no labelled structure; reference energy 0 eV", stacklevel=2
+                )
     return out

@@ -108,8 +108,9 @@ def _allocate(cache_dir: Optional[str], name: str, shape, dtype, fill=None) -> n
     return arr
 
 
-def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = "angstrom",
-              cache_dir: Optional[str] = None) -> MFData:
+def read_hdf5(
+    path: str, fidelities: Sequence[FidelitySpec], length_unit: str = "angstrom", cache_dir: Optional[str] = None
+) -> MFData:
     """Read labelled structures from an ANI-style HDF5 file.
 
     Args:
@@ -162,8 +163,11 @@ def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = 
         offsets = np.empty(n_struct + 1, dtype=np.int64)
         offsets[0] = 0
         energy = np.full((n_struct, len(fidelities)), np.nan)
-        forces = {s.name: _allocate(cache_dir, f"forces.{s.name}", (n_atoms, 3), np.float64, np.nan)
-                  for s in fidelities if s.forces_key}
+        forces = {
+            s.name: _allocate(cache_dir, f"forces.{s.name}", (n_atoms, 3), np.float64, np.nan)
+            for s in fidelities
+            if s.forces_key
+        }
         formula = np.empty(n_struct, dtype=object)
         smiles = np.empty(n_struct, dtype=object)
         have_smiles = True
@@ -177,7 +181,7 @@ def read_hdf5(path: str, fidelities: Sequence[FidelitySpec], length_unit: str = 
             positions[a0:a1] = np.asarray(grp["coordinates"][()], dtype=np.float64).reshape(-1, 3) * pos_factor
             if not np.isfinite(positions[a0:a1]).all():
                 raise ValueError(f"{path}:{g}/coordinates contain NaN or infinite values")
-            offsets[s0 + 1:s1 + 1] = a0 + na * np.arange(1, nc + 1)
+            offsets[s0 + 1 : s1 + 1] = a0 + na * np.arange(1, nc + 1)
             for k, spec in enumerate(fidelities):
                 if spec.energy_key in grp:
                     e = np.asarray(grp[spec.energy_key][()], dtype=np.float64).reshape(-1)

@@ -142,9 +142,17 @@ class MFData:
         for k, name in enumerate(names):
             if name in self.fidelities:
                 energy[:, k] = self.energy[:, self.fidelities.index(name)]
-        return MFData(fidelities=names, numbers=self.numbers, positions=self.positions, offsets=self.offsets,
-                      cell=self.cell, pbc=self.pbc, energy=energy,
-                      forces={k: v for k, v in self.forces.items() if k in names}, groups=self.groups)
+        return MFData(
+            fidelities=names,
+            numbers=self.numbers,
+            positions=self.positions,
+            offsets=self.offsets,
+            cell=self.cell,
+            pbc=self.pbc,
+            energy=energy,
+            forces={k: v for k, v in self.forces.items() if k in names},
+            groups=self.groups,
+        )
 
     def group_labels(self, key: str) -> np.ndarray:
         """(S,) string labels of a group column, e.g. ``"smiles"`` or ``"formula"``."""
@@ -158,8 +166,12 @@ class MFData:
         """Write every field as ``.npy`` (loadable with ``mmap_mode='r'``) plus a JSON index."""
         os.makedirs(directory, exist_ok=True)
         arrays = {
-            "numbers": self.numbers, "positions": self.positions, "offsets": self.offsets,
-            "cell": self.cell, "pbc": self.pbc, "energy": self.energy,
+            "numbers": self.numbers,
+            "positions": self.positions,
+            "offsets": self.offsets,
+            "cell": self.cell,
+            "pbc": self.pbc,
+            "energy": self.energy,
         }
         for name, f in self.forces.items():
             arrays[f"forces.{name}"] = f
@@ -167,8 +179,11 @@ class MFData:
             arrays[f"group.{key}"] = codes
         for name, arr in arrays.items():
             target = os.path.join(directory, name + ".npy")
-            if isinstance(arr, np.memmap) and arr.filename is not None \
-                    and os.path.abspath(arr.filename) == os.path.abspath(target):
+            if (
+                isinstance(arr, np.memmap)
+                and arr.filename is not None
+                and os.path.abspath(arr.filename) == os.path.abspath(target)
+            ):
                 arr.flush()  # already written in place (HDF5 reader with a cache directory)
                 continue
             np.save(target, np.ascontiguousarray(arr))
@@ -194,8 +209,12 @@ class MFData:
 
         return cls(
             fidelities=tuple(index["fidelities"]),
-            numbers=arr("numbers"), positions=arr("positions"), offsets=np.asarray(arr("offsets")),
-            cell=arr("cell"), pbc=arr("pbc"), energy=np.asarray(arr("energy")),
+            numbers=arr("numbers"),
+            positions=arr("positions"),
+            offsets=np.asarray(arr("offsets")),
+            cell=arr("cell"),
+            pbc=arr("pbc"),
+            energy=np.asarray(arr("energy")),
             forces={name: arr(f"forces.{name}") for name in index["forces"]},
             groups={k: (np.asarray(arr(f"group.{k}")), list(names)) for k, names in index["groups"].items()},
         )
@@ -221,7 +240,7 @@ def concatenate(parts: Sequence[MFData]) -> MFData:
     row = 0
     for p in parts:
         for k, name in enumerate(p.fidelities):
-            energy[row:row + len(p), fidelities.index(name)] = p.energy[:, k]
+            energy[row : row + len(p), fidelities.index(name)] = p.energy[:, k]
         row += len(p)
     force_names = [f for f in fidelities if any(f in p.forces for p in parts)]
     forces = {}
@@ -271,8 +290,13 @@ def merge_identical(data: MFData, decimals: int = 6) -> Tuple[MFData, int]:
     for n in np.unique(n_atoms):
         rows = np.nonzero(n_atoms == n)[0]
         atoms = data.atom_index(rows).reshape(len(rows), n)
-        key = np.concatenate([np.asarray(data.numbers[atoms], dtype=np.float64),
-                              np.round(np.asarray(data.positions[atoms]), decimals).reshape(len(rows), -1)], axis=1)
+        key = np.concatenate(
+            [
+                np.asarray(data.numbers[atoms], dtype=np.float64),
+                np.round(np.asarray(data.positions[atoms]), decimals).reshape(len(rows), -1),
+            ],
+            axis=1,
+        )
         _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
         target[rows] = rows[first[inverse.reshape(-1)]]
         keep_rows.append(rows[first])
@@ -291,6 +315,15 @@ def merge_identical(data: MFData, decimals: int = 6) -> Tuple[MFData, int]:
         dst = data.atom_index(target[dup])
         empty_dst = np.isnan(f[dst]).all(axis=1) & np.isfinite(f[src]).all(axis=1)
         f[dst[empty_dst]] = f[src[empty_dst]]
-    merged = MFData(fidelities=data.fidelities, numbers=data.numbers, positions=data.positions, offsets=data.offsets,
-                    cell=data.cell, pbc=data.pbc, energy=energy, forces=forces, groups=data.groups)
+    merged = MFData(
+        fidelities=data.fidelities,
+        numbers=data.numbers,
+        positions=data.positions,
+        offsets=data.offsets,
+        cell=data.cell,
+        pbc=data.pbc,
+        energy=energy,
+        forces=forces,
+        groups=data.groups,
+    )
     return merged.subset(np.sort(np.concatenate(keep_rows))), merged_away

@@ -37,9 +37,18 @@ class Ensemble(nn.Module):
         self.cutoff = float(first.cutoff)
         self.n_members = len(members)
 
-    def forward(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int,
-                cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None, pair_first: Optional[Tensor] = None,
-                pair_second: Optional[Tensor] = None, shifts: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    def forward(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        cell: Optional[Tensor] = None,
+        pbc: Optional[Tensor] = None,
+        pair_first: Optional[Tensor] = None,
+        pair_second: Optional[Tensor] = None,
+        shifts: Optional[Tensor] = None,
+    ) -> Dict[str, Tensor]:
         """Same inputs as :meth:`MultiFidelityHipnn.forward`; outputs are member means plus
         ``energy_std`` (B, F), the member standard deviation (0 for one member)."""
         if pair_first is None or pair_second is None or shifts is None:
@@ -59,10 +68,22 @@ class Ensemble(nn.Module):
         return head_index(self.fidelities, fidelity)
 
     @torch.jit.export
-    def compute(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, fidelity: int,
-                cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None, pair_first: Optional[Tensor] = None,
-                pair_second: Optional[Tensor] = None, shifts: Optional[Tensor] = None,
-                forces_spread: bool = True, stress: bool = False, create_graph: bool = False) -> Dict[str, Tensor]:
+    def compute(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        fidelity: int,
+        cell: Optional[Tensor] = None,
+        pbc: Optional[Tensor] = None,
+        pair_first: Optional[Tensor] = None,
+        pair_second: Optional[Tensor] = None,
+        shifts: Optional[Tensor] = None,
+        forces_spread: bool = True,
+        stress: bool = False,
+        create_graph: bool = False,
+    ) -> Dict[str, Tensor]:
         """Everything a simulation asks of one fidelity, in one call.
 
         Args:
@@ -124,23 +145,67 @@ class Ensemble(nn.Module):
         return result
 
     @torch.jit.export
-    def energy_and_forces(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, fidelity: int,
-                          cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None,
-                          create_graph: bool = False, pair_first: Optional[Tensor] = None,
-                          pair_second: Optional[Tensor] = None, shifts: Optional[Tensor] = None
-                          ) -> Tuple[Tensor, Tensor]:
+    def energy_and_forces(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        fidelity: int,
+        cell: Optional[Tensor] = None,
+        pbc: Optional[Tensor] = None,
+        create_graph: bool = False,
+        pair_first: Optional[Tensor] = None,
+        pair_second: Optional[Tensor] = None,
+        shifts: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
         """Mean energy (B,) eV and forces (A, 3) eV/Angstrom of one fidelity."""
-        out = self.compute(numbers, positions, mol_index, n_mol, fidelity, cell, pbc, pair_first, pair_second,
-                           shifts, False, False, create_graph)
+        out = self.compute(
+            numbers,
+            positions,
+            mol_index,
+            n_mol,
+            fidelity,
+            cell,
+            pbc,
+            pair_first,
+            pair_second,
+            shifts,
+            False,
+            False,
+            create_graph,
+        )
         return out[keys.ENERGY], out[keys.FORCES]
 
     @torch.jit.export
-    def energy_forces_spread(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int,
-                             fidelity: int, cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None,
-                             create_graph: bool = False, pair_first: Optional[Tensor] = None,
-                             pair_second: Optional[Tensor] = None, shifts: Optional[Tensor] = None
-                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def energy_forces_spread(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        fidelity: int,
+        cell: Optional[Tensor] = None,
+        pbc: Optional[Tensor] = None,
+        create_graph: bool = False,
+        pair_first: Optional[Tensor] = None,
+        pair_second: Optional[Tensor] = None,
+        shifts: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """Mean energy (B,), mean forces (A, 3), energy std (B,) and force std (A, 3) over members."""
-        out = self.compute(numbers, positions, mol_index, n_mol, fidelity, cell, pbc, pair_first, pair_second,
-                           shifts, True, False, create_graph)
+        out = self.compute(
+            numbers,
+            positions,
+            mol_index,
+            n_mol,
+            fidelity,
+            cell,
+            pbc,
+            pair_first,
+            pair_second,
+            shifts,
+            True,
+            False,
+            create_graph,
+        )
         return out[keys.ENERGY], out[keys.FORCES], out[keys.ENERGY_STD], out[keys.FORCES_STD]

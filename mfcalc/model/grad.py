@@ -28,8 +28,13 @@ def forces(energy: Tensor, positions: Tensor, create_graph: bool = False, retain
     Returns:
         Zeros where the energy does not depend on an atom (an isolated atom).
     """
-    grads = torch.autograd.grad([energy.sum()], [positions], create_graph=create_graph,
-                                retain_graph=retain_graph or create_graph, allow_unused=True)
+    grads = torch.autograd.grad(
+        [energy.sum()],
+        [positions],
+        create_graph=create_graph,
+        retain_graph=retain_graph or create_graph,
+        allow_unused=True,
+    )
     g = grads[0]
     if g is None:
         return torch.zeros_like(positions)
@@ -65,11 +70,17 @@ def strained(positions: Tensor, cell: Tensor, mol_index: Tensor) -> Tuple[Tensor
     return pos, torch.bmm(cell, deform), eps
 
 
-def forces_and_virial(energy: Tensor, positions: Tensor, strain: Tensor, create_graph: bool = False,
-                      retain_graph: bool = False) -> Tuple[Tensor, Tensor]:
+def forces_and_virial(
+    energy: Tensor, positions: Tensor, strain: Tensor, create_graph: bool = False, retain_graph: bool = False
+) -> Tuple[Tensor, Tensor]:
     """Forces (A, 3) and dE/d(strain) (B, 3, 3) of ``energy`` (B,), in one backward pass."""
-    grads = torch.autograd.grad([energy.sum()], [positions, strain], create_graph=create_graph,
-                                retain_graph=retain_graph or create_graph, allow_unused=True)
+    grads = torch.autograd.grad(
+        [energy.sum()],
+        [positions, strain],
+        create_graph=create_graph,
+        retain_graph=retain_graph or create_graph,
+        allow_unused=True,
+    )
     g, w = grads[0], grads[1]
     f = torch.zeros_like(positions) if g is None else -g
     if w is None:
@@ -88,5 +99,3 @@ def spread(values: Tensor) -> Tensor:
     if values.shape[0] < 2:
         return torch.zeros_like(values[0])
     return values.std(dim=0, unbiased=False)
-
-

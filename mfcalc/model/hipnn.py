@@ -94,8 +94,9 @@ class MultiFidelityHipnn(nn.Module):
     accurately as 1e-4 (README, recipe study), so 1e-2 is the default.
     """
 
-    def __init__(self, species: List[int], fidelities: List[str], settings: Optional[ModelSettings] = None,
-                 **overrides):
+    def __init__(
+        self, species: List[int], fidelities: List[str], settings: Optional[ModelSettings] = None, **overrides
+    ):
         super().__init__()
         base = settings if settings is not None else ModelSettings()
         unknown = sorted(set(overrides) - set(ModelSettings.architecture_fields()))
@@ -117,13 +118,23 @@ class MultiFidelityHipnn(nn.Module):
         table[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("species_table", table, persistent=False)
         widths = [len(species)] + [settings.n_features] * settings.n_interactions
-        self.blocks = nn.ModuleList([
-            Block(widths[n], widths[n + 1], settings.n_atom_layers, settings.resnet,
-                  n_sensitivities=settings.n_sensitivities, tensor_order=settings.tensor_order,
-                  soft_min=arch["soft_min"], soft_max=arch["soft_max"], cutoff=arch["cutoff"],
-                  cusp_reg=settings.cusp_reg)
-            for n in range(settings.n_interactions)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    widths[n],
+                    widths[n + 1],
+                    settings.n_atom_layers,
+                    settings.resnet,
+                    n_sensitivities=settings.n_sensitivities,
+                    tensor_order=settings.tensor_order,
+                    soft_min=arch["soft_min"],
+                    soft_max=arch["soft_max"],
+                    cutoff=arch["cutoff"],
+                    cusp_reg=settings.cusp_reg,
+                )
+                for n in range(settings.n_interactions)
+            ]
+        )
         self.heads = HierarchicalHeads(widths, len(fidelities))
 
     @classmethod
@@ -136,8 +147,9 @@ class MultiFidelityHipnn(nn.Module):
         bad = (idx < 0) | (numbers < 0) | (numbers > 118)
         if bool(bad.any()):
             unknown: List[int] = torch.unique(numbers[bad]).tolist()
-            raise ValueError("element(s) with atomic number " + str(unknown) + " not in the model species "
-                             + str(self.species))
+            raise ValueError(
+                "element(s) with atomic number " + str(unknown) + " not in the model species " + str(self.species)
+            )
         return idx
 
     def _check_inputs(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int) -> None:
@@ -148,14 +160,26 @@ class MultiFidelityHipnn(nn.Module):
         if not bool(torch.isfinite(positions).all()):
             raise ValueError("positions contain NaN or infinite values")
         if positions.shape[0] > 0:
-            if bool((mol_index[1:] < mol_index[:-1]).any()) or int(mol_index.min()) < 0 \
-                    or int(mol_index.max()) >= n_mol:
+            if (
+                bool((mol_index[1:] < mol_index[:-1]).any())
+                or int(mol_index.min()) < 0
+                or int(mol_index.max()) >= n_mol
+            ):
                 raise ValueError("mol_index must be sorted and in [0, n_mol)")
 
     # ---- the network -------------------------------------------------------------------------
-    def forward(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int,
-                cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None, pair_first: Optional[Tensor] = None,
-                pair_second: Optional[Tensor] = None, shifts: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    def forward(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        cell: Optional[Tensor] = None,
+        pbc: Optional[Tensor] = None,
+        pair_first: Optional[Tensor] = None,
+        pair_second: Optional[Tensor] = None,
+        shifts: Optional[Tensor] = None,
+    ) -> Dict[str, Tensor]:
         """Energies of all fidelities for a batch of structures.
 
         Args:
@@ -192,7 +216,7 @@ class MultiFidelityHipnn(nn.Module):
         n_levels, n_fid = atom_levels.shape[1], atom_levels.shape[2]
         mol_levels = torch.zeros(n_mol, n_levels, n_fid, dtype=positions.dtype, device=positions.device)
         mol_levels = mol_levels.index_add(0, mol_index, atom_levels)
-        sq = atom_levels ** 2
+        sq = atom_levels**2
         # (A, L-1, F); the 1e-12 keeps the ratio finite when two levels are both zero
         ratio = sq[:, 1:] / (sq[:, 1:] + sq[:, :-1] + 1e-12)
         hier = torch.zeros(n_mol, n_fid, dtype=positions.dtype, device=positions.device)
@@ -210,11 +234,20 @@ class MultiFidelityHipnn(nn.Module):
         return head_index(self.fidelities, fidelity)
 
     @torch.jit.export
-    def energy_and_forces(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, fidelity: int,
-                          cell: Optional[Tensor] = None, pbc: Optional[Tensor] = None,
-                          create_graph: bool = False, pair_first: Optional[Tensor] = None,
-                          pair_second: Optional[Tensor] = None, shifts: Optional[Tensor] = None
-                          ) -> Tuple[Tensor, Tensor]:
+    def energy_and_forces(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        fidelity: int,
+        cell: Optional[Tensor] = None,
+        pbc: Optional[Tensor] = None,
+        create_graph: bool = False,
+        pair_first: Optional[Tensor] = None,
+        pair_second: Optional[Tensor] = None,
+        shifts: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
         """One fidelity's energies (B,) eV and forces (A, 3) eV/Angstrom = -dE/dx by autograd.
 
         ``create_graph=True`` keeps the graph so a force loss can be back-propagated

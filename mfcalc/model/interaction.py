@@ -46,8 +46,17 @@ class InteractionLayer(nn.Module):
         cusp_reg: eps inside the norms' square roots (keeps second derivatives finite).
     """
 
-    def __init__(self, n_in: int, n_out: int, n_sensitivities: int, tensor_order: int, soft_min: float,
-                 soft_max: float, cutoff: float, cusp_reg: float = 1e-2):
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_sensitivities: int,
+        tensor_order: int,
+        soft_min: float,
+        soft_max: float,
+        cutoff: float,
+        cusp_reg: float = 1e-2,
+    ):
         super().__init__()
         if tensor_order not in (0, 1, 2):
             raise ValueError(f"tensor_order must be 0, 1 or 2, got {tensor_order}")
@@ -88,6 +97,6 @@ class InteractionLayer(nn.Module):
         t2 = self.t2
         if t2 is not None:
             q = u[:, 4:9]
-            frob2 = 2.0 * ((q ** 2).sum(dim=1) + q[:, 0] * q[:, 3])
+            frob2 = 2.0 * ((q**2).sum(dim=1) + q[:, 0] * q[:, 3])
             out = out + t2 * torch.sqrt(frob2 + self.cusp_reg)
         return out

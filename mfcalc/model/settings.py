@@ -28,14 +28,21 @@ class ModelSettings:
     tensor_order: int = field(default=2, metadata=_help("HIP-NN-TS tensor order", choices=(0, 1, 2)))
     cutoff: float = field(default=5.5, metadata=_help("pair cutoff, Angstrom", metavar="A"))
     soft_min: float = field(default=0.75, metadata=_help("shortest sensitivity centre, Angstrom", metavar="A"))
-    soft_max: Optional[float] = field(default=None, metadata=_help(
-        "longest sensitivity centre, Angstrom (default: cutoff - 1)", metavar="A"))
+    soft_max: Optional[float] = field(
+        default=None, metadata=_help("longest sensitivity centre, Angstrom (default: cutoff - 1)", metavar="A")
+    )
     resnet: bool = field(default=True, metadata=_help("residual blocks (hippynn's default)"))
-    cusp_reg: float = field(default=1e-2, metadata=_help(
-        "eps in sqrt(|u|^2 + eps) of the tensor norms: smoothness of the energy surface (see hipnn.py)",
-        metavar="EPS"))
-    species: Optional[List[int]] = field(default=None, metadata=_help(
-        "atomic numbers the model knows (default: the elements found in the data)", metavar="Z"))
+    cusp_reg: float = field(
+        default=1e-2,
+        metadata=_help(
+            "eps in sqrt(|u|^2 + eps) of the tensor norms: smoothness of the energy surface (see hipnn.py)",
+            metavar="EPS",
+        ),
+    )
+    species: Optional[List[int]] = field(
+        default=None,
+        metadata=_help("atomic numbers the model knows (default: the elements found in the data)", metavar="Z"),
+    )
 
     # fields that describe the network itself (``species`` is the data's business and is
     # passed to the model separately, next to the fidelity names)
@@ -60,9 +67,11 @@ class ModelSettings:
             raise ValueError(f"cusp_reg must be >= 0, got {self.cusp_reg}")
         soft_max = self.resolved_soft_max()
         if not 0 < self.soft_min < soft_max <= self.cutoff:
-            raise ValueError(f"need 0 < soft_min < soft_max <= cutoff, got soft_min {self.soft_min}, "
-                             f"soft_max {soft_max}{' (cutoff - 1)' if self.soft_max is None else ''}, "
-                             f"cutoff {self.cutoff}")
+            raise ValueError(
+                f"need 0 < soft_min < soft_max <= cutoff, got soft_min {self.soft_min}, "
+                f"soft_max {soft_max}{' (cutoff - 1)' if self.soft_max is None else ''}, "
+                f"cutoff {self.cutoff}"
+            )
         if self.species is not None:
             z = [int(x) for x in self.species]
             if not z or min(z) < 1 or max(z) > 118 or len(set(z)) != len(z):

@@ -43,13 +43,24 @@ class TrainStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int, cell: Tensor, pbc: Tensor,
-                force_fids: List[int]):
+    def forward(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        cell: Tensor,
+        pbc: Tensor,
+        force_fids: List[int],
+    ):
         positions = positions.detach().requires_grad_(bool(force_fids))
         out = self.model(numbers, positions, mol_index, n_mol, cell, pbc)
         pred = out[keys.ENERGY_LEVELS][:, 1:].sum(dim=1)
-        forces = grad.forces_of_columns(pred, positions, force_fids, create_graph=True) if force_fids \
+        forces = (
+            grad.forces_of_columns(pred, positions, force_fids, create_graph=True)
+            if force_fids
             else torch.zeros(positions.shape[0], pred.shape[1], 3, dtype=pred.dtype, device=pred.device)
+        )
         return pred, forces, out[keys.HIERARCHICALITY]
 
 
@@ -104,8 +115,12 @@ class MemberResult:
     out_of_time: bool = False
 
     def summary(self) -> Dict[str, Any]:
-        return {"best_epoch": self.best_epoch, "best_valid_loss": self.best_loss, "epochs_run": self.epochs_run,
-                "stopped": self.stop_reason}
+        return {
+            "best_epoch": self.best_epoch,
+            "best_valid_loss": self.best_loss,
+            "epochs_run": self.epochs_run,
+            "stopped": self.stop_reason,
+        }
 
 
 def validation_loss(stats: Tensor, weights: LossWeights) -> float:
@@ -114,8 +129,9 @@ def validation_loss(stats: Tensor, weights: LossWeights) -> float:
     return float(total_loss(stats, zero, torch.tensor(1.0, dtype=stats.dtype), weights))
 
 
-def build_member(cfg: RunConfig, run: RunData, member: int, device: torch.device, dtype: torch.dtype
-                 ) -> MultiFidelityHipnn:
+def build_member(
+    cfg: RunConfig, run: RunData, member: int, device: torch.device, dtype: torch.dtype
+) -> MultiFidelityHipnn:
     """A fresh member: seeded weights, frozen reference energies at level 0."""
     torch.manual_seed(cfg.train.seed + 1000 * member)
     model = MultiFidelityHipnn(run.species, [f.name for f in cfg.fidelities], cfg.model)
@@ -123,24 +139,50 @@ def build_member(cfg: RunConfig, run: RunData, member: int, device: torch.device
     return model.to(device=device, dtype=dtype)
 
 
-def _train_epoch(step: nn.Module, opt: torch.optim.Optimizer, params: List[nn.Parameter], run: RunData,
-                 order: np.ndarray, settings: TrainSettings, ctx: DistContext, device: torch.device,
-                 dtype: torch.dtype, label: str, deadline: Optional[float]) -> Tuple[float, bool]:
+def _train_epoch(
+    step: nn.Module,
+    opt: torch.optim.Optimizer,
+    params: List[nn.Parameter],
+    run: RunData,
+    order: np.ndarray,
+    settings: TrainSettings,
+    ctx: DistContext,
+    device: torch.device,
+    dtype: torch.dtype,
+    label: str,
+    deadline: Optional[float],
+) -> Tuple[float, bool]:
     """One pass over the training structures in ``order``; returns (mean loss, out of time)."""
     n_batches = (len(order) + settings.batch_size - 1) // settings.batch_size
     bar = ProgressBar(n_batches, label, ctx.is_main)
     loss_sum, done, out_of_time = 0.0, 0, False
     for b in range(n_batches):
-        global_batch = order[b * settings.batch_size:(b + 1) * settings.batch_size]
-        batch = collate(run.residual, global_batch[ctx.rank::ctx.world], dtype=dtype,
-                        forces_mask=run.forces_mask).to(device)
+        global_batch = order[b * settings.batch_size : (b + 1) * settings.batch_size]
+        batch = collate(run.residual, global_batch[ctx.rank :: ctx.world], dtype=dtype, forces_mask=run.forces_mask).to(
+            device
+        )
         fids = [k for k in run.force_columns if bool(batch.forces_mask[:, k].any())]
-        pred, forces, hier = step(batch.numbers, batch.positions, batch.mol_index, batch.n_mol, batch.cell,
-                                  batch.pbc, fids)
-        stats = batch_stats(pred, batch.energy, batch.energy_mask, forces, batch.forces, batch.forces_mask,
-                            batch.mol_index, fids, energy_per_atom=settings.energy_loss == "atom")
-        packed = torch.cat([stats.reshape(-1), hier.sum(dim=0),
-                            torch.tensor([float(batch.n_mol)], dtype=stats.dtype, device=stats.device)])
+        pred, forces, hier = step(
+            batch.numbers, batch.positions, batch.mol_index, batch.n_mol, batch.cell, batch.pbc, fids
+        )
+        stats = batch_stats(
+            pred,
+            batch.energy,
+            batch.energy_mask,
+            forces,
+            batch.forces,
+            batch.forces_mask,
+            batch.mol_index,
+            fids,
+            energy_per_atom=settings.energy_loss == "atom",
+        )
+        packed = torch.cat(
+            [
+                stats.reshape(-1),
+                hier.sum(dim=0),
+                torch.tensor([float(batch.n_mol)], dtype=stats.dtype, device=stats.device),
+            ]
+        )
         packed = ctx.sum_differentiable(packed)
         n_f = stats.numel()
         loss = total_loss(packed[:n_f].reshape(stats.shape), packed[n_f:-1], packed[-1], run.weights)
@@ -159,10 +201,19 @@ def _train_epoch(step: nn.Module, opt: torch.optim.Optimizer, params: List[nn.Pa
     return loss_sum / max(done, 1), out_of_time
 
 
-def fit_member(cfg: RunConfig, run: RunData, member: int, ctx: DistContext, device: torch.device,
-               dtype: torch.dtype, log_rows: List[Dict[str, Any]], on_epoch: Callable[[Dict[str, Any]], None],
-               say: Callable[[str], None], deadline: Optional[float] = None,
-               resume: Optional[Dict[str, Any]] = None) -> MemberResult:
+def fit_member(
+    cfg: RunConfig,
+    run: RunData,
+    member: int,
+    ctx: DistContext,
+    device: torch.device,
+    dtype: torch.dtype,
+    log_rows: List[Dict[str, Any]],
+    on_epoch: Callable[[Dict[str, Any]], None],
+    say: Callable[[str], None],
+    deadline: Optional[float] = None,
+    resume: Optional[Dict[str, Any]] = None,
+) -> MemberResult:
     """Train member ``member`` until a stop criterion (or the deadline); returns its best weights.
 
     Args:
@@ -179,8 +230,9 @@ def fit_member(cfg: RunConfig, run: RunData, member: int, ctx: DistContext, devi
         step = nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=settings.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=settings.lr_factor, patience=settings.lr_patience,
-                                                       threshold=IMPROVEMENT)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=settings.lr_factor, patience=settings.lr_patience, threshold=IMPROVEMENT
+    )
     rng = np.random.default_rng([settings.seed, member])
     stopping = EarlyStopping(settings.early_stopping, settings.min_epochs)
     epoch = 0
@@ -201,37 +253,95 @@ def fit_member(cfg: RunConfig, run: RunData, member: int, ctx: DistContext, devi
     while reason is None:
         t0 = time.perf_counter()
         model.train()
-        train_loss, out_of_time = _train_epoch(step, opt, params, run, rng.permutation(run.split["train"]), settings,
-                                               ctx, device, dtype, f"{tag}epoch {epoch + 1}", deadline)
+        train_loss, out_of_time = _train_epoch(
+            step,
+            opt,
+            params,
+            run,
+            rng.permutation(run.split["train"]),
+            settings,
+            ctx,
+            device,
+            dtype,
+            f"{tag}epoch {epoch + 1}",
+            deadline,
+        )
         epoch += 1
         model.eval()
-        vstats = ctx.sum(accumulate_stats(model, run.residual, run.split["valid"][ctx.rank::ctx.world], fid_names,
-                                          settings.batch_size, device, dtype, forces_mask=run.forces_mask))
+        vstats = ctx.sum(
+            accumulate_stats(
+                model,
+                run.residual,
+                run.split["valid"][ctx.rank :: ctx.world],
+                fid_names,
+                settings.batch_size,
+                device,
+                dtype,
+                forces_mask=run.forces_mask,
+            )
+        )
         vloss = validation_loss(vstats, run.weights)
         sched.step(vloss)
         improved = stopping.update(epoch, vloss)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
-        row = _log_row(member, epoch, time.perf_counter() - t0, opt.param_groups[0]["lr"], train_loss, vloss,
-                       stats_to_metrics(vstats, fid_names))
+        row = _log_row(
+            member,
+            epoch,
+            time.perf_counter() - t0,
+            opt.param_groups[0]["lr"],
+            train_loss,
+            vloss,
+            stats_to_metrics(vstats, fid_names),
+        )
         log_rows.append(row)
         say(_log_line(tag, row, settings.epochs, fid_names) + ("  *" if improved else ""))
-        on_epoch({"member": member, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                  "scheduler": sched.state_dict(), "rng": rng.bit_generator.state, "best_loss": stopping.best_loss,
-                  "bad_epochs": stopping.bad_epochs, "best_epoch": stopping.best_epoch, "best_state": best_state})
+        on_epoch(
+            {
+                "member": member,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": rng.bit_generator.state,
+                "best_loss": stopping.best_loss,
+                "bad_epochs": stopping.bad_epochs,
+                "best_epoch": stopping.best_epoch,
+                "best_state": best_state,
+            }
+        )
         if out_of_time:
             reason = f"--max-minutes {settings.max_minutes} reached"
             say(f"--max-minutes {settings.max_minutes} reached: stopping and exporting the best weights so far")
             break
         reason = stopping.stop_reason(epoch, opt.param_groups[0]["lr"], settings)
-    return MemberResult(best_state=best_state, best_epoch=stopping.best_epoch, best_loss=stopping.best_loss,
-                        epochs_run=epoch, stop_reason=reason, out_of_time=out_of_time)
+    return MemberResult(
+        best_state=best_state,
+        best_epoch=stopping.best_epoch,
+        best_loss=stopping.best_loss,
+        epochs_run=epoch,
+        stop_reason=reason,
+        out_of_time=out_of_time,
+    )
 
 
-def _log_row(member: int, epoch: int, seconds: float, lr: float, train_loss: float, vloss: float,
-             metrics: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    row: Dict[str, Any] = {"member": member + 1, "epoch": epoch, "seconds": round(seconds, 3), "lr": lr,
-                           "train_loss": train_loss, "valid_loss": vloss}
+def _log_row(
+    member: int,
+    epoch: int,
+    seconds: float,
+    lr: float,
+    train_loss: float,
+    vloss: float,
+    metrics: Dict[str, Dict[str, Any]],
+) -> Dict[str, Any]:
+    row: Dict[str, Any] = {
+        "member": member + 1,
+        "epoch": epoch,
+        "seconds": round(seconds, 3),
+        "lr": lr,
+        "train_loss": train_loss,
+        "valid_loss": vloss,
+    }
     for name, m in metrics.items():
         row[f"valid_{name}_energy_rmse_kcal_mol"] = m["energy_rmse_kcal_mol"]
         row[f"valid_{name}_forces_rmse_kcal_mol_a"] = m["forces_rmse_kcal_mol_a"]
@@ -243,5 +353,7 @@ def _log_line(tag: str, row: Dict[str, Any], epochs: int, fid_names: List[str]) 
     for name in fid_names:
         e, f = row[f"valid_{name}_energy_rmse_kcal_mol"], row[f"valid_{name}_forces_rmse_kcal_mol_a"]
         parts.append(f"{name} E {e:.3f}" + (f" F {f:.3f}" if f is not None else "") if e is not None else f"{name} -")
-    return (f"{tag}epoch {row['epoch']:4d}/{epochs}  {row['seconds']:6.1f}s  lr {row['lr']:.2e}  "
-            f"train {row['train_loss']:8.3f}  valid {row['valid_loss']:8.3f}  | " + " | ".join(parts))
+    return (
+        f"{tag}epoch {row['epoch']:4d}/{epochs}  {row['seconds']:6.1f}s  lr {row['lr']:.2e}  "
+        f"train {row['train_loss']:8.3f}  valid {row['valid_loss']:8.3f}  | " + " | ".join(parts)
+    )

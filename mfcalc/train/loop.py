@@ -36,8 +36,13 @@ from mfcalc.train.prepare import RunData, prepare_run
 EARLY_BEST_EPOCHS = 3  # a best epoch this early (of many run) means the model barely trained
 
 
-def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = print,
-          data: Optional[MFData] = None, split: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, Any]:
+def train(
+    cfg: RunConfig,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    data: Optional[MFData] = None,
+    split: Optional[Dict[str, np.ndarray]] = None,
+) -> Dict[str, Any]:
     """Run one training job as described by ``cfg``; returns the metrics written to metrics.json.
 
     ``data`` replaces reading ``cfg``'s files (its fidelities must be those of ``cfg``, in
@@ -61,8 +66,13 @@ def train(cfg: RunConfig, resume: bool = False, log: Callable[[str], None] = pri
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
 
-def _run(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optional[MFData],
-         given_split: Optional[Dict[str, np.ndarray]]) -> Dict[str, Any]:
+def _run(
+    cfg: RunConfig,
+    resume: bool,
+    log: Callable[[str], None],
+    data: Optional[MFData],
+    given_split: Optional[Dict[str, np.ndarray]],
+) -> Dict[str, Any]:
     settings = cfg.train
     device = resolve_device(settings.device)
     ctx = DistContext.from_env(device.type)
@@ -91,13 +101,15 @@ def _run(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optiona
 
     def checkpoint(member_state: Dict[str, Any]) -> None:
         if ctx.is_main:
-            save_checkpoint({**fixed, **member_state, "finished": finished, "summaries": summaries,
-                             "log_rows": log_rows}, ckpt_path)
+            save_checkpoint(
+                {**fixed, **member_state, "finished": finished, "summaries": summaries, "log_rows": log_rows}, ckpt_path
+            )
             outputs.write_log(cfg.out, log_rows)
 
     for member in range(len(finished), settings.ensemble):
-        resume_state = state if state is not None and state.get("member") == member \
-            and state.get("model") is not None else None
+        resume_state = (
+            state if state is not None and state.get("member") == member and state.get("model") is not None else None
+        )
         result = fit_member(cfg, run, member, ctx, device, dtype, log_rows, checkpoint, say, deadline, resume_state)
         state = None
         finished.append(result.best_state)
@@ -108,8 +120,9 @@ def _run(cfg: RunConfig, resume: bool, log: Callable[[str], None], data: Optiona
             out_of_time = True
             break
 
-    metrics = _export(cfg, run, finished, summaries, log_rows, ctx, device, dtype, out_of_time,
-                      time.perf_counter() - t_run, say)
+    metrics = _export(
+        cfg, run, finished, summaries, log_rows, ctx, device, dtype, out_of_time, time.perf_counter() - t_run, say
+    )
     ctx.barrier()
     ctx.close()
     return metrics
@@ -119,8 +132,10 @@ def _report_member(result: MemberResult, member: int, n_members: int, say: Calla
     """Say which epoch's weights are exported and why training stopped; warn when they are
     from the first few epochs of many (the model has then barely trained)."""
     tag = f"member {member + 1}/{n_members}: " if n_members > 1 else ""
-    say(f"{tag}exporting the weights of epoch {result.best_epoch} (lowest validation loss "
-        f"{result.best_loss:.4f}); stopped after epoch {result.epochs_run}: {result.stop_reason}")
+    say(
+        f"{tag}exporting the weights of epoch {result.best_epoch} (lowest validation loss "
+        f"{result.best_loss:.4f}); stopped after epoch {result.epochs_run}: {result.stop_reason}"
+    )
     warning = early_best_warning(result.best_epoch, result.epochs_run)
     if warning:
         say(f"WARNING: {tag}{warning}")
@@ -129,16 +144,28 @@ def _report_member(result: MemberResult, member: int, n_members: int, say: Calla
 def early_best_warning(best_epoch: int, epochs_run: int) -> Optional[str]:
     """The warning for a best epoch among the first few of a longer run, else ``None``."""
     if best_epoch <= EARLY_BEST_EPOCHS and epochs_run >= 2 * EARLY_BEST_EPOCHS:
-        return (f"the lowest validation loss came at epoch {best_epoch} of {epochs_run}, so the exported model has "
-                "barely trained. The validation structures may be unlike the training ones (e.g. unseen molecules "
-                "in a grouped split) or the learning rate too high; check log.csv, and raise --min-epochs or "
-                "lower --lr")
+        return (
+            f"the lowest validation loss came at epoch {best_epoch} of {epochs_run}, so the exported model has "
+            "barely trained. The validation structures may be unlike the training ones (e.g. unseen molecules "
+            "in a grouped split) or the learning rate too high; check log.csv, and raise --min-epochs or "
+            "lower --lr"
+        )
     return None
 
 
-def _export(cfg: RunConfig, run: RunData, finished: List[Dict[str, Tensor]], summaries: List[Dict[str, Any]],
-            log_rows: List[Dict[str, Any]], ctx: DistContext, device: torch.device, dtype: torch.dtype,
-            out_of_time: bool, seconds: float, say: Callable[[str], None]) -> Dict[str, Any]:
+def _export(
+    cfg: RunConfig,
+    run: RunData,
+    finished: List[Dict[str, Tensor]],
+    summaries: List[Dict[str, Any]],
+    log_rows: List[Dict[str, Any]],
+    ctx: DistContext,
+    device: torch.device,
+    dtype: torch.dtype,
+    out_of_time: bool,
+    seconds: float,
+    say: Callable[[str], None],
+) -> Dict[str, Any]:
     """Step 3: score the ensemble of best weights on valid/test, write model.pt and metrics.json."""
     fid_names = [f.name for f in cfg.fidelities]
     members = []
@@ -150,8 +177,18 @@ def _export(cfg: RunConfig, run: RunData, finished: List[Dict[str, Tensor]], sum
     ensemble = Ensemble(members).eval()
     metrics: Dict[str, Any] = {}
     for name in ("valid", "test"):
-        stats = ctx.sum(accumulate_stats(ensemble, run.residual, run.split[name][ctx.rank::ctx.world], fid_names,
-                                         cfg.train.batch_size, device, dtype, forces_mask=run.forces_mask))
+        stats = ctx.sum(
+            accumulate_stats(
+                ensemble,
+                run.residual,
+                run.split[name][ctx.rank :: ctx.world],
+                fid_names,
+                cfg.train.batch_size,
+                device,
+                dtype,
+                forces_mask=run.forces_mask,
+            )
+        )
         metrics[name] = stats_to_metrics(stats, fid_names)
     metrics["ensemble_size"] = len(members)
     metrics["epochs_run"] = len(log_rows)
@@ -164,19 +201,33 @@ def _export(cfg: RunConfig, run: RunData, finished: List[Dict[str, Tensor]], sum
         training = {
             **asdict(cfg.train),  # the resolved settings themselves, not a hand-built summary
             "data": sorted({os.path.abspath(p) for f in cfg.fidelities for p in (f.files or cfg.data)}),
-            "fidelities": {f.name: {"energy": f.energy, "forces": f.forces, "energy_unit": f.energy_unit,
-                                    "forces_unit": f.forces_unit, "weight_energy": f.weight_energy,
-                                    "weight_forces": f.weight_forces, "weight_hier": f.weight_hier}
-                           for f in cfg.fidelities},
+            "fidelities": {
+                f.name: {
+                    "energy": f.energy,
+                    "forces": f.forces,
+                    "energy_unit": f.energy_unit,
+                    "forces_unit": f.forces_unit,
+                    "weight_energy": f.weight_energy,
+                    "weight_forces": f.weight_forces,
+                    "weight_hier": f.weight_hier,
+                }
+                for f in cfg.fidelities
+            },
             "n_structures": {k: int(len(v)) for k, v in run.split.items()},
-            "epochs_run": len(log_rows), "seconds": round(seconds, 1), "members": summaries,
+            "epochs_run": len(log_rows),
+            "seconds": round(seconds, 1),
+            "members": summaries,
         }
-        export.save(copy.deepcopy(ensemble), os.path.join(cfg.out, outputs.MODEL),
-                    export.build_metadata(ensemble, training=training, metrics=metrics,
-                                          domain=training_domain(run)))
+        export.save(
+            copy.deepcopy(ensemble),
+            os.path.join(cfg.out, outputs.MODEL),
+            export.build_metadata(ensemble, training=training, metrics=metrics, domain=training_domain(run)),
+        )
         outputs.write_metrics(cfg.out, metrics)
-        say(f"wrote {os.path.join(cfg.out, outputs.MODEL)}, {outputs.METRICS}, {outputs.LOG}, {outputs.CONFIG}, "
-            f"{outputs.CHECKPOINT}")
+        say(
+            f"wrote {os.path.join(cfg.out, outputs.MODEL)}, {outputs.METRICS}, {outputs.LOG}, {outputs.CONFIG}, "
+            f"{outputs.CHECKPOINT}"
+        )
     return metrics
 
 
@@ -186,6 +237,8 @@ def training_domain(run: RunData) -> Dict[str, Any]:
     atoms = data.atom_index(rows)
     owner = np.repeat(np.arange(len(rows)), data.n_atoms[rows])
     heavy = np.bincount(owner, weights=np.asarray(data.numbers[atoms]) > 1, minlength=len(rows)).astype(int)
-    return {"elements": sorted(int(z) for z in np.unique(np.asarray(data.numbers[atoms]))),
-            "heavy_atoms": [int(heavy.min()), int(heavy.max())] if len(heavy) else [0, 0],
-            "n_structures": int(len(rows))}
+    return {
+        "elements": sorted(int(z) for z in np.unique(np.asarray(data.numbers[atoms]))),
+        "heavy_atoms": [int(heavy.min()), int(heavy.max())] if len(heavy) else [0, 0],
+        "n_structures": int(len(rows)),
+    }

@@ -53,7 +53,7 @@ def total_loss(stats: Tensor, hier_sum: Tensor, n_mol: Tensor, weights: LossWeig
         n_mol: scalar number of structures the sums cover.
     """
     # eV -> kcal/mol: err^2 sums scale by 1/kcal^2, |err| sums by 1/kcal, counts unchanged
-    scale = torch.tensor([KCAL_MOL_EV ** -2, KCAL_MOL_EV ** -1, 1.0], dtype=stats.dtype, device=stats.device)
+    scale = torch.tensor([KCAL_MOL_EV**-2, KCAL_MOL_EV**-1, 1.0], dtype=stats.dtype, device=stats.device)
     terms = rmse_plus_mae(stats * scale)  # (F, 2)
     w_e = torch.tensor(weights.energy, dtype=stats.dtype, device=stats.device)
     w_f = torch.tensor(weights.forces, dtype=stats.dtype, device=stats.device)

@@ -51,7 +51,7 @@ def load_run_data(cfg: RunConfig, say: Callable[[str], None] = print) -> MFData:
     """Read every file once with all fidelities bound to it; columns in config order."""
     by_file: Dict[str, List[FidelitySpec]] = {}
     for f in cfg.fidelities:
-        for path in (f.files or cfg.data):
+        for path in f.files or cfg.data:
             by_file.setdefault(os.path.abspath(path), []).append(f.spec())
     parts = [read_file(path, specs) for path, specs in by_file.items()]
     data = concatenate(parts).with_fidelities([f.name for f in cfg.fidelities])
@@ -80,8 +80,13 @@ def check_labels(data: MFData, split: Dict[str, np.ndarray]) -> None:
             raise ValueError(f"no structure in the training split carries an energy for fidelity {name!r}")
 
 
-def prepare_run(cfg: RunConfig, data: Optional[MFData] = None, given_split: Optional[Dict[str, np.ndarray]] = None,
-                state: Optional[Dict[str, Any]] = None, say: Callable[[str], None] = print) -> RunData:
+def prepare_run(
+    cfg: RunConfig,
+    data: Optional[MFData] = None,
+    given_split: Optional[Dict[str, np.ndarray]] = None,
+    state: Optional[Dict[str, Any]] = None,
+    say: Callable[[str], None] = print,
+) -> RunData:
     """Read (or take) the data, subsample, split, choose species and fit reference energies.
 
     Args:
@@ -111,16 +116,25 @@ def prepare_run(cfg: RunConfig, data: Optional[MFData] = None, given_split: Opti
         if given_split is not None:
             split = {k: np.asarray(given_split[k], dtype=np.int64) for k in ("train", "valid", "test")}
         else:
-            split = split_indices(data, t_cfg.valid_fraction, t_cfg.test_fraction, by=t_cfg.split_by,
-                                  seed=t_cfg.seed)
+            split = split_indices(data, t_cfg.valid_fraction, t_cfg.test_fraction, by=t_cfg.split_by, seed=t_cfg.seed)
         species = sorted(cfg.model.species or np.unique(np.asarray(data.numbers)).astype(int).tolist())
     check_labels(data, split)
     if reference is None:
         reference = fit_reference_energies(data, species, split["train"])
-    say(f"split ({t_cfg.split_by}): train {len(split['train'])}, valid {len(split['valid'])}, "
-        f"test {len(split['test'])}; species {species}")
+    say(
+        f"split ({t_cfg.split_by}): train {len(split['train'])}, valid {len(split['valid'])}, "
+        f"test {len(split['test'])}; species {species}"
+    )
     weights = loss_weights(cfg, data)
     residual = residual_data(data, species, reference)
-    return RunData(data=data, rows=rows, split=split, species=species, reference=reference, residual=residual,
-                   weights=weights, forces_mask=residual.forces_mask(),
-                   force_columns=[k for k, w in enumerate(weights.forces) if w > 0])
+    return RunData(
+        data=data,
+        rows=rows,
+        split=split,
+        species=species,
+        reference=reference,
+        residual=residual,
+        weights=weights,
+        forces_mask=residual.forces_mask(),
+        force_columns=[k for k, w in enumerate(weights.forces) if w > 0],
+    )

@@ -183,8 +183,7 @@ def test_periodic_small_cell_equals_supercell(calc64):
 
 def test_stress_equals_the_finite_difference_strain_derivative(calc64):
     atoms = water_box()
-    atoms.set_cell(atoms.cell.array + np.array([[0.0, 0.2, 0.1], [0.0, 0.0, 0.3], [0.0, 0.0, 0.0]]),
-                   scale_atoms=True)
+    atoms.set_cell(atoms.cell.array + np.array([[0.0, 0.2, 0.1], [0.0, 0.0, 0.3], [0.0, 0.0, 0.0]]), scale_atoms=True)
     atoms.calc = calc64
     np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-6), atol=1e-6)
     np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), atol=1e-4)
@@ -201,8 +200,9 @@ def test_stress_is_refused_without_a_periodic_cell(calc64):
 
 def test_ensemble_reports_the_member_spread(tmp_path):
     torch.manual_seed(0)
-    members = [MultiFidelityHipnn([1, 6, 8], ["dft", "cc"], n_features=6, n_sensitivities=4, n_atom_layers=1)
-               for _ in range(3)]
+    members = [
+        MultiFidelityHipnn([1, 6, 8], ["dft", "cc"], n_features=6, n_sensitivities=4, n_atom_layers=1) for _ in range(3)
+    ]
     ens = Ensemble(members)
     path = tmp_path / "ens.pt"
     export.save(ens, str(path), export.build_metadata(ens))
@@ -249,8 +249,10 @@ def test_calculator_import_path_has_no_training_code():
     import subprocess
     import sys
 
-    code = "import sys, mfcalc.calculator; bad = [m for m in sys.modules if m.startswith('mfcalc.train')]; " \
-           "assert not bad, bad"
+    code = (
+        "import sys, mfcalc.calculator; bad = [m for m in sys.modules if m.startswith('mfcalc.train')]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -265,8 +267,7 @@ def test_frozen_model_gives_the_same_energy_forces_and_stress_as_unfrozen(traine
         for calc in (frozen, plain):
             a = atoms.copy()
             a.calc = calc
-            results.append((a.get_potential_energy(), a.get_forces(),
-                            a.get_stress() if a.pbc.all() else np.zeros(6)))
+            results.append((a.get_potential_energy(), a.get_forces(), a.get_stress() if a.pbc.all() else np.zeros(6)))
         assert results[0][0] == pytest.approx(results[1][0], abs=1e-10)
         np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-10)
         np.testing.assert_allclose(results[0][2], results[1][2], atol=1e-10)

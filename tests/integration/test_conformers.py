@@ -66,8 +66,9 @@ def test_ranked_conformers_are_minima_and_the_curvature_matches_ase_vibrations(e
     model = export.freeze(model.double())
     numbers = np.array([a.GetAtomicNum() for a in conformers.embed_smiles("CCO", 1).GetAtoms()])
     ranked = ethanol_result.ranked
-    curv, modes = conformers.lowest_curvature(model, numbers, np.stack([r.positions for r in ranked]),
-                                              meta["fidelities"].index("cc"))
+    curv, modes = conformers.lowest_curvature(
+        model, numbers, np.stack([r.positions for r in ranked]), meta["fidelities"].index("cc")
+    )
     assert (curv > conformers.SADDLE_CURVATURE).all() and np.allclose(np.linalg.norm(modes, axis=(1, 2)), 1)
     atoms = Atoms(numbers=numbers, positions=ranked[0].positions)
     atoms.calc = MFCalculator(fidelity="cc", dtype="float64", device="cpu")
@@ -80,8 +81,9 @@ def test_ranked_conformers_are_minima_and_the_curvature_matches_ase_vibrations(e
 def test_ranking_is_reproducible_with_a_fixed_seed(ethanol_result):
     again = conformers.rank("CCO", n_conformers=20, seed=0, log=lambda _msg: None)
     assert [(r.id, r.status) for r in again.records] == [(r.id, r.status) for r in ethanol_result.records]
-    np.testing.assert_allclose([r.energy_ev for r in again.records], [r.energy_ev for r in ethanol_result.records],
-                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        [r.energy_ev for r in again.records], [r.energy_ev for r in ethanol_result.records], rtol=0, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("method", ["lbfgs", "fire"])
@@ -116,14 +118,16 @@ def test_exploding_conformer_is_reported_not_fatal(tmp_path):
 
 
 def run_cli(*args, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "mfcalc.cli.rank", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mfcalc.cli.rank", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_cli_writes_table_sdf_and_json(tmp_path):
-    rc, out, err = run_cli("CCO", "--n-conformers", "8", "--json", "r.json", "--out", "r.sdf", "--device", "cpu",
-                           cwd=tmp_path)
+    rc, out, err = run_cli(
+        "CCO", "--n-conformers", "8", "--json", "r.json", "--out", "r.sdf", "--device", "cpu", cwd=tmp_path
+    )
     assert rc == 0, err
     assert "rank" in out and "kcal/mol" in out and "step" in err  # table on stdout, progress on stderr
     doc = json.loads((tmp_path / "r.json").read_text())
@@ -141,8 +145,13 @@ def test_bad_input_is_a_clear_error(tmp_path, case):
         args, needle = ["C1CC(("], "invalid SMILES"
     elif case == "mixed":
         path = tmp_path / "mixed.xyz"
-        ase.io.write(str(path), [Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
-                                 Atoms("NH3", positions=[[0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])])
+        ase.io.write(
+            str(path),
+            [
+                Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
+                Atoms("NH3", positions=[[0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]),
+            ],
+        )
         args, needle = [str(path)], "mixes different molecules"
     else:
         args, needle = ["CCCl"], "Cl not known to this model"

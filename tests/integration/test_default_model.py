@@ -14,13 +14,16 @@ from mfcalc.data import parse_fidelity
 from mfcalc.evaluate import evaluate_file
 
 CARD = REPO / "models"
-BINDINGS = ["xtb=gfn2_xtb.energy,gfn2_xtb.forces", "dft=wb97x_dz.energy,wb97x_dz.forces",
-            "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces"]
+BINDINGS = [
+    "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
+    "dft=wb97x_dz.energy,wb97x_dz.forces",
+    "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces",
+]
 
 
 def test_default_model_ships_inside_the_package_and_loads_without_arguments():
     path = default_model_path()
-    assert os.path.getsize(path) < 20 * 2 ** 20
+    assert os.path.getsize(path) < 20 * 2**20
     calc = MFCalculator(device="cpu")
     assert calc.fidelities == ("xtb", "dft", "cc") and calc.fidelity == "cc"
     meta = calc.metadata
@@ -47,8 +50,9 @@ def test_out_of_domain_structure_warns_and_unknown_element_raises():
 def test_mfcalc_eval_on_the_held_out_split_reproduces_the_card():
     card = json.loads((CARD / "default_metrics.json").read_text())
     split = np.load(CARD / "default_split.npz")["test"]
-    metrics = evaluate_file(default_model_path(), [str(REFERENCE_H5)], [parse_fidelity(b) for b in BINDINGS],
-                            structures=split)
+    metrics = evaluate_file(
+        default_model_path(), [str(REFERENCE_H5)], [parse_fidelity(b) for b in BINDINGS], structures=split
+    )
     for fid, m in card.items():
         for key in ("energy_rmse_kcal_mol", "forces_rmse_kcal_mol_a", "n_energy", "n_force_components"):
             if m[key] is None:

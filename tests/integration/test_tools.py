@@ -18,9 +18,28 @@ def load_tool(name):
 def test_mfl_benchmark_prints_the_table_and_writes_json(tmp_path, capsys):
     tool = load_tool("mfl_benchmark")
     out = tmp_path / "mfl.json"
-    rc = tool.main(["--rows", "SF-cc/E", "MF-dft/EF-cc/E@10%", "SF-cc/E@10%", "--splits", "smiles", "--seeds", "2",
-                    "--epochs", "1", "--n-features", "6", "--n-sensitivities", "4", "--n-atom-layers", "1",
-                    "--json", str(out)])
+    rc = tool.main(
+        [
+            "--rows",
+            "SF-cc/E",
+            "MF-dft/EF-cc/E@10%",
+            "SF-cc/E@10%",
+            "--splits",
+            "smiles",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--n-features",
+            "6",
+            "--n-sensitivities",
+            "4",
+            "--n-atom-layers",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "MF-dft/EF-cc/E@10%" in table and "grouped (unseen molecules)" in table
@@ -32,15 +51,42 @@ def test_mfl_benchmark_prints_the_table_and_writes_json(tmp_path, capsys):
 
 def test_mfl_benchmark_matrix_covers_the_issue_rows():
     names = {r.name for r in load_tool("mfl_benchmark").matrix()}
-    assert {"SF-dft/E", "SF-dft/EF", "MF-xtb/E-dft/E", "MF-xtb/EF-dft/E", "MF-xtb/EF-dft/EF", "SF-cc/E",
-            "MF-dft/E-cc/E", "MF-dft/EF-cc/E", "MF-xtb/EF-dft/EF-cc/E"} <= names
+    assert {
+        "SF-dft/E",
+        "SF-dft/EF",
+        "MF-xtb/E-dft/E",
+        "MF-xtb/EF-dft/E",
+        "MF-xtb/EF-dft/EF",
+        "SF-cc/E",
+        "MF-dft/E-cc/E",
+        "MF-dft/EF-cc/E",
+        "MF-xtb/EF-dft/EF-cc/E",
+    } <= names
     assert any("@10%" in n for n in names) and any("@25%" in n for n in names)
 
 
 def test_bench_speed_runs_every_section_and_prints_one_table(capsys):
     tool = load_tool("bench_speed")
-    rc = tool.main(["--repeats", "2", "--md-steps", "4", "--n-batch", "10", "--batch-size-infer", "5",
-                    "--train-steps", "1", "--batch-size-train", "4", "--water-sizes", "8", "27", "--peers"])
+    rc = tool.main(
+        [
+            "--repeats",
+            "2",
+            "--md-steps",
+            "4",
+            "--n-batch",
+            "10",
+            "--batch-size-infer",
+            "5",
+            "--train-steps",
+            "1",
+            "--batch-size-train",
+            "4",
+            "--water-sizes",
+            "8",
+            "27",
+            "--peers",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ")]

@@ -19,8 +19,22 @@ from mfcalc.model.ensemble import Ensemble
 
 DFT = "dft=wb97x_dz.energy,wb97x_dz.forces"
 CC = "cc=ccsd(t)_dz.energy"
-SMALL = ["--n-features", "8", "--n-sensitivities", "6", "--n-atom-layers", "1", "--tensor-order", "2",
-         "--batch-size", "16", "--max-structures", "160", "--device", "cpu"]
+SMALL = [
+    "--n-features",
+    "8",
+    "--n-sensitivities",
+    "6",
+    "--n-atom-layers",
+    "1",
+    "--tensor-order",
+    "2",
+    "--batch-size",
+    "16",
+    "--max-structures",
+    "160",
+    "--device",
+    "cpu",
+]
 
 
 def train_args(out, *extra):
@@ -53,12 +67,22 @@ def test_run_writes_every_promised_file(run_dir):
     for split in ("valid", "test"):
         for fid in ("dft", "cc"):
             m = metrics[split][fid]
-            for k in ("energy_rmse_ev", "energy_mae_ev", "energy_rmse_kcal_mol", "energy_mae_kcal_mol", "n_energy",
-                      "forces_rmse_ev_a", "forces_rmse_kcal_mol_a", "forces_mae_ev_a", "n_force_components"):
+            for k in (
+                "energy_rmse_ev",
+                "energy_mae_ev",
+                "energy_rmse_kcal_mol",
+                "energy_mae_kcal_mol",
+                "n_energy",
+                "forces_rmse_ev_a",
+                "forces_rmse_kcal_mol_a",
+                "forces_mae_ev_a",
+                "n_force_components",
+            ):
                 assert k in m
         assert metrics[split]["dft"]["n_force_components"] > 0 and metrics[split]["cc"]["n_force_components"] == 0
         assert metrics[split]["dft"]["energy_rmse_kcal_mol"] == pytest.approx(
-            metrics[split]["dft"]["energy_rmse_ev"] / 0.0433641, rel=1e-5)
+            metrics[split]["dft"]["energy_rmse_ev"] / 0.0433641, rel=1e-5
+        )
     lines = (run_dir / "log.csv").read_text().strip().splitlines()
     assert len(lines) == 1 + 6 and lines[0].startswith("member,epoch,seconds,lr,train_loss,valid_loss")
 
@@ -93,13 +117,13 @@ def test_exported_model_loads_without_mfcalc_and_matches_eager(run_dir, tmp_path
     np.save(tmp_path / "pos.npy", pos.numpy())
     code = textwrap.dedent(f"""
         import sys, numpy as np, torch
-        m = torch.jit.load({str(run_dir / 'model.pt')!r}).double()
-        z = torch.from_numpy(np.load({str(tmp_path / 'z.npy')!r}))
-        pos = torch.from_numpy(np.load({str(tmp_path / 'pos.npy')!r}))
+        m = torch.jit.load({str(run_dir / "model.pt")!r}).double()
+        z = torch.from_numpy(np.load({str(tmp_path / "z.npy")!r}))
+        pos = torch.from_numpy(np.load({str(tmp_path / "pos.npy")!r}))
         mol = torch.zeros(len(z), dtype=torch.long)
         e = m(z, pos, mol, 1)["energy"]
         _, f = m.energy_and_forces(z, pos, mol, 1, m.fidelity_index("cc"))
-        np.save({str(tmp_path / 'e.npy')!r}, e.detach().numpy()); np.save({str(tmp_path / 'f.npy')!r}, f.numpy())
+        np.save({str(tmp_path / "e.npy")!r}, e.detach().numpy()); np.save({str(tmp_path / "f.npy")!r}, f.numpy())
         assert "mfcalc" not in sys.modules, "mfcalc was imported"
     """)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tmp_path))
@@ -113,21 +137,54 @@ def test_exported_model_loads_without_mfcalc_and_matches_eager(run_dir, tmp_path
 
 def test_eval_reproduces_the_test_metrics_and_scores_unseen_labels(run_dir, tmp_path, capsys):
     out_json = tmp_path / "eval.json"
-    rc = eval_main(["--model", str(run_dir / "model.pt"), "--data", str(REFERENCE_H5), "--fidelity", DFT,
-                    "--fidelity", "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces", "--json", str(out_json)])
+    rc = eval_main(
+        [
+            "--model",
+            str(run_dir / "model.pt"),
+            "--data",
+            str(REFERENCE_H5),
+            "--fidelity",
+            DFT,
+            "--fidelity",
+            "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "dft" in table and "kcal/mol" in table
     allm = json.loads(out_json.read_text())
     import h5py
+
     with h5py.File(REFERENCE_H5) as f:  # every atom of every structure that has CCSD(T) forces
-        n_cc_force = sum(np.isfinite(g["ccsd(t)_dz.forces"][()]).all(axis=(1, 2)).sum() * g["coordinates"].shape[1] * 3
-                         for g in f.values() if "ccsd(t)_dz.forces" in g)
+        n_cc_force = sum(
+            np.isfinite(g["ccsd(t)_dz.forces"][()]).all(axis=(1, 2)).sum() * g["coordinates"].shape[1] * 3
+            for g in f.values()
+            if "ccsd(t)_dz.forces" in g
+        )
     assert allm["cc"]["n_force_components"] == n_cc_force > 0
     assert allm["cc"]["forces_rmse_kcal_mol_a"] > 0
     # on the run's own test split, eval (float64) reproduces metrics.json (float32 training)
-    assert eval_main(["--model", str(run_dir / "model.pt"), "--data", str(REFERENCE_H5), "--fidelity", DFT,
-                      "--fidelity", CC, "--split", f"{run_dir / 'split.npz'}:test", "--json", str(out_json)]) == 0
+    assert (
+        eval_main(
+            [
+                "--model",
+                str(run_dir / "model.pt"),
+                "--data",
+                str(REFERENCE_H5),
+                "--fidelity",
+                DFT,
+                "--fidelity",
+                CC,
+                "--split",
+                f"{run_dir / 'split.npz'}:test",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     again = json.loads(out_json.read_text())
     saved = json.loads((run_dir / "metrics.json").read_text())["test"]
     for fid in ("dft", "cc"):
@@ -175,6 +232,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     model, meta = export.load(str(part / "model.pt"))
     assert meta[keys.META_ENSEMBLE_SIZE] == 2
     from conftest import ethanol
+
     z, pos = ethanol()
     out = model.double()(z, pos, torch.zeros(len(z), dtype=torch.long), 1)
     assert (out["energy_std"] > 0).all()

@@ -7,19 +7,55 @@ import torch
 
 from conftest import REFERENCE_H5
 
-ARGS = ["--data", str(REFERENCE_H5), "--fidelity", "dft=wb97x_dz.energy,wb97x_dz.forces",
-        "--fidelity", "cc=ccsd(t)_dz.energy", "--epochs", "3", "--max-structures", "160", "--n-features", "8",
-        "--n-sensitivities", "6", "--n-atom-layers", "1", "--batch-size", "16", "--dtype", "float64",
-        "--device", "cpu", "--seed", "5"]
+ARGS = [
+    "--data",
+    str(REFERENCE_H5),
+    "--fidelity",
+    "dft=wb97x_dz.energy,wb97x_dz.forces",
+    "--fidelity",
+    "cc=ccsd(t)_dz.energy",
+    "--epochs",
+    "3",
+    "--max-structures",
+    "160",
+    "--n-features",
+    "8",
+    "--n-sensitivities",
+    "6",
+    "--n-atom-layers",
+    "1",
+    "--batch-size",
+    "16",
+    "--dtype",
+    "float64",
+    "--device",
+    "cpu",
+    "--seed",
+    "5",
+]
 
 
 def test_two_process_ddp_equals_single_process(tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "mfcalc.train", *ARGS, "--out", str(single)], check=True,
-                   capture_output=True)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mfcalc.train", *ARGS, "--out", str(ddp)], capture_output=True, text=True,
-                          timeout=600)
+    subprocess.run([sys.executable, "-m", "mfcalc.train", *ARGS, "--out", str(single)], check=True, capture_output=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mfcalc.train",
+            *ARGS,
+            "--out",
+            str(ddp),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("test split") == 1  # only rank 0 reports and writes
     a = torch.load(single / "checkpoint.pt", weights_only=False)

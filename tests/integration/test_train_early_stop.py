@@ -5,9 +5,28 @@ import json
 from conftest import REFERENCE_H5
 from mfcalc.cli.train import main as train_main
 
-ARGS = ["--data", str(REFERENCE_H5), "--fidelity", "dft=wb97x_dz.energy,wb97x_dz.forces", "--n-features", "6",
-        "--n-sensitivities", "4", "--n-atom-layers", "1", "--batch-size", "32", "--max-structures", "64",
-        "--device", "cpu", "--epochs", "50", "--early-stopping", "2"]
+ARGS = [
+    "--data",
+    str(REFERENCE_H5),
+    "--fidelity",
+    "dft=wb97x_dz.energy,wb97x_dz.forces",
+    "--n-features",
+    "6",
+    "--n-sensitivities",
+    "4",
+    "--n-atom-layers",
+    "1",
+    "--batch-size",
+    "32",
+    "--max-structures",
+    "64",
+    "--device",
+    "cpu",
+    "--epochs",
+    "50",
+    "--early-stopping",
+    "2",
+]
 
 
 def test_best_epoch_first_waits_for_min_epochs_and_warns(tmp_path, monkeypatch, capsys):

@@ -37,8 +37,18 @@ def test_no_structure_labelled_for_a_fidelity(tmp_path):
             for k in ("atomic_numbers", "coordinates", "wb97x_dz.energy", "smiles"):
                 g[k] = src[name][k][()]
             g["ccsd(t)_dz.energy"] = np.full(src[name]["coordinates"].shape[0], np.nan)
-    rc, text = run("--data", str(path), "--fidelity", DFT.split(",")[0], "--fidelity", "cc=ccsd(t)_dz.energy",
-                   "--out", str(tmp_path / "o"), "--epochs", "1")
+    rc, text = run(
+        "--data",
+        str(path),
+        "--fidelity",
+        DFT.split(",")[0],
+        "--fidelity",
+        "cc=ccsd(t)_dz.energy",
+        "--out",
+        str(tmp_path / "o"),
+        "--epochs",
+        "1",
+    )
     check_clean_error(rc, text, "no structure is labelled with an energy for fidelity 'cc'")
 
 
@@ -46,8 +56,9 @@ def test_split_leaving_an_empty_set(tmp_path):
     path = tmp_path / "one_molecule.h5"
     with h5py.File(REFERENCE_H5) as src, h5py.File(path, "w") as dst:
         src.copy(src["C1H4"], dst, name="C1H4")
-    rc, text = run("--data", str(path), "--fidelity", DFT, "--out", str(tmp_path / "o"), "--split-by", "smiles",
-                   "--epochs", "1")
+    rc, text = run(
+        "--data", str(path), "--fidelity", DFT, "--out", str(tmp_path / "o"), "--split-by", "smiles", "--epochs", "1"
+    )
     check_clean_error(rc, text, "split is empty", "1 groups")
 
 
@@ -63,8 +74,9 @@ def test_missing_data_file_and_bad_binding(tmp_path):
     check_clean_error(rc, text, "missing.h5")
     rc, text = run("--data", str(REFERENCE_H5), "--fidelity", "dft", "--out", str(tmp_path / "o"))
     check_clean_error(rc, text, "NAME=ENERGY_KEY")
-    rc, text = run("--data", str(REFERENCE_H5), "--fidelity", DFT, "--out", str(tmp_path / "o"),
-                   "--loss-weight", "cc:energy=1")
+    rc, text = run(
+        "--data", str(REFERENCE_H5), "--fidelity", DFT, "--out", str(tmp_path / "o"), "--loss-weight", "cc:energy=1"
+    )
     check_clean_error(rc, text, "--loss-weight names fidelity 'cc'")
 
 
@@ -76,6 +88,19 @@ def test_resume_without_checkpoint(tmp_path):
 def test_eval_errors(tmp_path):
     notmodel = tmp_path / "model.pt"
     notmodel.write_bytes(b"\x00not a zip")
-    proc = subprocess.run([sys.executable, "-m", "mfcalc.cli.eval", "--model", str(notmodel), "--data",
-                           str(REFERENCE_H5), "--fidelity", DFT], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mfcalc.cli.eval",
+            "--model",
+            str(notmodel),
+            "--data",
+            str(REFERENCE_H5),
+            "--fidelity",
+            DFT,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "not a TorchScript model file" in proc.stderr and "Traceback" not in proc.stderr

@@ -56,8 +56,9 @@ def test_config_binds_each_fidelity_to_its_own_files_and_units(external_dir, tmp
         raw_e = f["gdb11_s02/gdb11_s02-10/energies"][0]
     pos = np.asarray(data.positions).reshape(len(data), 8, 3)
     row = int(np.nonzero(np.abs(pos - raw_x).max(axis=(1, 2)) == 0)[0][0])
-    np.testing.assert_allclose(data.forces["dft"][row * 8:(row + 1) * 8], raw_f * HARTREE_EV / BOHR_ANGSTROM,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        data.forces["dft"][row * 8 : (row + 1) * 8], raw_f * HARTREE_EV / BOHR_ANGSTROM, rtol=1e-12
+    )
     assert data.energy[row, 0] == pytest.approx(raw_e * HARTREE_EV, rel=1e-12)
 
     assert train_main(["--config", str(cfg_path)]) == 0

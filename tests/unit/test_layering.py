@@ -50,8 +50,9 @@ def test_module_imports_only_earlier_layers(path, unit):
         if used in ("__version__",) or used == unit:
             continue
         assert used in LAYER, f"{path.name} imports mfcalc.{used}, which is in no layer"
-        assert LAYER[used] < LAYER[unit], \
+        assert LAYER[used] < LAYER[unit], (
             f"mfcalc.{unit} ({path.name}) reaches to mfcalc.{used}, a layer at or after it"
+        )
 
 
 def test_every_package_is_listed_for_installation():

@@ -12,10 +12,15 @@ from mfcalc.model.settings import ModelSettings
 
 
 def full_config() -> RunConfig:
-    cfg = RunConfig(data=["/d/ref.h5"], out="/r/run", energy_unit="hartree",
-                    fidelities=[FidelityConfig("dft", "wb97x_dz.energy", "wb97x_dz.forces", forces_unit="hartree/bohr",
-                                               weight_forces=0.5),
-                                FidelityConfig("cc", "ccsd(t)_dz.energy", files=["/d/cc.h5"], weight_energy=2.0)])
+    cfg = RunConfig(
+        data=["/d/ref.h5"],
+        out="/r/run",
+        energy_unit="hartree",
+        fidelities=[
+            FidelityConfig("dft", "wb97x_dz.energy", "wb97x_dz.forces", forces_unit="hartree/bohr", weight_forces=0.5),
+            FidelityConfig("cc", "ccsd(t)_dz.energy", files=["/d/cc.h5"], weight_energy=2.0),
+        ],
+    )
     cfg.model.n_features, cfg.model.cutoff, cfg.model.species, cfg.model.resnet = 12, 4.5, [1, 6, 8], False
     cfg.train.epochs, cfg.train.lr, cfg.train.max_minutes, cfg.train.split_by = 7, 3e-4, 2.5, "smiles"
     return cfg.validate()
@@ -31,13 +36,16 @@ def test_toml_round_trip_keeps_every_field(tmp_path):
     assert [dataclasses.asdict(f) for f in again.fidelities] == [dataclasses.asdict(f) for f in cfg.fidelities]
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("bogus = 1\n", "unknown top-level config keys ['bogus']"),
-    ("[model]\nn_feature = 3\n", "unknown keys ['n_feature'] in [model]"),
-    ("[train]\nepoch = 3\n", "unknown keys ['epoch'] in [train]"),
-    ("[fidelity.dft]\nenergy = 'e'\nforce = 'f'\n", "unknown keys ['force'] in [fidelity.dft]"),
-    ("data = [\n", "is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("bogus = 1\n", "unknown top-level config keys ['bogus']"),
+        ("[model]\nn_feature = 3\n", "unknown keys ['n_feature'] in [model]"),
+        ("[train]\nepoch = 3\n", "unknown keys ['epoch'] in [train]"),
+        ("[fidelity.dft]\nenergy = 'e'\nforce = 'f'\n", "unknown keys ['force'] in [fidelity.dft]"),
+        ("data = [\n", "is not valid TOML"),
+    ],
+)
 def test_unknown_or_malformed_keys_are_named(tmp_path, text, needle):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -53,9 +61,30 @@ def test_every_setting_has_a_flag_and_the_flag_reaches_the_config():
         for f in dataclasses.fields(cls):
             assert f.name in flags, f"--{f.name.replace('_', '-')} missing"
             assert flags[f.name].help, f"--{f.name} has no help text"
-    args = parser.parse_args(["--data", "x.h5", "--fidelity", "dft=e", "--out", "o", "--min-epochs", "7",
-                              "--grad-clip", "0.25", "--soft-min", "0.5", "--no-resnet", "--species", "1", "6",
-                              "--dtype", "float64", "--lr-factor", "0.25"])
+    args = parser.parse_args(
+        [
+            "--data",
+            "x.h5",
+            "--fidelity",
+            "dft=e",
+            "--out",
+            "o",
+            "--min-epochs",
+            "7",
+            "--grad-clip",
+            "0.25",
+            "--soft-min",
+            "0.5",
+            "--no-resnet",
+            "--species",
+            "1",
+            "6",
+            "--dtype",
+            "float64",
+            "--lr-factor",
+            "0.25",
+        ]
+    )
     cfg = config_from_args(args)
     assert cfg.train.min_epochs == 7 and cfg.train.grad_clip == 0.25 and cfg.train.dtype == "float64"
     assert cfg.train.lr_factor == 0.25
@@ -72,28 +101,39 @@ def test_the_model_is_built_from_the_settings_and_records_them():
     assert hp["soft_max"] == 3.0  # derived: cutoff - 1, recorded resolved
     rebuilt = MultiFidelityHipnn(**hp)
     assert rebuilt.hparams == model.hparams
-    assert MultiFidelityHipnn([1, 6], ["a"], n_features=5).hparams == \
-        MultiFidelityHipnn([1, 6], ["a"], ModelSettings(n_features=5)).hparams
+    assert (
+        MultiFidelityHipnn([1, 6], ["a"], n_features=5).hparams
+        == MultiFidelityHipnn([1, 6], ["a"], ModelSettings(n_features=5)).hparams
+    )
     with pytest.raises(TypeError, match="unknown model setting"):
         MultiFidelityHipnn([1, 6], ["a"], n_feature=5)
 
 
-@pytest.mark.parametrize("change, needle", [
-    (dict(soft_max=6.0), "soft_max <= cutoff"),
-    (dict(cutoff=0.5), "soft_min < soft_max"),  # the derived soft_max (cutoff - 1) is checked as resolved
-    (dict(tensor_order=3), "tensor_order"),
-    (dict(n_features=0), "n_features"),
-    (dict(species=[1, 1]), "species"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (dict(soft_max=6.0), "soft_max <= cutoff"),
+        (dict(cutoff=0.5), "soft_min < soft_max"),  # the derived soft_max (cutoff - 1) is checked as resolved
+        (dict(tensor_order=3), "tensor_order"),
+        (dict(n_features=0), "n_features"),
+        (dict(species=[1, 1]), "species"),
+    ],
+)
 def test_model_settings_are_validated_with_derived_values(change, needle):
     with pytest.raises(ValueError, match=needle):
         dataclasses.replace(ModelSettings(), **change).validate()
 
 
-@pytest.mark.parametrize("change, needle", [
-    (dict(min_epochs=-1), "min_epochs"), (dict(lr_factor=1.5), "lr_factor"), (dict(max_minutes=0), "max_minutes"),
-    (dict(device="tpu"), "device"), (dict(max_structures=0), "max_structures"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (dict(min_epochs=-1), "min_epochs"),
+        (dict(lr_factor=1.5), "lr_factor"),
+        (dict(max_minutes=0), "max_minutes"),
+        (dict(device="tpu"), "device"),
+        (dict(max_structures=0), "max_structures"),
+    ],
+)
 def test_train_settings_are_validated(change, needle):
     with pytest.raises(ValueError, match=needle):
         dataclasses.replace(TrainSettings(), **change).validate()

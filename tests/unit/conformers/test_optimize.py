@@ -8,9 +8,11 @@ from mfcalc.conformers import OPTIMIZERS, optimize
 
 def harmonic(minimum):
     """E = sum |r - r0|^2 for every conformer: converges from anywhere."""
+
     def evaluate(r):
         d = r - minimum
-        return (d ** 2).sum(axis=(1, 2)), -2.0 * d, np.zeros(len(r))
+        return (d**2).sum(axis=(1, 2)), -2.0 * d, np.zeros(len(r))
+
     return evaluate
 
 
@@ -23,6 +25,7 @@ def oscillating():
         calls[0] += 1
         sign = 1.0 if calls[0] % 2 else -1.0
         return np.full(len(r), 1.0 + 0.05 * (sign < 0)), np.full(r.shape, 0.5 * sign), np.zeros(len(r))
+
     return evaluate
 
 

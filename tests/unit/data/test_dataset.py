@@ -60,16 +60,18 @@ def test_collate_builds_flat_batches_in_order(ref):
     n = ref.n_atoms[idx]
     assert b.positions.shape == (n.sum(), 3) and b.n_mol == 3
     assert torch.equal(b.mol_index, torch.repeat_interleave(torch.arange(3), torch.from_numpy(n)))
-    np.testing.assert_array_equal(b.positions[n[0]:n[0] + n[1]].numpy(),
-                                  ref.positions[ref.offsets[900]:ref.offsets[901]])
+    np.testing.assert_array_equal(
+        b.positions[n[0] : n[0] + n[1]].numpy(), ref.positions[ref.offsets[900] : ref.offsets[901]]
+    )
     assert b.energy_mask.dtype == torch.bool and b.energy.shape == (3, 2)
     assert torch.isfinite(b.forces).all()  # absent labels are zeros, masked
     assert b.forces_mask[:, 1].sum() == 0 and b.forces_mask[:, 0].all()
 
 
 def test_iterate_batches_covers_every_structure_once(ref):
-    seen = torch.cat([b.index for b in iterate_batches(ref, np.arange(100), 32, shuffle=True,
-                                                       rng=np.random.default_rng(0))])
+    seen = torch.cat(
+        [b.index for b in iterate_batches(ref, np.arange(100), 32, shuffle=True, rng=np.random.default_rng(0))]
+    )
     assert sorted(seen.tolist()) == list(range(100))
 
 
@@ -87,12 +89,19 @@ def test_save_and_memory_mapped_load_round_trip(ref, tmp_path):
 def test_concatenate_aligns_fidelities_and_fills_nan(ref):
     a = ref.subset(np.arange(3))
     b = MFData(
-        fidelities=("xtb",), numbers=a.numbers, positions=a.positions, offsets=a.offsets, cell=a.cell, pbc=a.pbc,
-        energy=np.ones((3, 1)), groups={"formula": a.groups["formula"]})
+        fidelities=("xtb",),
+        numbers=a.numbers,
+        positions=a.positions,
+        offsets=a.offsets,
+        cell=a.cell,
+        pbc=a.pbc,
+        energy=np.ones((3, 1)),
+        groups={"formula": a.groups["formula"]},
+    )
     both = concatenate([a, b])
     assert both.fidelities == ("dft", "cc", "xtb")
     assert np.isnan(both.energy[:3, 2]).all() and np.isnan(both.energy[3:, :2]).all()
-    assert np.isnan(both.forces["dft"][a.offsets[-1]:]).all()
+    assert np.isnan(both.forces["dft"][a.offsets[-1] :]).all()
     assert both.forces_mask()[:, 0].tolist() == [True] * 3 + [False] * 3
 
 

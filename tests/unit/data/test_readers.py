@@ -104,8 +104,10 @@ def test_extxyz_per_fidelity_keys_and_declared_units(tmp_path):
     frames[1].info.pop("cc_energy_kcal")  # one frame lacks the high level
     path = tmp_path / "water.extxyz"
     _write_extxyz(path, frames)
-    specs = [FidelitySpec("xtb", "xtb_energy", "xtb_forces"),
-             FidelitySpec("cc", "cc_energy_kcal", energy_unit="kcal/mol")]
+    specs = [
+        FidelitySpec("xtb", "xtb_energy", "xtb_forces"),
+        FidelitySpec("cc", "cc_energy_kcal", energy_unit="kcal/mol"),
+    ]
     data = read_ase(str(path), specs)
     assert len(data) == 3
     np.testing.assert_allclose(data.energy[:, 0], [-5.0, -6.0, -7.0])

@@ -84,8 +84,7 @@ def test_batch_equals_single_structures():
     model = make_model(1)
     z, pos = ethanol()
     z2, pos2 = z[:5], pos[:5] + 0.1
-    batch = energies(model, torch.cat([z, z2]), torch.cat([pos, pos2]),
-                     torch.tensor([0] * len(z) + [1] * len(z2)), 2)
+    batch = energies(model, torch.cat([z, z2]), torch.cat([pos, pos2]), torch.tensor([0] * len(z) + [1] * len(z2)), 2)
     torch.testing.assert_close(batch[0], energies(model, z, pos)[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(batch[1], energies(model, z2, pos2)[0], rtol=1e-12, atol=1e-12)
 
@@ -160,7 +159,7 @@ def test_create_graph_allows_training_on_forces():
     model = make_model(2)
     z, pos = ethanol()
     _, f = model.energy_and_forces(z, pos, torch.zeros(len(z), dtype=torch.long), 1, 0, create_graph=True)
-    (f ** 2).sum().backward()
+    (f**2).sum().backward()
     v = model.blocks[0].interaction.V
     assert v.grad is not None and v.grad.abs().sum() > 0
 
@@ -180,8 +179,9 @@ def test_periodic_small_cell_equals_supercell_over_eight(kind):
     # 4 water-like molecules in a 4.2 A cell: cell < 2 * cutoff, many images needed
     g = torch.Generator().manual_seed(0)
     base = torch.tensor([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]], dtype=torch.float64)
-    pos = torch.cat([base @ random_rotation(k).T + torch.rand(3, generator=g, dtype=torch.float64) * 4.2
-                     for k in range(4)])
+    pos = torch.cat(
+        [base @ random_rotation(k).T + torch.rand(3, generator=g, dtype=torch.float64) * 4.2 for k in range(4)]
+    )
     z = torch.tensor([8, 1, 1] * 4)
     cell = torch.eye(3, dtype=torch.float64) * 4.2
     pbc = torch.ones(1, 3, dtype=torch.bool)
@@ -191,8 +191,9 @@ def test_periodic_small_cell_equals_supercell_over_eight(kind):
     e_big = energies(model, z.repeat(8), big, cell=(2 * cell)[None], pbc=pbc)
     torch.testing.assert_close(e_big / 8, e_small, rtol=1e-10, atol=1e-9)
     # a wrapped copy of the same structure gives the same energy
-    torch.testing.assert_close(energies(model, z, pos + cell[0] * 3 - cell[2], cell=cell[None], pbc=pbc), e_small,
-                               rtol=1e-10, atol=1e-9)
+    torch.testing.assert_close(
+        energies(model, z, pos + cell[0] * 3 - cell[2], cell=cell[None], pbc=pbc), e_small, rtol=1e-10, atol=1e-9
+    )
 
 
 # ---- bad input --------------------------------------------------------------------------------
@@ -279,8 +280,8 @@ def test_interaction_layer_equals_the_spec_formula_written_out(order):
     want = u0 + layer.self_linear(z)
     if order >= 1:
         u1 = torch.einsum("acnf,nfo->aco", env1, V)
-        want = want + layer.t1 * torch.sqrt((u1 ** 2).sum(dim=1) + eps)
+        want = want + layer.t1 * torch.sqrt((u1**2).sum(dim=1) + eps)
     if order >= 2:
         u2 = torch.einsum("acdnf,nfo->acdo", env2, V)  # full 3x3 per feature
-        want = want + layer.t2 * torch.sqrt((u2 ** 2).sum(dim=(1, 2)) + eps)
+        want = want + layer.t2 * torch.sqrt((u2**2).sum(dim=(1, 2)) + eps)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -78,8 +78,12 @@ def test_mixed_batch_of_periodic_and_molecular_structures():
     cell = torch.stack([torch.eye(3, dtype=torch.float64) * 3.5, torch.zeros(3, 3, dtype=torch.float64)])
     pbc = torch.tensor([[True, True, False], [False, False, False]])
     g = torch.Generator().manual_seed(3)
-    pos = torch.cat([torch.rand(3, 3, generator=g, dtype=torch.float64) * 3.5,
-                     torch.rand(4, 3, generator=g, dtype=torch.float64) * 2.0])
+    pos = torch.cat(
+        [
+            torch.rand(3, 3, generator=g, dtype=torch.float64) * 3.5,
+            torch.rand(4, 3, generator=g, dtype=torch.float64) * 2.0,
+        ]
+    )
     mol = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     i, j, s = radius_pairs(pos, mol, 2, 3.0, cell, pbc)
     assert as_set(i, j, s) == brute_force(pos.numpy(), mol.numpy(), 3.0, cell.numpy(), pbc.numpy())
@@ -88,8 +92,14 @@ def test_mixed_batch_of_periodic_and_molecular_structures():
 
 def test_singular_periodic_cell_is_a_clear_error():
     with pytest.raises(ValueError, match="singular cell"):
-        radius_pairs(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), 1, 2.0, torch.zeros(1, 3, 3),
-                     torch.tensor([[True, False, False]]))
+        radius_pairs(
+            torch.zeros(2, 3),
+            torch.zeros(2, dtype=torch.long),
+            1,
+            2.0,
+            torch.zeros(1, 3, 3),
+            torch.tensor([[True, False, False]]),
+        )
 
 
 def test_torchscript_search_equals_eager():

@@ -23,8 +23,9 @@ def loss_and_grads(model, batch, weights):
     pred = out["energy_levels"].sum(dim=1)
     g = torch.autograd.grad(pred[:, 0].sum(), pos, create_graph=True)[0]
     forces = torch.stack([-g, torch.zeros_like(g)], dim=1)
-    stats = batch_stats(pred, batch.energy, batch.energy_mask, forces, batch.forces, batch.forces_mask,
-                        batch.mol_index, [0])
+    stats = batch_stats(
+        pred, batch.energy, batch.energy_mask, forces, batch.forces, batch.forces_mask, batch.mol_index, [0]
+    )
     loss = total_loss(stats, out["hierarchicality"].sum(0), torch.tensor(float(batch.n_mol)), weights)
     params = [p for p in model.parameters() if p.requires_grad]
     return loss, torch.autograd.grad(loss, [pos] + params, allow_unused=True)
@@ -53,8 +54,16 @@ def test_structure_without_a_label_gives_that_fidelity_no_gradient(data):
 def test_fidelity_with_no_label_in_a_batch_contributes_zero(data):
     rows = np.nonzero(~data.energy_mask[:, 1])[0][:3]
     batch = collate(data, rows, dtype=torch.float64)
-    stats = batch_stats(batch.energy + 1.0, batch.energy, batch.energy_mask, batch.forces, batch.forces,
-                        batch.forces_mask, batch.mol_index, [0])
+    stats = batch_stats(
+        batch.energy + 1.0,
+        batch.energy,
+        batch.energy_mask,
+        batch.forces,
+        batch.forces,
+        batch.forces_mask,
+        batch.mol_index,
+        [0],
+    )
     terms = rmse_plus_mae(stats)
     assert terms[1, 0] == 0 and terms[0, 0] > 0
 
@@ -79,8 +88,8 @@ def test_per_atom_energy_loss_divides_each_structure_error_by_its_atom_count():
     zeros = torch.zeros(9, 1, 3, dtype=torch.float64)
     per_structure = batch_stats(pred, ref, mask, zeros, zeros, mask, mol, [])
     per_atom = batch_stats(pred, ref, mask, zeros, zeros, mask, mol, [], energy_per_atom=True)
-    assert per_structure[0, 0].tolist() == pytest.approx([0.6 ** 2 + 0.9 ** 2, 1.5, 2])
-    assert per_atom[0, 0].tolist() == pytest.approx([0.2 ** 2 + 0.15 ** 2, 0.35, 2])
+    assert per_structure[0, 0].tolist() == pytest.approx([0.6**2 + 0.9**2, 1.5, 2])
+    assert per_atom[0, 0].tolist() == pytest.approx([0.2**2 + 0.15**2, 0.35, 2])
 
 
 def test_energy_loss_setting_is_checked_and_reaches_the_cli():
