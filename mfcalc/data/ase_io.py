@@ -52,7 +52,7 @@ def read_ase(
     """
     import ase.io
 
-    check_unique(list(fidelities))
+    check_unique(list(fidelities), allow_none=True)
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
     try:

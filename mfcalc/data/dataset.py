@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,10 +28,38 @@ def load_data(paths: Sequence[str], fidelities: Sequence[FidelitySpec]) -> MFDat
     """Read and concatenate several files bound to the same fidelity keys."""
     if not paths:
         raise ValueError("no data files given")
+    if not fidelities:
+        raise ValueError("at least one fidelity binding is needed")
     data = concatenate([read_file(p, fidelities) for p in paths])
     if len(data) == 0:
         raise ValueError(f"no structures in {list(paths)}")
     return data
+
+
+def read_structures(path: str) -> Tuple[MFData, np.ndarray, np.ndarray]:
+    """Geometries of any file mfcalc reads, without labels, and each structure's charge and
+    spin multiplicity where the file records them (``charge`` / ``multiplicity`` datasets in
+    HDF5, ``atoms.info`` keys in ASE formats; else 0 and 1).
+
+    Returns:
+        ``(data, charge (S,) int, multiplicity (S,) int)``.
+    """
+    data = read_file(path, [])
+    charge, multiplicity = np.zeros(len(data), dtype=np.int64), np.ones(len(data), dtype=np.int64)
+    if str(path).lower().endswith(HDF5_SUFFIXES):
+        from mfcalc.data.hdf5 import per_structure_values
+
+        for key, out in (("charge", charge), ("multiplicity", multiplicity)):
+            values = per_structure_values(str(path), key)
+            if values is not None:
+                out[:] = np.where(np.isfinite(values), values, out)
+    else:
+        import ase.io
+
+        for i, atoms in enumerate(ase.io.read(str(path), index=":")):
+            charge[i] = int(atoms.info.get("charge", 0))
+            multiplicity[i] = int(atoms.info.get("multiplicity", 1))
+    return data, charge, multiplicity
 
 
 # ---- splits ------------------------------------------------------------------------------

@@ -64,9 +64,9 @@ def parse_fidelity(text: str, energy_unit: Optional[str] = None, forces_unit: Op
     return FidelitySpec(name.strip(), parts[0], forces_key, energy_unit, forces_unit)
 
 
-def check_unique(specs: list[FidelitySpec] | tuple[FidelitySpec, ...]) -> None:
-    """Raise if two specs share a name or none is given."""
-    if not specs:
+def check_unique(specs: list[FidelitySpec] | tuple[FidelitySpec, ...], allow_none: bool = False) -> None:
+    """Raise if two specs share a name, or none is given (unless ``allow_none``: geometries only)."""
+    if not specs and not allow_none:
         raise ValueError("at least one fidelity binding is needed")
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -131,7 +131,7 @@ def read_hdf5(
         ValueError: unreadable file, a bound key that no group has, inconsistent shapes,
             unknown elements, or no structures at all.
     """
-    check_unique(list(fidelities))
+    check_unique(list(fidelities), allow_none=True)
     pos_factor = length_factor(length_unit)
     with _open(path) as h5:
         groups = _conformer_groups(h5)
@@ -225,3 +225,19 @@ def list_keys(path: str) -> List[str]:
     """Every dataset name found in the file's conformer groups (for error messages and CLIs)."""
     with _open(path) as h5:
         return sorted({k for g in _conformer_groups(h5) for k in h5[g].keys()})
+
+
+def per_structure_values(path: str, key: str) -> Optional[np.ndarray]:
+    """(S,) values of a per-structure dataset ``key`` over all conformer groups, in reader
+    order, or ``None`` when no group has it (groups without it count as missing: NaN)."""
+    with _open(path) as h5:
+        groups = _conformer_groups(h5)
+        if not any(key in h5[g] for g in groups):
+            return None
+        parts = []
+        for g in groups:
+            n = h5[g]["coordinates"].shape[0]
+            parts.append(
+                np.asarray(h5[g][key][()], dtype=np.float64).reshape(-1) if key in h5[g] else np.full(n, np.nan)
+            )
+        return np.concatenate(parts)

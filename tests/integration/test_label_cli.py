@@ -1,0 +1,138 @@
+"""mfcalc-label end to end with GFN2-xTB: resumable after a real SIGKILL, parallel, clear on bad input."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import ase.io
+import h5py
+import numpy as np
+import pytest
+from ase import Atoms
+
+from conftest import REFERENCE_H5
+
+pytest.importorskip("tblite")
+
+from mfcalc.cli.label import main as label_main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """144 structures of seven molecules from the reference data, as extxyz."""
+    frames = []
+    with h5py.File(REFERENCE_H5) as f:
+        for group in ("C1H4O1", "C2H6O1", "C2H4O1", "C3H6O1", "H2O2"):
+            g = f[group]
+            for k in range(min(30, len(g["coordinates"]))):
+                a = Atoms(numbers=g["atomic_numbers"][()], positions=g["coordinates"][k])
+                a.info["smiles"] = g["smiles"][k].decode()
+                frames.append(a)
+    path = tmp_path_factory.mktemp("inputs") / "in.extxyz"
+    ase.io.write(path, frames)
+    return path
+
+
+def datasets(path):
+    """Every dataset but the wall times, for comparing runs."""
+    out = {}
+    with h5py.File(path) as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and not name.endswith(".seconds"):
+                out[name] = obj[()]
+
+        f.visititems(visit)
+    return out
+
+
+def assert_same(a, b):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "full.h5"
+    assert label_main([str(inputs), "--levels", "gfn2_xtb", "--out", str(out)]) == 0
+    return out
+
+
+def test_labels_every_structure_with_wall_times(inputs, uninterrupted):
+    with h5py.File(uninterrupted) as f:
+        n = sum(len(f[g]["coordinates"]) for g in f)
+        assert n == len(ase.io.read(inputs, index=":")) == 144
+        g = f["C2H6O1"]
+        assert np.isfinite(g["gfn2_xtb.energy"][()]).all() and np.isfinite(g["gfn2_xtb.forces"][()]).all()
+        assert (g["gfn2_xtb.seconds"][()] > 0).all()
+        assert g["smiles"][0] in (b"CCO", b"COC")
+
+
+def test_sigkill_and_restart_gives_the_uninterrupted_file(inputs, uninterrupted, tmp_path):
+    out = tmp_path / "killed.h5"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mfcalc.cli.label",
+        str(inputs),
+        "--levels",
+        "gfn2_xtb",
+        "--out",
+        str(out),
+        "--merge-seconds",
+        "0.3",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = tmp_path / "killed.h5.journal"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if out.exists() and journal.exists() and journal.read_text().count('"kind": "label"') >= 5:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("labelling did not get going in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with h5py.File(out) as f:  # the file left behind is complete and readable, with part of the labels
+        done = sum(int(np.isfinite(f[g]["gfn2_xtb.energy"][()]).sum()) for g in f if "gfn2_xtb.energy" in f[g])
+    assert 0 < done < 144
+    assert label_main([str(inputs), "--levels", "gfn2_xtb", "--out", str(out)]) == 0
+    assert not journal.exists()
+    assert_same(datasets(uninterrupted), datasets(out))
+
+
+def test_two_workers_give_the_same_file(inputs, uninterrupted, tmp_path):
+    out = tmp_path / "two.h5"
+    assert label_main([str(inputs), "--levels", "gfn2_xtb", "--out", str(out), "--workers", "2"]) == 0
+    assert_same(datasets(uninterrupted), datasets(out))
+
+
+def test_bad_structures_are_recorded_skips_and_bad_input_a_clear_error(tmp_path, capsys):
+    frames = [
+        Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [0.0, 0.05, 0]]),  # H on top of O
+        Atoms("HAt", positions=[[0, 0, 0], [0, 0, 1.7]]),  # astatine: beyond 6-31G*
+        Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
+    ]
+    path = tmp_path / "odd.extxyz"
+    ase.io.write(path, frames)
+    out = tmp_path / "odd.h5"
+    assert label_main([str(path), "--levels", "gfn2_xtb,wb97x_dz", "--no-forces", "wb97x_dz", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "0.05 A apart (overlapping atoms)" in err and "element(s) At not available at wb97x_dz" in err
+    with h5py.File(out) as f:
+        messages = b" ".join(f["failures/message"][()]).decode()
+        assert messages.count("overlapping") == 2 and "At not available" in messages
+        assert np.isfinite(f["H2O1/wb97x_dz.energy"][()]).sum() == 1  # the good water was computed
+    assert label_main([str(path), "--levels", "mp2", "--out", str(out)]) == 2
+    assert "unknown level of theory 'mp2'; known: gfn2_xtb, wb97x_dz, ccsd(t)_dz" in capsys.readouterr().err
+    junk = tmp_path / "junk.xyz"
+    junk.write_text("not a structure file\n")
+    assert label_main([str(junk), "--levels", "gfn2_xtb", "--out", str(out)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert label_main([str(tmp_path / "missing.xyz"), "--levels", "gfn2_xtb", "--out", str(out)]) == 2
+    assert label_main([str(path), "--levels", "gfn2_xtb", "--forces", "wb97x_dz", "--out", str(out)]) == 2
+    assert "not among --levels" in capsys.readouterr().err
