@@ -4,7 +4,7 @@ Layers, each importing only from those before it (checked by tests/unit/test_lay
 
     units, keys, files, device, progress, elements, models (shared helpers)
     -> data -> neighbors -> model -> metrics, config -> export
-    -> train, evaluate, calculator -> conformers, sample, select, label -> cli
+    -> train, evaluate, calculator -> conformers, label, select -> sample -> cli
 
 Training uses export to write its model file; the calculator loads that file through export
 and never imports the training code.  Importing ``mfcalc`` loads the data, model and

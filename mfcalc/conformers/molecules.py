@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -133,3 +133,37 @@ def best_rmsd(mol: Any, a: np.ndarray, b: np.ndarray, heavy_only: bool = True) -
     if pa.GetNumAtoms() < 2:
         return float(np.sqrt(((a - a.mean(0) - (b - b.mean(0))) ** 2).sum(1).mean())) if heavy_only else 0.0
     return float(rdMolAlign.GetBestRMS(pa, pb, maxMatches=10000))
+
+
+def distinct(
+    mol: Any, positions: Sequence[np.ndarray], energies: Sequence[float], energy_tol: float, prune_rmsd: float
+) -> List[Tuple[int, Optional[int]]]:
+    """Deduplicate conformers of ``mol``, lowest energy first.
+
+    Two conformers are the same when their energies (eV) differ by less than ``energy_tol``
+    kcal/mol and both their heavy-atom and all-atom symmetry-aware RMSDs are below
+    ``prune_rmsd`` Angstrom.
+
+    Returns:
+        ``(index, duplicate_of)`` for every conformer in order of energy; ``duplicate_of`` is
+        ``None`` for a distinct one, else the index of the lower conformer it repeats.
+    """
+    from mfcalc.units import KCAL_MOL_EV
+
+    out: List[Tuple[int, Optional[int]]] = []
+    kept: List[int] = []
+    for i in sorted(range(len(energies)), key=lambda k: energies[k]):
+        same = next(
+            (
+                j
+                for j in kept
+                if abs(energies[i] - energies[j]) / KCAL_MOL_EV < energy_tol
+                and best_rmsd(mol, positions[i], positions[j], True) < prune_rmsd
+                and best_rmsd(mol, positions[i], positions[j], False) < prune_rmsd
+            ),
+            None,
+        )
+        if same is None:
+            kept.append(i)
+        out.append((i, same))
+    return out

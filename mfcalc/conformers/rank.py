@@ -23,6 +23,7 @@ from mfcalc.conformers.molecules import (
     best_rmsd,
     bond_graph,
     conformer_coordinates,
+    distinct,
     embed_smiles,
     rdkit_chem,
     read_conformers,
@@ -301,19 +302,14 @@ def _merge_duplicates(
     records: List[ConformerRecord], mol: Any, energy_tol: float, prune_rmsd: float
 ) -> List[ConformerRecord]:
     """The distinct conformers, lowest first; the others are marked ``duplicate of <id>``."""
-    candidates = sorted((r for r in records if r.status == "ranked"), key=lambda r: r.energy_ev or 0.0)
+    candidates = [r for r in records if r.status == "ranked"]
+    energies = [r.energy_ev or 0.0 for r in candidates]
     kept: List[ConformerRecord] = []
-    for rec in candidates:
-        for ref in kept:
-            if (
-                abs((rec.energy_ev or 0.0) - (ref.energy_ev or 0.0)) / KCAL_MOL_EV < energy_tol
-                and best_rmsd(mol, rec.positions, ref.positions, True) < prune_rmsd
-                and best_rmsd(mol, rec.positions, ref.positions, False) < prune_rmsd
-            ):
-                rec.status = f"duplicate of {ref.id}"
-                break
+    for i, same in distinct(mol, [r.positions for r in candidates], energies, energy_tol, prune_rmsd):
+        if same is None:
+            kept.append(candidates[i])
         else:
-            kept.append(rec)
+            candidates[i].status = f"duplicate of {candidates[same].id}"
     return kept
 
 

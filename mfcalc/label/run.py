@@ -41,16 +41,36 @@ class Task:
 Outcome = Tuple[str, Optional[float], Optional[np.ndarray], float, str]  # level, energy, forces, seconds, error
 
 
-def set_threads(threads: int) -> None:
-    """Threads of the numerical libraries in this process (before they are first used)."""
+def set_threads(threads: int) -> Callable[[], None]:
+    """Threads of the numerical libraries in this process (before they are first used); returns
+    a function that restores the previous settings (torch shares the OpenMP runtime)."""
+    import torch
+
+    saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
+    torch_threads = torch.get_num_threads()
     for var in THREAD_VARIABLES:
         os.environ[var] = str(threads)
     try:
         from pyscf import lib
 
+        pyscf_threads = lib.num_threads()
         lib.num_threads(threads)
     except ImportError:
-        pass
+        pyscf_threads = None
+
+    def restore() -> None:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if pyscf_threads is not None:
+            from pyscf import lib
+
+            lib.num_threads(pyscf_threads)
+        torch.set_num_threads(torch_threads)
+
+    return restore
 
 
 def _init_worker(threads: int) -> None:
@@ -137,8 +157,28 @@ def label(
         want_forces[name] = value
     if workers < 1 or threads < 1:
         raise ValueError("need --workers >= 1 and --threads >= 1")
-    set_threads(threads)
+    restore = set_threads(threads)
+    try:
+        return _label(
+            inputs, chosen, want_forces, out, workers, threads, charge, multiplicity, merge_seconds, retry_failed, say
+        )
+    finally:
+        restore()
 
+
+def _label(
+    inputs: Sequence[str],
+    chosen: List[Level],
+    want_forces: Dict[str, bool],
+    out: str,
+    workers: int,
+    threads: int,
+    charge: Optional[int],
+    multiplicity: Optional[int],
+    merge_seconds: float,
+    retry_failed: bool,
+    say: Callable[[str], None],
+) -> Dict[str, Dict[str, float]]:
     store = LabelStore(out, merge_seconds=merge_seconds)
     if retry_failed:
         store.failures.clear()

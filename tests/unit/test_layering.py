@@ -16,7 +16,8 @@ LAYERS = [
     ["metrics", "config"],
     ["export"],
     ["train", "evaluate", "calculator"],
-    ["conformers", "label", "sample", "select"],
+    ["conformers", "label", "select"],
+    ["sample"],  # moves atoms with the conformer optimiser
     ["cli"],
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}

@@ -1,0 +1,92 @@
+"""mfcalc-select: candidates + ensemble model -> the structures worth labelling (query by committee)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from mfcalc.cli.common import run_cli
+
+PROG = "mfcalc-select"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Pick the candidates an ensemble disagrees on most "
+        "(query by committee), diverse, at most M per molecule.",
+    )
+    p.add_argument(
+        "candidates", nargs="+", metavar="CANDIDATES", help="structure files (extxyz from mfcalc-sample, HDF5)"
+    )
+    p.add_argument("--model", required=True, metavar="MODEL.pt", help="an ensemble model file (--ensemble K >= 2)")
+    p.add_argument("--n", type=int, required=True, help="how many to pick (0: only report the spreads)")
+    p.add_argument("--out", metavar="FILE.extxyz", help="the picked structures, with their scores")
+    p.add_argument(
+        "--by",
+        default="spread",
+        metavar="spread|force-spread|heads:A,B",
+        help="member energy spread / sqrt(N) (default), member force spread, or the disagreement "
+        "of two heads after removing an element-wise offset",
+    )
+    p.add_argument("--fidelity", help="head whose spread is used (default: the model's default)")
+    p.add_argument("--per-molecule", type=int, metavar="M", help="at most M structures of one molecule")
+    p.add_argument(
+        "--min-distance-change",
+        type=float,
+        default=0.1,
+        metavar="A",
+        help="a candidate whose interatomic distances all lie within this of a picked one is a duplicate",
+    )
+    p.add_argument("--compare-model", metavar="OLD.pt", help="also report the spreads of an earlier committee")
+    p.add_argument("--report", metavar="FILE.json", help="write the spread distributions as JSON")
+    p.add_argument("--seed", type=int, default=0, help="breaks ties reproducibly")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from mfcalc import export, keys
+        from mfcalc.files import atomic_write_text
+        from mfcalc.select import (
+            choose,
+            committee_scores,
+            format_report,
+            read_candidates,
+            report,
+            unscorable_message,
+            write_selected,
+        )
+
+        if args.n > 0 and not args.out:
+            raise ValueError("--out FILE is needed to write the picked structures")
+        data = read_candidates(args.candidates)
+        scores = committee_scores(args.model, data, args.by, args.fidelity, device=args.device)
+        note = unscorable_message(data, scores, export.load(args.model)[1][keys.META_SPECIES])
+        if note:
+            print(f"{PROG}: {note}", file=sys.stderr)
+        picked = choose(scores.score, data, args.n, args.per_molecule, args.min_distance_change, seed=args.seed)
+        baseline = (
+            committee_scores(args.compare_model, data, args.by, args.fidelity, device=args.device)
+            if args.compare_model
+            else None
+        )
+        doc = report(scores, picked, baseline)
+        print(f"{len(data)} candidates, {int(scores.usable.sum())} scored by {args.by}; picked {len(picked)}")
+        print(format_report(doc))
+        if args.out and len(picked):
+            write_selected(data, picked, scores, args.out)
+        if args.report:
+            atomic_write_text(args.report, json.dumps({"by": args.by, "picked": picked.tolist(), **doc}, indent=1))
+        return 0
+
+    return run_cli(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Query by committee: choose the candidate structures whose labels a model needs most.
+
+ANI-1x was built this way: an ensemble is trained, candidates are scored by how much its
+members disagree, the most disputed are labelled, and the ensemble is retrained.  Scores:
+
+* ``spread`` (default): the member standard deviation of the energy at one head, divided by
+  sqrt(N_atoms) (ANI-1x's rho, so large molecules are not favoured merely for their size);
+* ``force-spread``: the mean over atoms of the norm of the member spread of the forces;
+* ``heads:A,B``: disagreement between two heads after removing their mean offset, i.e. the
+  residual of E_A - E_B after a least-squares fit on element counts, over sqrt(N_atoms).
+  Where two levels disagree beyond what an element-wise shift explains, the expensive
+  label teaches the most.
+
+The selection is greedy by score with diversity: no near-duplicate of a structure already
+picked (same molecule and atom order, every interatomic distance within ``min_distance_change``)
+and at most ``per_molecule`` structures per molecule.  Ties are broken by a seeded shuffle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from mfcalc import export, keys
+from mfcalc.data.dataset import iterate_batches, read_structures, species_counts
+from mfcalc.data.fidelity import head_index
+from mfcalc.data.records import MFData
+from mfcalc.device import resolve_device
+from mfcalc.elements import symbols
+
+QUANTILES = (0.5, 0.9, 0.99, 1.0)
+
+
+@dataclass
+class Scores:
+    """Per candidate (S,): the ranking score and the committee's spreads (eV, eV/Angstrom);
+    ``usable`` is False where the model cannot score the structure (unknown element)."""
+
+    score: np.ndarray
+    energy_spread: np.ndarray
+    force_spread: np.ndarray
+    usable: np.ndarray
+
+
+def committee_scores(
+    model_path: str,
+    data: MFData,
+    by: str = "spread",
+    fidelity: Optional[str] = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> Scores:
+    """Score every structure of ``data`` with the ensemble in ``model_path``.
+
+    Raises:
+        ValueError: unknown criterion or head, or a spread asked of a single model.
+    """
+    dev = resolve_device(device)
+    model, meta = export.load(model_path, device=dev)
+    model = model.to(torch.float64)
+    heads = list(meta[keys.META_FIDELITIES])
+    head = head_index(heads, fidelity or meta.get(keys.META_DEFAULT_FIDELITY) or heads[-1])
+    pair: Optional[List[int]] = None
+    if by.startswith("heads:"):
+        names = [t.strip() for t in by[len("heads:") :].split(",")]
+        if len(names) != 2:
+            raise ValueError(f"--by {by!r} must name two heads, e.g. heads:cc,dft")
+        pair = [head_index(heads, n) for n in names]
+    elif by not in ("spread", "force-spread"):
+        raise ValueError(f"unknown selection criterion {by!r}; use spread, force-spread or heads:A,B")
+    elif int(meta.get(keys.META_ENSEMBLE_SIZE, 1)) < 2:
+        raise ValueError(f"--by {by} needs an ensemble (train with --ensemble K, K >= 2); {model_path} has one member")
+
+    n = len(data)
+    usable = np.ones(n, dtype=bool)
+    known = set(meta[keys.META_SPECIES])
+    owner = np.repeat(np.arange(n), data.n_atoms)
+    unknown_atoms = ~np.isin(np.asarray(data.numbers), list(known))
+    usable[np.unique(owner[unknown_atoms])] = False
+    e_spread, f_spread, gap = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    rows = np.nonzero(usable)[0]
+    for batch in iterate_batches(data, rows, batch_size, dtype=torch.float64):
+        b = batch.to(dev)
+        idx = batch.index.numpy()
+        out = model.compute(b.numbers, b.positions, b.mol_index, b.n_mol, head, forces_spread=True)
+        e_spread[idx] = out[keys.ENERGY_STD].detach().cpu().numpy()
+        per_atom = out[keys.FORCES_STD].detach().norm(dim=1)
+        f_spread[idx] = torch.zeros(b.n_mol, dtype=per_atom.dtype).index_add(
+            0, b.mol_index, per_atom
+        ).numpy() / np.bincount(b.mol_index.numpy(), minlength=b.n_mol)
+        if pair is not None:
+            with torch.no_grad():
+                energy = model(b.numbers, b.positions, b.mol_index, b.n_mol)[keys.ENERGY]
+            gap[idx] = (energy[:, pair[0]] - energy[:, pair[1]]).cpu().numpy()
+    sqrt_n = np.sqrt(data.n_atoms.astype(np.float64))
+    if pair is not None:
+        counts = species_counts(data, sorted(known), rows)
+        coef, *_ = np.linalg.lstsq(counts, gap[rows], rcond=None)
+        score = np.full(n, np.nan)
+        score[rows] = np.abs(gap[rows] - counts @ coef) / sqrt_n[rows]
+    elif by == "force-spread":
+        score = f_spread
+    else:
+        score = e_spread / sqrt_n
+    return Scores(score=score, energy_spread=e_spread, force_spread=f_spread, usable=usable)
+
+
+def choose(
+    scores: np.ndarray,
+    data: MFData,
+    n: int,
+    per_molecule: Optional[int] = None,
+    min_distance_change: float = 0.1,
+    group: str = "smiles",
+    seed: int = 0,
+) -> np.ndarray:
+    """Indices of up to ``n`` structures, highest score first, diverse (see the module docstring)."""
+    if n < 0:
+        raise ValueError(f"--n must be >= 0, got {n}")
+    rng = np.random.default_rng(seed)
+    shuffle = rng.permutation(len(scores))
+    valid = shuffle[np.isfinite(scores[shuffle])]
+    order = valid[np.argsort(-scores[valid], kind="stable")]
+    molecule = data.group_labels(group) if group in data.groups else data.group_labels("formula")
+    picked: List[int] = []
+    per: Dict[str, List[np.ndarray]] = {}  # distance matrices of the structures picked per molecule
+    for i in order:
+        if len(picked) >= n:
+            break
+        mine = per.setdefault(str(molecule[i]), [])
+        if per_molecule is not None and len(mine) >= per_molecule:
+            continue
+        d_i = _distances(data, int(i))
+        if any(d.shape == d_i.shape and np.abs(d - d_i).max() < min_distance_change for d in mine):
+            continue
+        mine.append(d_i)
+        picked.append(int(i))
+    return np.array(picked, dtype=np.int64)
+
+
+def _distances(data: MFData, i: int) -> np.ndarray:
+    x = np.asarray(data.positions[data.offsets[i] : data.offsets[i + 1]])
+    return np.linalg.norm(x[:, None] - x[None], axis=2)
+
+
+def distribution(values: np.ndarray) -> Dict[str, float]:
+    """Median, 90th and 99th percentile and maximum of the finite values (NaN when none)."""
+    v = values[np.isfinite(values)]
+    names = ("median", "p90", "p99", "max")
+    if len(v) == 0:
+        return {k: float("nan") for k in names}
+    return {k: float(np.quantile(v, q)) for k, q in zip(names, QUANTILES)}
+
+
+def read_candidates(paths: Sequence[str]) -> MFData:
+    """Candidate geometries from any files mfcalc reads, concatenated."""
+    from mfcalc.data.records import concatenate
+
+    if not paths:
+        raise ValueError("no candidate files given")
+    return concatenate([read_structures(p)[0] for p in paths])
+
+
+def write_selected(data: MFData, picked: np.ndarray, scores: Scores, out: str) -> None:
+    """The chosen structures as extxyz with their scores and where they came from."""
+    import io
+
+    import ase.io
+    from ase import Atoms
+
+    from mfcalc.files import atomic_write_text
+
+    smiles = data.group_labels("smiles") if "smiles" in data.groups else None
+    frames = []
+    for i in picked:
+        atoms = data.atom_index(np.array([i]))
+        a = Atoms(numbers=np.asarray(data.numbers[atoms]), positions=np.asarray(data.positions[atoms]))
+        a.info.update(
+            {
+                "candidate": int(i),
+                "score": float(scores.score[i]),
+                "energy_spread_ev": float(scores.energy_spread[i]),
+                "force_spread_ev_a": float(scores.force_spread[i]),
+            }
+        )
+        if smiles is not None:
+            a.info["smiles"] = str(smiles[i])
+        frames.append(a)
+    buf = io.StringIO()
+    ase.io.write(buf, frames, format="extxyz")
+    atomic_write_text(out, buf.getvalue())
+
+
+def unscorable_message(data: MFData, scores: Scores, known: Sequence[int]) -> str:
+    n_bad = int((~scores.usable).sum())
+    if not n_bad:
+        return ""
+    bad = sorted(set(np.asarray(data.numbers).tolist()) - set(known))
+    return f"{n_bad} candidate(s) contain element(s) {', '.join(symbols(bad))} the model does not know: not scored"
+
+
+def report(scores: Scores, picked: np.ndarray, baseline: Optional[Scores] = None) -> Dict[str, Any]:
+    """Distributions of the energy spread per sqrt(atom) and the force spread over all
+    candidates and over the chosen ones (and the same for a baseline committee)."""
+    out: Dict[str, Any] = {}
+    for name, s in (("current", scores), ("baseline", baseline)):
+        if s is None:
+            continue
+        out[name] = {
+            subset: {
+                "score": distribution(s.score[idx]),
+                "energy_spread_ev": distribution(s.energy_spread[idx]),
+                "force_spread_ev_a": distribution(s.force_spread[idx]),
+            }
+            for subset, idx in (("all", np.arange(len(s.score))), ("selected", picked))
+        }
+    return out
+
+
+def format_report(doc: Dict[str, Any]) -> str:
+    lines = [f"{'committee':<10} {'subset':<9} {'quantity':<18} {'median':>10} {'p90':>10} {'p99':>10} {'max':>10}"]
+    for committee, subsets in doc.items():
+        for subset, quantities in subsets.items():
+            for quantity, q in quantities.items():
+                lines.append(
+                    f"{committee:<10} {subset:<9} {quantity:<18} "
+                    + " ".join(f"{q[k]:10.4f}" for k in ("median", "p90", "p99", "max"))
+                )
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""mfcalc-sample with GFN2-xTB: minima, relaxed torsion scans, normal modes, MD; filters, seeds, resume."""
+
+import ase.io
+import numpy as np
+import pytest
+
+pytest.importorskip("tblite")
+pytest.importorskip("rdkit")
+
+from mfcalc.cli.sample import main as sample_main  # noqa: E402
+from mfcalc.data.dataset import read_structures  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ethanol(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample") / "ethanol.extxyz"
+    assert (
+        sample_main(
+            [
+                "CCO",
+                "--out",
+                str(out),
+                "--conformers",
+                "--torsions",
+                "--normal-modes",
+                "300,900",
+                "--md",
+                "600",
+                "--per-temperature",
+                "3",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def kinds(path):
+    return [a.info["kind"] for a in ase.io.read(path, index=":")]
+
+
+def test_every_sampler_contributes_and_the_file_is_labelling_input(ethanol):
+    frames = ase.io.read(ethanol, index=":")
+    k = kinds(ethanol)
+    n_min = k.count("minimum")
+    assert n_min == 3  # anti and the two gauche rotamers of the OH group
+    assert k.count("torsion") == 2 * 11  # two rotatable bonds (CH3 and OH rotors), 30-degree steps
+    assert k.count("normal_mode") == n_min * 2 * 3 and k.count("md") == n_min * 3
+    assert all(a.info["smiles"] == "CCO" and a.info["engine"] == "gfn2_xtb" for a in frames)
+    data, charge, multiplicity = read_structures(str(ethanol))  # what mfcalc-label reads
+    assert len(data) == len(frames) and (charge == 0).all() and (multiplicity == 1).all()
+
+
+def test_relaxed_scans_hold_the_dihedral_and_step_through_360_degrees(ethanol):
+    scans = [a for a in ase.io.read(ethanol, index=":") if a.info["kind"] == "torsion"]
+    for name in {a.info["torsion"] for a in scans}:
+        points = [a for a in scans if a.info["torsion"] == name]
+        i, j, k, m = map(int, name.split("-"))
+        measured = np.array([a.get_dihedral(i, j, k, m) for a in points])
+        recorded = np.array([a.info["angle"] for a in points])
+        np.testing.assert_allclose(np.cos(np.radians(measured - recorded)), 1.0, atol=1e-4)
+        steps = np.diff(np.unwrap(np.radians(measured)))
+        np.testing.assert_allclose(np.degrees(steps), 30.0, atol=0.5)
+
+
+def test_same_seed_same_samples_and_a_rerun_skips_finished_molecules(ethanol, tmp_path, capsys):
+    again = tmp_path / "again.extxyz"
+    args = [
+        "CCO",
+        "--out",
+        str(again),
+        "--conformers",
+        "--torsions",
+        "--normal-modes",
+        "300,900",
+        "--md",
+        "600",
+        "--per-temperature",
+        "3",
+        "--seed",
+        "3",
+    ]
+    assert sample_main(args) == 0
+    a, b = ase.io.read(ethanol, index=":"), ase.io.read(again, index=":")
+    assert len(a) == len(b)
+    np.testing.assert_allclose(np.stack([x.positions for x in a]), np.stack([x.positions for x in b]), atol=1e-8)
+    capsys.readouterr()
+    assert sample_main(args) == 0
+    assert "done in an earlier run" in capsys.readouterr().err
+
+
+def test_filters_skip_with_a_reason_and_bad_input_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "f.extxyz"
+    assert sample_main(["CBr", "CCCCO", "C", "--out", str(out), "--conformers", "--max-heavy-atoms", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "CBr: skipped (element(s) Br outside H, C, N, O, F, S, Cl)" in err
+    assert "CCCCO: skipped (5 heavy atoms, more than --max-heavy-atoms 3)" in err
+    assert {a.info["smiles"] for a in ase.io.read(out, index=":")} == {"C"}
+    assert sample_main(["not_a_smiles((", "--out", str(out), "--conformers"]) == 2
+    assert "neither a file nor a valid SMILES" in capsys.readouterr().err
+    assert sample_main(["C", "--out", str(out)]) == 2
+    assert "nothing to sample" in capsys.readouterr().err

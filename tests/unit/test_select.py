@@ -1,0 +1,105 @@
+"""Query by committee: a structure the committee disputes is picked; caps, duplicates and seeds hold."""
+
+import ase.io
+import h5py
+import numpy as np
+import pytest
+from ase import Atoms
+
+from conftest import REFERENCE_H5
+from mfcalc.cli.select import main as select_main
+from mfcalc.models import default_model_path
+from mfcalc.select import choose, committee_scores, read_candidates
+
+
+@pytest.fixture(scope="module")
+def candidates(tmp_path_factory):
+    """20 ethanol snapshots the model knows well, plus a planted one it cannot know (C-O at 2.1 A), twice."""
+    with h5py.File(REFERENCE_H5) as f:
+        g = f["C2H6O1"]
+        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:20]
+        frames = [
+            Atoms(numbers=g["atomic_numbers"][()], positions=g["coordinates"][k], info={"smiles": "CCO"}) for k in rows
+        ]
+    planted = frames[0].copy()
+    z = planted.numbers
+    c, o = np.nonzero(z == 6)[0][1], np.nonzero(z == 8)[0][0]  # stretch an O away from its carbon
+    bonded = c if np.linalg.norm(planted.positions[o] - planted.positions[c]) < 1.6 else np.nonzero(z == 6)[0][0]
+    axis = planted.positions[o] - planted.positions[bonded]
+    planted.positions[o] = planted.positions[bonded] + 2.1 * axis / np.linalg.norm(axis)
+    frames += [planted, planted.copy()]
+    path = tmp_path_factory.mktemp("sel") / "cand.extxyz"
+    ase.io.write(path, frames)
+    return path
+
+
+def test_the_disputed_structure_is_picked_first_and_only_once(candidates):
+    data = read_candidates([str(candidates)])
+    scores = committee_scores(default_model_path(), data, "spread")
+    assert np.argmax(scores.score) in (20, 21) and scores.score[20] > 3 * np.median(scores.score[:20])
+    picked = choose(scores.score, data, 3)
+    assert picked[0] in (20, 21) and not ({20, 21} <= set(picked))  # the copy is a duplicate
+    assert len(choose(scores.score, data, 10, per_molecule=4)) == 4  # one molecule: the cap holds
+
+
+def test_heads_criterion_removes_the_element_offset(candidates):
+    data = read_candidates([str(candidates)])
+    scores = committee_scores(default_model_path(), data, "heads:cc,dft")
+    assert np.isfinite(scores.score).all() and np.argmax(scores.score) in (20, 21)
+
+
+def test_ties_are_broken_by_the_seed_reproducibly(candidates):
+    data = read_candidates([str(candidates)])
+    flat = np.ones(len(data))
+    a, b, c = (choose(flat, data, 5, seed=s, min_distance_change=0.0) for s in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert list(a) != list(c)
+
+
+def test_command_writes_the_picks_and_a_report(candidates, tmp_path, capsys):
+    out, rep = tmp_path / "picked.extxyz", tmp_path / "report.json"
+    assert (
+        select_main(
+            [
+                str(candidates),
+                "--model",
+                default_model_path(),
+                "--n",
+                "2",
+                "--out",
+                str(out),
+                "--report",
+                str(rep),
+                "--compare-model",
+                default_model_path(),
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "current" in table and "baseline" in table and "selected" in table
+    picked = ase.io.read(out, index=":")
+    assert len(picked) == 2 and picked[0].info["candidate"] in (20, 21) and picked[0].info["smiles"] == "CCO"
+
+
+def test_bad_requests_are_clear_errors(candidates, tmp_path, capsys):
+    base = [str(candidates), "--model", default_model_path(), "--n", "2", "--out", str(tmp_path / "x.extxyz")]
+    assert select_main([*base, "--by", "entropy"]) == 2
+    assert "unknown selection criterion 'entropy'" in capsys.readouterr().err
+    assert select_main([*base, "--by", "heads:cc,mp2"]) == 2
+    assert "unknown fidelity 'mp2'" in capsys.readouterr().err
+    assert select_main([str(candidates), "--model", default_model_path(), "--n", "2"]) == 2
+    assert "--out FILE is needed" in capsys.readouterr().err
+
+
+def test_a_spread_needs_an_ensemble(candidates, tmp_path):
+    from mfcalc import export
+    from mfcalc.model import MultiFidelityHipnn
+    from mfcalc.model.ensemble import Ensemble
+
+    single = Ensemble([MultiFidelityHipnn([1, 6, 8], ["cc"], n_features=4, n_sensitivities=3)])
+    path = tmp_path / "one.pt"
+    export.save(single, str(path), export.build_metadata(single))
+    with pytest.raises(ValueError, match="needs an ensemble"):
+        committee_scores(str(path), read_candidates([str(candidates)]), "spread")
+    assert np.isfinite(committee_scores(str(path), read_candidates([str(candidates)]), "heads:cc,cc").score).all()
