@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="normal-mode samples around each minimum at these temperatures (K)",
     )
     p.add_argument("--md", type=_floats, default=[], metavar="T1,T2", help="MD snapshots at these temperatures (K)")
+    p.add_argument("--md-minima", type=int, metavar="N", help="MD from the lowest N minima only (default: every one)")
     p.add_argument("--per-temperature", type=int, default=10, help="samples per minimum and temperature")
     p.add_argument("--n-embed", type=int, default=20, help="ETKDG conformers to start from")
     p.add_argument("--window", type=float, default=5.0, help="kcal/mol above the lowest minimum")
@@ -85,6 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             scan_step=args.scan_step,
             normal_modes=args.normal_modes,
             md=args.md,
+            md_minima=args.md_minima,
             per_temperature=args.per_temperature,
             n_embed=args.n_embed,
             window=args.window,

@@ -46,6 +46,7 @@ class SampleSettings:
     scan_step: float = 30.0  # degrees
     normal_modes: Sequence[float] = ()  # temperatures, K
     md: Sequence[float] = ()  # temperatures, K
+    md_minima: Optional[int] = None  # MD from the lowest this many minima (None: every minimum)
     per_temperature: int = 10
     n_embed: int = 20
     window: float = 5.0  # kcal/mol above the lowest minimum
@@ -106,12 +107,12 @@ def sample_molecule(
             out += torsion_scan(
                 mol, minima[0].positions, torsion, engine, charge, settings.scan_step, settings.relaxed_scans
             )
-    for m in minima:
+    for n, m in enumerate(minima):
         if settings.normal_modes:
             out += normal_mode_samples(
                 mol, m.positions, engine, charge, settings.normal_modes, settings.per_temperature, rng
             )
-        if settings.md:
+        if settings.md and (settings.md_minima is None or n < settings.md_minima):
             out += md_samples(mol, m.positions, engine, charge, settings.md, settings.per_temperature, rng)
     return out
 

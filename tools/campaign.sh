@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The data campaign recorded in data/README.md, stage by stage.  Every stage is resumable:
+# run the same command again after a kill and it continues.  One worker process by default
+# (the other core stays free); set WORKERS=N to use more.
+#
+#   tools/campaign.sh sample       # round-0 candidates: minima, torsion scans, normal modes, MD (GFN2-xTB)
+#   tools/campaign.sh xtb          # GFN2-xTB energies+forces for every candidate -> data/campaign/campaign.h5
+#   tools/campaign.sh heldout      # held-out benchmark structures -> data/benchmark/heldout.h5 (xTB, DFT, CCSD(T))
+#   tools/campaign.sh committee R  # train the round-R committee on everything labelled so far
+#   tools/campaign.sh select-dft R N / select-cc R N   # pick N structures with the round-R committee
+#   tools/campaign.sh dft R / cc R                      # label the picks of round R
+set -euo pipefail
+cd "$(dirname "$0")/.."
+C=data/campaign
+B=data/benchmark
+W=${WORKERS:-1}
+stage=${1:?usage: tools/campaign.sh sample|xtb|heldout|committee|select-dft|select-cc|dft|cc [ROUND] [N]}
+case $stage in
+  sample)
+    mfcalc-sample $C/small.smi $C/medium.smi --out $C/round0_candidates.extxyz --conformers --torsions \
+        --normal-modes 300,600,1000 --md 500,1000 --md-minima 1 --per-temperature 12 --window 5 --seed 0 ;;
+  xtb)
+    mfcalc-label $C/round0_candidates.extxyz --levels gfn2_xtb --out $C/campaign.h5 --workers "$W" ;;
+  heldout)
+    mkdir -p $B
+    # (a) every conformer within 5 kcal/mol (searched at GFN2-xTB with a 6 kcal/mol margin) of the
+    #     4-6-heavy-atom molecules; (b) thermal snapshots of the unseen small molecules
+    mapfile -t conf < <(grep -v '^#' $C/heldout.smi | head -n 10)
+    mapfile -t small < <(grep -v '^#' $C/heldout.smi | tail -n +11)
+    mfcalc-sample "${conf[@]}" --out $B/conformers.extxyz --conformers --window 6 --n-embed 50 --seed 0
+    mfcalc-sample "${small[@]}" --out $B/small.extxyz --md 500 --per-temperature 8 --seed 0
+    mfcalc-label $B/conformers.extxyz $B/small.extxyz --levels gfn2_xtb,wb97x_dz,ccsd\(t\)_dz \
+        --out $B/heldout.h5 --workers "$W"
+    # CCSD(T) forces on two snapshots per small molecule, for measuring forces only
+    python tools/pick_frames.py $B/small.extxyz --every 4 --out $B/small_forces.extxyz
+    mfcalc-label $B/small_forces.extxyz --levels ccsd\(t\)_dz --forces ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W" ;;
+  committee)
+    r=${2:?round}
+    mfcalc-train --data data/mf_reference.h5 $C/campaign.h5 \
+        --fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
+        --fidelity "cc=ccsd(t)_dz.energy" --out runs/committee$r --ensemble 4 --n-features 32 \
+        --epochs 200 --min-epochs 20 --batch-size 64 --lr 2e-3 --device cpu --max-minutes "${MINUTES:-120}" \
+        --seed "$r" --split-by random ;;
+  select-dft)
+    r=${2:?round}; n=${3:?how many}
+    mfcalc-select $C/campaign.h5 --model runs/committee$r/model.pt --n "$n" --by spread --fidelity dft \
+        --per-molecule 40 --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
+  select-cc)
+    r=${2:?round}; n=${3:?how many}
+    python tools/pick_frames.py $C/campaign.h5 --max-heavy-atoms 4 --out $C/cc_pool.extxyz
+    mfcalc-select $C/cc_pool.extxyz --model runs/committee$r/model.pt --n "$n" --by heads:cc,dft \
+        --per-molecule 25 --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
+  dft)
+    r=${2:?round}
+    mfcalc-label $C/round${r}_dft.extxyz --levels wb97x_dz --out $C/campaign.h5 --workers "$W" ;;
+  cc)
+    r=${2:?round}
+    mfcalc-label $C/round${r}_cc.extxyz --levels ccsd\(t\)_dz --out $C/campaign.h5 --workers "$W" ;;
+  *)
+    echo "unknown stage $stage" >&2; exit 2 ;;
+esac
