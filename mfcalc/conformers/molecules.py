@@ -130,8 +130,8 @@ def best_rmsd(mol: Any, a: np.ndarray, b: np.ndarray, heavy_only: bool = True) -
     from rdkit.Chem import rdMolAlign
 
     pa, pb = with_positions(mol, a, heavy_only), with_positions(mol, b, heavy_only)
-    if pa.GetNumAtoms() < 2:
-        return float(np.sqrt(((a - a.mean(0) - (b - b.mean(0))) ** 2).sum(1).mean())) if heavy_only else 0.0
+    if pa.GetNumAtoms() < 2:  # one atom (methane's heavy atoms): nothing to misplace after alignment
+        return 0.0
     return float(rdMolAlign.GetBestRMS(pa, pb, maxMatches=10000))
 
 

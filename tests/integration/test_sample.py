@@ -102,3 +102,11 @@ def test_filters_skip_with_a_reason_and_bad_input_is_a_clear_error(tmp_path, cap
     assert "neither a file nor a valid SMILES" in capsys.readouterr().err
     assert sample_main(["C", "--out", str(out)]) == 2
     assert "nothing to sample" in capsys.readouterr().err
+
+
+def test_one_heavy_atom_molecules_have_one_minimum(tmp_path):
+    """Methane's 20 embedded conformers are one minimum (the heavy-atom RMSD of a single heavy atom
+    once compared unaligned whole geometries and kept all of them)."""
+    out = tmp_path / "ch4.extxyz"
+    assert sample_main(["C", "N", "--out", str(out), "--conformers"]) == 0
+    assert kinds(out).count("minimum") == 2
