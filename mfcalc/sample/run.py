@@ -110,7 +110,14 @@ def sample_molecule(
     for n, m in enumerate(minima):
         if settings.normal_modes:
             out += normal_mode_samples(
-                mol, m.positions, engine, charge, settings.normal_modes, settings.per_temperature, rng
+                mol,
+                m.positions,
+                engine,
+                charge,
+                settings.normal_modes,
+                settings.per_temperature,
+                rng,
+                hessian=m.hessian,
             )
         if settings.md and (settings.md_minima is None or n < settings.md_minima):
             out += md_samples(mol, m.positions, engine, charge, settings.md, settings.per_temperature, rng)

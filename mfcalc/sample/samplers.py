@@ -1,7 +1,9 @@
 """Candidate structures around a molecule: minima, torsion scans, normal-mode samples, MD snapshots.
 
 * **Minima**: ETKDG conformers optimised together (batched L-BFGS) with the engine; those that
-  kept their bonds are deduplicated, and every distinct minimum within an energy window is kept.
+  kept their bonds are deduplicated, stationary points with negative curvature (saddles such as
+  an eclipsed rotor, by the finite-difference Hessian) are dropped, and every distinct minimum
+  within an energy window is kept.
 * **Torsion scans**: every rotatable bond (single, not in a ring, neither end terminal nor
   linear; methyl and hydroxyl rotors included) is turned in steps through 360 degrees from the
   lowest minimum.  *Relaxed* (default): at each step the dihedral is held (ASE ``FixInternals``)
@@ -21,11 +23,11 @@ reproducible from the random generator passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mfcalc.conformers.hessian import hessians, internal_curvatures
+from mfcalc.conformers.hessian import SADDLE_CURVATURE, hessians, internal_curvatures
 from mfcalc.conformers.molecules import atomic_numbers, bond_graph, conformer_coordinates, distinct
 from mfcalc.conformers.optimize import optimize
 from mfcalc.sample.engines import Engine
@@ -42,6 +44,7 @@ class Sample:
     positions: np.ndarray
     kind: str  # "minimum", "torsion", "normal_mode", "md"
     info: Dict[str, Any] = field(default_factory=dict)
+    hessian: Optional[np.ndarray] = field(default=None, repr=False)  # (3N, 3N) eV/A^2, minima only
 
 
 class Checker:
@@ -85,14 +88,25 @@ def find_minima(
         for i, same in distinct(mol, [opt["positions"][i] for i in ok], energies, ENERGY_TOL, PRUNE_RMSD)
         if same is None
     ]
-    lowest = float(opt["energy"][kept[0]])
-    return [
-        Sample(
-            opt["positions"][i], "minimum", {"relative_kcal_mol": round((opt["energy"][i] - lowest) / KCAL_MOL_EV, 4)}
-        )
-        for i in kept
-        if (opt["energy"][i] - lowest) / KCAL_MOL_EV <= window
-    ]
+    # a stationary point with negative curvature (e.g. an eclipsed rotor) is a saddle, not a minimum
+    evaluate = engine.evaluator(numbers, charge)
+    minima: List[Tuple[float, Sample]] = []
+    for i in kept:
+        hess = hessians(evaluate, opt["positions"][i][None])[0]
+        if internal_curvatures(hess, opt["positions"][i])[0].min() < SADDLE_CURVATURE:
+            continue
+        minima.append((float(opt["energy"][i]), Sample(opt["positions"][i], "minimum", {}, hess)))
+    if not minima:
+        say("  no converged conformer is a minimum")
+        return []
+    lowest = minima[0][0]
+    out = []
+    for energy, m in minima:
+        rel = (energy - lowest) / KCAL_MOL_EV
+        if rel <= window:
+            m.info["relative_kcal_mol"] = round(rel, 4)
+            out.append(m)
+    return out
 
 
 def rotatable_torsions(mol: Any) -> List[Tuple[int, int, int, int]]:
@@ -183,10 +197,11 @@ def normal_mode_samples(
     per_temperature: int,
     rng: np.random.Generator,
     max_tries: int = 5,
+    hessian: Optional[np.ndarray] = None,
 ) -> List[Sample]:
     """ANI-1's normal-mode sampling around one minimum (see the module docstring)."""
     numbers = atomic_numbers(mol)
-    hess = hessians(engine.evaluator(numbers, charge), minimum[None])[0]
+    hess = hessian if hessian is not None else hessians(engine.evaluator(numbers, charge), minimum[None])[0]
     values, vectors = internal_curvatures(hess, minimum)
     stiffness = np.maximum(values, SOFT_MODE)
     checker = Checker(mol, minimum)

@@ -104,9 +104,10 @@ def test_filters_skip_with_a_reason_and_bad_input_is_a_clear_error(tmp_path, cap
     assert "nothing to sample" in capsys.readouterr().err
 
 
-def test_one_heavy_atom_molecules_have_one_minimum(tmp_path):
+def test_one_minimum_where_there_is_one(tmp_path):
     """Methane's 20 embedded conformers are one minimum (the heavy-atom RMSD of a single heavy atom
-    once compared unaligned whole geometries and kept all of them)."""
-    out = tmp_path / "ch4.extxyz"
-    assert sample_main(["C", "N", "--out", str(out), "--conformers"]) == 0
-    assert kinds(out).count("minimum") == 2
+    once compared unaligned whole geometries and kept all of them), and fluoroethane's eclipsed
+    stationary point is a saddle, not a second minimum."""
+    out = tmp_path / "few.extxyz"
+    assert sample_main(["C", "N", "CCF", "--out", str(out), "--conformers"]) == 0
+    assert kinds(out).count("minimum") == 3
