@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 C=data/campaign
 B=data/benchmark
 W=${WORKERS:-1}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 stage=${1:?usage: tools/campaign.sh sample|xtb|heldout|committee|select-dft|select-cc|dft|cc [ROUND] [N]}
 case $stage in
   sample)
