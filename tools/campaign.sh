@@ -26,10 +26,8 @@ case $stage in
     mkdir -p $B
     # (a) every conformer within 5 kcal/mol (searched at GFN2-xTB with a 6 kcal/mol margin) of the
     #     4-6-heavy-atom molecules; (b) thermal snapshots of the unseen small molecules
-    mapfile -t conf < <(grep -v '^#' $C/heldout.smi | head -n 10)
-    mapfile -t small < <(grep -v '^#' $C/heldout.smi | tail -n +11)
-    mfcalc-sample "${conf[@]}" --out $B/conformers.extxyz --conformers --window 6 --n-embed 50 --seed 0
-    mfcalc-sample "${small[@]}" --out $B/small.extxyz --md 500 --per-temperature 8 --seed 0
+    mfcalc-sample $C/heldout_conformers.smi --out $B/conformers.extxyz --conformers --window 6 --n-embed 50 --seed 0
+    mfcalc-sample $C/heldout_small.smi --out $B/small.extxyz --md 500 --per-temperature 8 --seed 0
     mfcalc-label $B/conformers.extxyz $B/small.extxyz --levels gfn2_xtb,wb97x_dz,ccsd\(t\)_dz \
         --out $B/heldout.h5 --workers "$W"
     # CCSD(T) forces on two snapshots per small molecule, for measuring forces only

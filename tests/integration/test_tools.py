@@ -124,3 +124,34 @@ def test_mfl_report_merges_saved_runs_into_one_markdown_table(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="already"):
         tool.main(["--report", str(a), str(a)])
+
+
+def test_bench_accuracy_scores_every_method_on_the_same_structures(tmp_path, capsys):
+    """On the reference data, with ethanol as the 'conformer' set and formaldehyde (which has
+    CCSD(T) forces) as the 'small' set: every row is filled and the labels score themselves."""
+    tool = load_tool("bench_accuracy")
+    conf, small = tmp_path / "conf.smi", tmp_path / "small.smi"
+    conf.write_text("# test\nCCO\n")
+    small.write_text("C=O\n")
+    out = tmp_path / "acc.json"
+    assert (
+        tool.main(
+            [
+                "--data",
+                str(REPO / "data" / "mf_reference.h5"),
+                "--conformer-molecules",
+                str(conf),
+                "--small-molecules",
+                str(small),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "| GFN2-xTB |" in table and "| wB97X/6-31G* |" in table and "default.pt (cc head)" in table
+    rows = json.loads(out.read_text())
+    for name, row in rows.items():
+        assert row["conformers n"] > 10 and row["unseen small n"] > 10 and row["forces n"] == 4, name
+        assert 0 < row["conformers relE"] < 5 and 0 < row["forces"] < 20, name

@@ -1,0 +1,207 @@
+"""Accuracy against CCSD(T)/cc-pVDZ on held-out molecules: mfcalc models vs GFN2-xTB, wB97X and ANI-1ccx.
+
+The benchmark file (``data/benchmark/heldout.h5``, built by ``tools/campaign.sh heldout`` before
+any model saw these molecules) holds
+
+* (a) every conformer within 5 kcal/mol of 10 molecules with 4-6 heavy atoms
+  (``data/campaign/heldout_conformers.smi``), GFN2-xTB minima, CCSD(T) single points;
+* (b) thermal snapshots of 12 unseen small molecules (``heldout_small.smi``), CCSD(T)
+  energies, and CCSD(T) forces on every fourth snapshot.
+
+Every method is scored on the same structures: relative energies (each molecule's mean error
+removed, as data/README.md defines relE) and forces where CCSD(T) forces exist.  GFN2-xTB and
+wB97X/6-31G* come from the labels in the file; ANI-1ccx (``../shared/peers``, trained to
+CCSD(T)*/CBS, so part of its error is the basis) through TorchANI when it is installed.
+
+    python tools/bench_accuracy.py [--model models/default.pt ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from mfcalc import export, keys
+from mfcalc.data import parse_fidelity, read_hdf5
+from mfcalc.data.fidelity import head_index
+from mfcalc.data.records import MFData
+from mfcalc.units import KCAL_MOL_EV
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+DATA = os.path.join(REPO, "data", "benchmark", "heldout.h5")
+LISTS = os.path.join(REPO, "data", "campaign")
+PEERS = os.path.join(REPO, "..", "shared", "peers")
+LEVELS = {"GFN2-xTB": "gfn2_xtb", "wB97X/6-31G*": "wb97x_dz"}
+Predict = Callable[[MFData, np.ndarray], Tuple[np.ndarray, Optional[np.ndarray]]]  # eV, eV/A (A, 3)
+
+
+def read_list(path: str) -> List[str]:
+    with open(path) as fh:
+        return [line.split()[0] for line in fh if line.strip() and not line.startswith("#")]
+
+
+def load(path: str) -> MFData:
+    specs = [parse_fidelity("cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces")]
+    specs += [parse_fidelity(f"{lv}={lv}.energy,{lv}.forces") for lv in LEVELS.values()]
+    return read_hdf5(path, specs)
+
+
+def model_predictor(path: str, fidelity: str = "cc") -> Predict:
+    model, meta = export.load(path)
+    model = model.double()
+    head = head_index(list(meta[keys.META_FIDELITIES]), fidelity)
+
+    def predict(data: MFData, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        energy, forces = np.zeros(len(rows)), []
+        for k, i in enumerate(rows):
+            atoms = data.atom_index(np.array([i]))
+            z = torch.as_tensor(np.asarray(data.numbers[atoms]), dtype=torch.long)
+            x = torch.as_tensor(np.asarray(data.positions[atoms]), dtype=torch.float64)
+            out = model.compute(z, x, torch.zeros(len(z), dtype=torch.long), 1, head, forces_spread=False)
+            energy[k] = float(out[keys.ENERGY][0])
+            forces.append(out[keys.FORCES].detach().numpy())
+        return energy, np.concatenate(forces)
+
+    return predict
+
+
+def label_predictor(column: int) -> Predict:
+    def predict(data: MFData, rows: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        name = data.fidelities[column]
+        forces = np.asarray(data.forces[name])[data.atom_index(rows)] if name in data.forces else None
+        return np.asarray(data.energy[rows, column]), forces
+
+    return predict
+
+
+def ani_predictor(peers: str) -> Optional[Predict]:
+    """ANI-1ccx through TorchANI (Hartree -> eV here, once), or None when unavailable."""
+    info = os.path.join(peers, "ani-1ccx_8x.info")
+    if not os.path.exists(info):
+        return None
+    root = tempfile.mkdtemp(prefix="torchani-")
+    os.makedirs(os.path.join(root, "Neurochem"))
+    for name in ("ani-1ccx_8x", "ani-1ccx_8x.info"):
+        os.symlink(os.path.abspath(os.path.join(peers, name)), os.path.join(root, "Neurochem", name))
+    os.environ["TORCHANI_DATA_DIR"] = root  # TorchANI looks for the parameter files there
+    try:
+        from torchani import neurochem
+    except ImportError:
+        return None
+    from ase.units import Hartree
+
+    ani = neurochem.load_model_from_info_file(os.path.join(root, "Neurochem", "ani-1ccx_8x.info")).double()
+
+    def predict(data: MFData, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        energy, forces = np.zeros(len(rows)), []
+        for k, i in enumerate(rows):
+            atoms = data.atom_index(np.array([i]))
+            z = torch.as_tensor(np.asarray(data.numbers[atoms])[None], dtype=torch.long)
+            x = torch.as_tensor(np.asarray(data.positions[atoms])[None], dtype=torch.float64).requires_grad_(True)
+            e = ani((z, x)).energies.sum()
+            energy[k] = float(e) * Hartree
+            forces.append(-torch.autograd.grad(e, x)[0][0].numpy() * Hartree)
+        return energy, np.concatenate(forces)
+
+    return predict
+
+
+def relative_rmse(pred: np.ndarray, ref: np.ndarray, groups: np.ndarray) -> float:
+    """RMSE (kcal/mol) after removing each molecule's mean error."""
+    err = pred - ref
+    for g in np.unique(groups):
+        err[groups == g] -= err[groups == g].mean()
+    return float(np.sqrt(np.mean(err**2)) / KCAL_MOL_EV)
+
+
+def score(data: MFData, predict: Predict, sets: Dict[str, np.ndarray], species_ok: np.ndarray) -> Dict[str, float]:
+    """relE RMSE per set, and force RMSE where CCSD(T) forces exist (kcal/mol, kcal/mol/A)."""
+    smiles = data.group_labels("smiles")
+    cc_e = data.energy[:, 0]
+    out: Dict[str, float] = {}
+    for name, rows in sets.items():
+        rows = rows[np.isfinite(cc_e[rows]) & species_ok[rows]]
+        energy, _ = predict(data, rows)
+        ok = np.isfinite(energy)
+        out[f"{name} relE"] = relative_rmse(energy[ok], cc_e[rows][ok], smiles[rows][ok])
+        out[f"{name} n"] = int(ok.sum())
+    fmask = data.forces_mask()[:, 0] & species_ok
+    rows = np.nonzero(fmask & np.isin(np.arange(len(data)), sets["unseen small"]))[0]
+    if len(rows):
+        _, forces = predict(data, rows)
+        ref = np.asarray(data.forces["cc"])[data.atom_index(rows)]
+        if forces is not None and np.isfinite(forces).all():
+            out["forces"] = float(np.sqrt(np.mean((forces - ref) ** 2)) / KCAL_MOL_EV)
+        out["forces n"] = int(len(rows))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=DATA)
+    p.add_argument("--model", nargs="*", default=[os.path.join(REPO, "models", "default.pt")])
+    p.add_argument("--peers", default=PEERS)
+    p.add_argument(
+        "--conformer-molecules",
+        default=os.path.join(LISTS, "heldout_conformers.smi"),
+        help="SMILES list of the conformer set (a)",
+    )
+    p.add_argument(
+        "--small-molecules",
+        default=os.path.join(LISTS, "heldout_small.smi"),
+        help="SMILES list of the unseen-small-molecule set (b)",
+    )
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    if not os.path.exists(args.data):
+        print(f"no benchmark file {args.data}: build it with tools/campaign.sh heldout", file=sys.stderr)
+        return 2
+    data = load(args.data)
+    smiles = data.group_labels("smiles")
+    sets = {
+        "conformers": np.nonzero(np.isin(smiles, read_list(args.conformer_molecules)))[0],
+        "unseen small": np.nonzero(np.isin(smiles, read_list(args.small_molecules)))[0],
+    }
+    methods: Dict[str, Tuple[Predict, List[int]]] = {}
+    for path in args.model:
+        meta = export.load(path)[1]
+        methods[f"mfcalc {os.path.basename(path)} (cc head)"] = (model_predictor(path), meta[keys.META_SPECIES])
+    for label, level in LEVELS.items():
+        methods[label] = (label_predictor(data.fidelities.index(level)), list(range(1, 119)))
+    ani = ani_predictor(args.peers)
+    if ani is not None:
+        methods["ANI-1ccx (TorchANI)"] = (ani, [1, 6, 7, 8])
+    owner = np.repeat(np.arange(len(data)), data.n_atoms)
+    rows: Dict[str, Dict[str, float]] = {}
+    for name, (predict, species) in methods.items():
+        bad = np.zeros(len(data), dtype=bool)
+        bad[np.unique(owner[~np.isin(np.asarray(data.numbers), species)])] = True
+        rows[name] = score(data, predict, sets, ~bad)
+    cols = ["conformers relE", "unseen small relE", "forces"]
+    print("| method | conformers: relE RMSE (n) | unseen small molecules: relE RMSE (n) | CCSD(T) forces RMSE (n) |")
+    print("|---|---|---|---|")
+    for name, r in rows.items():
+        cells = [
+            f"{r[c]:.2f} ({r[c.replace('relE', 'n').replace('forces', 'forces n')]})" if c in r else "-" for c in cols
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(
+        "\nkcal/mol and kcal/mol/A against CCSD(T)/cc-pVDZ; each molecule's mean error removed; methods are scored "
+        "only on molecules whose elements they know (ANI-1ccx: H, C, N, O)."
+    )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
