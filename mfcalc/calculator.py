@@ -135,17 +135,14 @@ class MFCalculator(Calculator):
             self.reset()  # cached results belong to the old head
 
     # ---- input checks and cached tensors ----------------------------------------------------
-    def _check(self, atoms) -> None:
-        check_elements(atoms.numbers, self.species)
-        if not np.isfinite(atoms.positions).all():
-            raise ValueError("atoms.positions contain NaN or infinite values")
-        if atoms.pbc.any() and abs(np.linalg.det(atoms.cell.array)) < 1e-9:
-            raise ValueError("periodic atoms need a cell with non-zero volume")
-
     def _static(self, atoms):
-        """Tensors that change only when numbers, cell or pbc change."""
+        """Checks and tensors that change only when numbers, cell or pbc change (MD and
+        optimisation change only positions: nothing here is redone per step)."""
         key = (atoms.numbers.tobytes(), atoms.cell.array.tobytes(), atoms.pbc.tobytes())
         if key != self._cache_key:
+            check_elements(atoms.numbers, self.species)
+            if atoms.pbc.any() and abs(np.linalg.det(atoms.cell.array)) < 1e-9:
+                raise ValueError("periodic atoms need a cell with non-zero volume")
             self._cache_key = key
             self._numbers = torch.as_tensor(atoms.numbers, dtype=torch.long, device=self.device)
             self._mol = torch.zeros(len(atoms), dtype=torch.long, device=self.device)
@@ -177,8 +174,9 @@ class MFCalculator(Calculator):
     def calculate(self, atoms=None, properties: Sequence[str] = ("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        self._check(atoms)
         numbers, mol, cell, pbc = self._static(atoms)
+        if not np.isfinite(atoms.positions).all():
+            raise ValueError("atoms.positions contain NaN or infinite values")
         periodic = bool(atoms.pbc.any())
         want_stress = "stress" in properties
         if want_stress and not atoms.pbc.all():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from typing import Any, Dict, Optional, Tuple, cast
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -34,8 +34,7 @@ def build_metadata(
     """
     from mfcalc import __version__
 
-    first = cast(MultiFidelityHipnn, model.members[0])
-    level0 = first.heads.linears()[0].weight.detach().double().cpu()  # (F, n_species), frozen
+    level0 = model.reference_energies().double().cpu()  # (F, n_species), frozen
     return {
         keys.META_FORMAT: keys.MODEL_FORMAT,
         keys.META_FORMAT_VERSION: keys.MODEL_FORMAT_VERSION,
@@ -51,7 +50,7 @@ def build_metadata(
         },
         keys.META_ENSEMBLE_SIZE: int(model.n_members),
         keys.META_DTYPE: str(next(model.parameters()).dtype).replace("torch.", ""),
-        keys.META_HPARAMS: json.loads(first.hparams),
+        keys.META_HPARAMS: json.loads(model.hparams),
         keys.META_VERSION: __version__,
         keys.META_TRAINING: training or {},
         keys.META_METRICS: metrics or {},
@@ -94,7 +93,8 @@ def load(path: str, device: str | torch.device = "cpu") -> Tuple[torch.jit.Scrip
         raise ValueError(f"{path}: metadata format {meta.get(keys.META_FORMAT)!r} is not {keys.MODEL_FORMAT!r}")
     if int(meta.get(keys.META_FORMAT_VERSION, 0)) > keys.MODEL_FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer mfcalc (format {meta[keys.META_FORMAT_VERSION]}); upgrade")
-    if not hasattr(module, "compute"):  # an older file: same weights, today's code (rescript saves it)
+    if int(meta.get(keys.META_FORMAT_VERSION, 0)) < keys.MODEL_FORMAT_VERSION:
+        # an older file: same weights, today's code (rescript saves it)
         module = torch.jit.script(_rebuild(module, meta, path)).to(device)
     module.eval()
     return module, meta
@@ -110,10 +110,20 @@ def _rebuild(module: torch.nn.Module, meta: Dict[str, Any], path: str) -> Ensemb
             f"{path}: cannot rebuild the model with this mfcalc, the file does not record the "
             f"hyper-parameters {missing}"
         )
-    members = [MultiFidelityHipnn(**hparams) for _ in range(int(meta.get(keys.META_ENSEMBLE_SIZE, 1)))]
-    model = Ensemble(members).to(next(module.parameters()).dtype)
-    wanted = model.state_dict()  # scripted files also list non-persistent buffers (species_table)
-    model.load_state_dict({k: v.cpu() for k, v in module.state_dict().items() if k in wanted})
+    dtype = next(module.parameters()).dtype
+    members = [MultiFidelityHipnn(**hparams).to(dtype) for _ in range(int(meta.get(keys.META_ENSEMBLE_SIZE, 1)))]
+    state = {k: v.cpu() for k, v in module.state_dict().items()}
+    if any(k.startswith("members.") for k in state):  # format <= 2: the members one by one
+        for n, member in enumerate(members):
+            prefix = f"members.{n}."
+            wanted = member.state_dict()  # scripted files also list non-persistent buffers (species_table)
+            member.load_state_dict(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :] in wanted}
+            )
+        return Ensemble(members).eval()
+    model = Ensemble(members)
+    wanted = model.state_dict()
+    model.load_state_dict({k: v for k, v in state.items() if k in wanted})
     return model.eval()
 
 
@@ -121,6 +131,7 @@ def update_metadata(path: str, **fields: Any) -> Dict[str, Any]:
     """Add or replace metadata fields of an existing model file (atomically); returns the new metadata."""
     module, meta = load(path)
     meta.update(fields)
+    meta[keys.META_FORMAT_VERSION] = keys.MODEL_FORMAT_VERSION  # load() upgraded an older file's code
     _write(module, path, meta)
     return meta
 

@@ -60,5 +60,6 @@ META_DOMAIN: Final = "domain"  # what the training data covered: {"elements": [Z
 
 MODEL_FORMAT: Final = "mfcalc-model"
 # 1: forward, energy_and_forces, energy_forces_spread; 2: adds compute (one call for
-# energy, forces, spreads and stress).  export.load upgrades older files in memory.
-MODEL_FORMAT_VERSION: Final = 2
+# energy, forces, spreads and stress); 3: the members' weights stacked and evaluated in one
+# pass.  export.load upgrades older files in memory (same weights, same numbers).
+MODEL_FORMAT_VERSION: Final = 3

@@ -1,14 +1,24 @@
-"""An ensemble of multi-fidelity models behind one interface; a single model is an ensemble of one.
+"""An ensemble of multi-fidelity models, evaluated in one pass; a single model is an ensemble of one.
 
 Every exported model is an :class:`Ensemble`, so the calculator, the conformer search and
 evaluation see one interface, :meth:`Ensemble.compute`: the mean energy and forces of one
 fidelity, the member spread that flags extrapolation, and the stress of periodic cells.
-Members share the cutoff, so the pair list is searched once per call.
+
+The K members' weights are stacked with a leading member axis and every layer runs once for
+all members (batched matrix products), so a small molecule pays the per-operation overhead
+once, not K times, and the pair list is searched once.  Member forces come from a single
+backward pass: the positions are replicated per member, (K, A, 3); member k's energy depends
+only on replica k, so the gradient of the summed energies with respect to the replicas *is*
+the stack of member forces, and their spread costs nothing extra.
+
+It is built from trained :class:`~mfcalc.model.hipnn.MultiFidelityHipnn` members and computes
+exactly what they compute one by one (tests/unit/model/test_ensemble.py).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+import json
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -17,25 +27,295 @@ from mfcalc import keys
 from mfcalc.data.fidelity import head_index
 from mfcalc.model import grad
 from mfcalc.model.hipnn import MultiFidelityHipnn
+from mfcalc.model.interaction import N_COMPONENTS
+from mfcalc.model.sensitivity import cosine_cutoff
 from mfcalc.neighbors import radius_pairs
 
 
+class StackedLinear(nn.Module):
+    """K independent linear maps at once: (K, A, F_in) -> (K, A, F_out)."""
+
+    def __init__(self, k: int, n_in: int, n_out: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(k, n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(k, 1, n_out)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.bmm(x, self.weight)
+        b = self.bias
+        if b is not None:
+            y = y + b
+        return y
+
+    @torch.jit.unused
+    def load_members(self, linears: List[nn.Linear]) -> None:
+        with torch.no_grad():
+            self.weight.copy_(torch.stack([lin.weight.t() for lin in linears]))
+            if self.bias is not None:
+                self.bias.copy_(torch.stack([lin.bias[None] for lin in linears]))
+
+
+class StackedResidual(nn.Module):
+    """y = R softplus(pre) + b_R + A x per member (A the identity when widths agree)."""
+
+    def __init__(self, k: int, n_in: int, n_out: int):
+        super().__init__()
+        self.post = StackedLinear(k, n_out, n_out)
+        self.skip = StackedLinear(k, n_in, n_out, bias=False) if n_in != n_out else None
+
+    def forward(self, pre: Tensor, x: Tensor) -> Tensor:
+        y = self.post(nn.functional.softplus(pre))
+        skip = self.skip
+        return y + (skip(x) if skip is not None else x)
+
+    @torch.jit.unused
+    def load_members(self, residuals: List[nn.Module]) -> None:
+        self.post.load_members([r.post for r in residuals])  # type: ignore[misc]
+        if self.skip is not None:
+            self.skip.load_members([r.skip for r in residuals])  # type: ignore[misc]
+
+
+class StackedAtomLayer(nn.Module):
+    def __init__(self, k: int, width: int, resnet: bool):
+        super().__init__()
+        self.linear = StackedLinear(k, width, width)
+        self.residual = StackedResidual(k, width, width) if resnet else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        res = self.residual
+        if res is not None:
+            return res(self.linear(x), x)
+        return nn.functional.softplus(self.linear(x))
+
+
+class StackedInteraction(nn.Module):
+    """:class:`~mfcalc.model.interaction.InteractionLayer` for K members at once (same formulas)."""
+
+    def __init__(
+        self, k: int, n_in: int, n_out: int, n_sensitivities: int, tensor_order: int, cutoff: float, cusp_reg: float
+    ):
+        super().__init__()
+        self.tensor_order = tensor_order
+        self.n_components = N_COMPONENTS[tensor_order]
+        self.cutoff = float(cutoff)
+        self.cusp_reg = float(cusp_reg)
+        self.inv_mu = nn.Parameter(torch.zeros(k, 1, n_sensitivities))
+        self.sigma = nn.Parameter(torch.zeros(k, 1, n_sensitivities))
+        self.V = nn.Parameter(torch.zeros(k, n_sensitivities, n_in, n_out))
+        self.self_linear = StackedLinear(k, n_in, n_out)
+        self.t1 = nn.Parameter(torch.zeros(k, 1, n_out)) if tensor_order >= 1 else None
+        self.t2 = nn.Parameter(torch.zeros(k, 1, n_out)) if tensor_order >= 2 else None
+
+    def _angular(self, rhat: Tensor) -> Tensor:
+        """(K, P, 3) unit vectors -> (K, P, C) angular factors."""
+        parts = [torch.ones_like(rhat[:, :, :1])]
+        if self.tensor_order >= 1:
+            parts.append(rhat)
+        if self.tensor_order >= 2:
+            x, y, z = rhat[:, :, 0], rhat[:, :, 1], rhat[:, :, 2]
+            parts.append(torch.stack([x * x - 1.0 / 3.0, x * y, x * z, y * y - 1.0 / 3.0, y * z], dim=2))
+        return torch.cat(parts, dim=2)
+
+    def forward(self, z: Tensor, pair_first: Tensor, pair_second: Tensor, r: Tensor, rhat: Tensor) -> Tensor:
+        """z (K, A, F_in); r (K, P); rhat (K, P, 3) -> (K, A, F_out)."""
+        k, n_atoms = z.shape[0], z.shape[1]
+        z_v = torch.einsum("kaf,knfo->kano", z, self.V)  # (K, A, N_s, F_out)
+        x = self.sigma * (1.0 / r[:, :, None] - self.inv_mu)
+        radial = torch.exp(-0.5 * x * x) * cosine_cutoff(r, self.cutoff)[:, :, None]  # (K, P, N_s)
+        n_pairs, n_s, f_out = r.shape[1], z_v.shape[2], z_v.shape[3]
+        gathered = z_v.index_select(1, pair_second).reshape(k * n_pairs, n_s, f_out)
+        g = torch.bmm(radial.reshape(k * n_pairs, 1, n_s), gathered).reshape(k, n_pairs, f_out)
+        per_pair = self._angular(rhat)[:, :, :, None] * g[:, :, None, :]  # (K, P, C, F_out)
+        u = torch.zeros(k, n_atoms, self.n_components, f_out, dtype=z.dtype, device=z.device)
+        u = u.index_add(1, pair_first, per_pair)
+        out = u[:, :, 0] + self.self_linear(z)
+        t1 = self.t1
+        if t1 is not None:
+            out = out + t1 * torch.sqrt((u[:, :, 1:4] ** 2).sum(dim=2) + self.cusp_reg)
+        t2 = self.t2
+        if t2 is not None:
+            q = u[:, :, 4:9]
+            frob2 = 2.0 * ((q**2).sum(dim=2) + q[:, :, 0] * q[:, :, 3])
+            out = out + t2 * torch.sqrt(frob2 + self.cusp_reg)
+        return out
+
+
+class StackedBlock(nn.Module):
+    """Interaction, atom layers, and the energy head of this hierarchy level."""
+
+    def __init__(
+        self,
+        k: int,
+        n_in: int,
+        n_out: int,
+        n_atom_layers: int,
+        resnet: bool,
+        n_sensitivities: int,
+        tensor_order: int,
+        cutoff: float,
+        cusp_reg: float,
+        n_fidelities: int,
+    ):
+        super().__init__()
+        self.interaction = StackedInteraction(k, n_in, n_out, n_sensitivities, tensor_order, cutoff, cusp_reg)
+        self.residual = StackedResidual(k, n_in, n_out) if resnet else None
+        self.atom_layers = nn.ModuleList([StackedAtomLayer(k, n_out, resnet) for _ in range(n_atom_layers)])
+        self.head = StackedLinear(k, n_out, n_fidelities)
+
+    def forward(
+        self, z: Tensor, pair_first: Tensor, pair_second: Tensor, r: Tensor, rhat: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """-> new features (K, A, F) and this level's atom energies (K, A, n_fidelities)."""
+        pre = self.interaction(z, pair_first, pair_second, r, rhat)
+        res = self.residual
+        z = res(pre, z) if res is not None else nn.functional.softplus(pre)
+        for layer in self.atom_layers:
+            z = layer(z)
+        return z, self.head(z)
+
+
 class Ensemble(nn.Module):
-    """Mean of K :class:`MultiFidelityHipnn` members with the same species, fidelities and cutoff."""
+    """Mean and spread of K :class:`MultiFidelityHipnn` members with the same hyper-parameters.
+
+    Args:
+        members: trained members; their weights are copied into the stacked layers.
+    """
 
     def __init__(self, members: List[MultiFidelityHipnn]):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        first = members[0]
-        for m in members[1:]:
-            if m.species != first.species or m.fidelities != first.fidelities or m.cutoff != first.cutoff:
-                raise ValueError("ensemble members must share species, fidelities and cutoff")
-        self.members = nn.ModuleList(members)
-        self.species: List[int] = list(first.species)
-        self.fidelities: List[str] = list(first.fidelities)
-        self.cutoff = float(first.cutoff)
+        if any(m.hparams != members[0].hparams for m in members):
+            raise ValueError("ensemble members must share species, fidelities and hyper-parameters")
+        hparams = members[0].hparams
+        hp = json.loads(hparams)
+        self.hparams = hparams
         self.n_members = len(members)
+        self.species: List[int] = [int(z) for z in hp["species"]]
+        self.fidelities: List[str] = [str(f) for f in hp["fidelities"]]
+        self.cutoff = float(hp["cutoff"])
+        table = torch.full((119,), -1, dtype=torch.long)
+        table[torch.tensor(self.species)] = torch.arange(len(self.species))
+        self.register_buffer("species_table", table, persistent=False)
+        self.species_table: Tensor  # declared for type checkers; registered as a buffer above
+        k = self.n_members
+        widths = [len(self.species)] + [int(hp["n_features"])] * int(hp["n_interactions"])
+        n_fid = len(self.fidelities)
+        self.blocks = nn.ModuleList(
+            [
+                StackedBlock(
+                    k,
+                    widths[n],
+                    widths[n + 1],
+                    int(hp["n_atom_layers"]),
+                    bool(hp["resnet"]),
+                    int(hp["n_sensitivities"]),
+                    int(hp["tensor_order"]),
+                    self.cutoff,
+                    float(hp["cusp_reg"]),
+                    n_fid,
+                )
+                for n in range(int(hp["n_interactions"]))
+            ]
+        )
+        self.reference = StackedLinear(k, widths[0], n_fid, bias=False)  # level 0: per-species energies
+        self.to(next(members[0].parameters()).dtype)
+        self._copy_members(members)
+
+    @torch.jit.unused
+    def _copy_members(self, members: List[MultiFidelityHipnn]) -> None:
+        """Copy the members' weights into the stacked layers (member k -> index k)."""
+        out: Any = self  # module attributes, typed loosely (nn.Module's __getattr__)
+        with torch.no_grad():
+            for n, block in enumerate(out.blocks):
+                src: List[Any] = [m.blocks[n] for m in members]
+                inter = block.interaction
+                inter.V.copy_(torch.stack([b.interaction.V for b in src]))
+                inter.inv_mu.copy_(torch.stack([b.interaction.sensitivity.inv_mu for b in src]))
+                inter.sigma.copy_(torch.stack([b.interaction.sensitivity.sigma for b in src]))
+                inter.self_linear.load_members([b.interaction.self_linear for b in src])
+                if inter.t1 is not None:
+                    inter.t1.copy_(torch.stack([b.interaction.t1[None] for b in src]))
+                if inter.t2 is not None:
+                    inter.t2.copy_(torch.stack([b.interaction.t2[None] for b in src]))
+                if block.residual is not None:
+                    block.residual.load_members([b.residual for b in src])
+                for a, layer in enumerate(block.atom_layers):
+                    layer.linear.load_members([b.atom_layers[a].linear for b in src])
+                    if layer.residual is not None:
+                        layer.residual.load_members([b.atom_layers[a].residual for b in src])
+                block.head.load_members([m.heads.linears()[n + 1] for m in members])
+            out.reference.load_members([m.heads.linears()[0] for m in members])
+        out.reference.weight.requires_grad_(False)  # the reference energies stay frozen, as in the members
+
+    @torch.jit.unused
+    def reference_energies(self) -> Tensor:
+        """(F, n_species) eV: level 0 of the first member (all members share it)."""
+        return self.reference.weight[0].t().detach()
+
+    def _species_index(self, numbers: Tensor) -> Tensor:
+        idx = self.species_table[numbers.clamp(0, 118)]
+        bad = (idx < 0) | (numbers < 0) | (numbers > 118)
+        if bool(bad.any()):
+            unknown: List[int] = torch.unique(numbers[bad]).tolist()
+            raise ValueError(
+                "element(s) with atomic number " + str(unknown) + " not in the model species " + str(self.species)
+            )
+        return idx
+
+    def members_forward(
+        self,
+        numbers: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        pair_first: Tensor,
+        pair_second: Tensor,
+        shifts: Tensor,
+        cell: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Per-member outputs for positions (K, A, 3): energy levels (K, B, L, F), atom
+        energies (K, A, L, F) and the hierarchicality (K, B, F)."""
+        if not bool(torch.isfinite(positions).all()):
+            raise ValueError("positions contain NaN or infinite values")
+        k = self.n_members
+        species = self._species_index(numbers)
+        vec = positions[:, pair_second] - positions[:, pair_first]  # (K, P, 3)
+        if cell is not None and shifts.shape[0] > 0:
+            offset = torch.bmm(shifts.to(positions.dtype)[:, None, :], cell.to(positions.dtype)[mol_index[pair_first]])
+            vec = vec + offset.squeeze(1)[None]
+        r = torch.linalg.norm(vec, dim=2)
+        rhat = vec / r[:, :, None]
+        z = nn.functional.one_hot(species, len(self.species)).to(positions.dtype)
+        z = z[None].expand(k, z.shape[0], z.shape[1])
+        levels: List[Tensor] = [self.reference(z)]
+        for block in self.blocks:
+            z, level = block(z, pair_first, pair_second, r, rhat)
+            levels.append(level)
+        atom_levels = torch.stack(levels, dim=2)  # (K, A, L, F)
+        n_levels, n_fid = atom_levels.shape[2], atom_levels.shape[3]
+        mol_levels = torch.zeros(k, n_mol, n_levels, n_fid, dtype=positions.dtype, device=positions.device)
+        mol_levels = mol_levels.index_add(1, mol_index, atom_levels)
+        sq = atom_levels**2
+        ratio = sq[:, :, 1:] / (sq[:, :, 1:] + sq[:, :, :-1] + 1e-12)
+        hier = torch.zeros(k, n_mol, n_fid, dtype=positions.dtype, device=positions.device)
+        hier = hier.index_add(1, mol_index, ratio.sum(dim=2))
+        return mol_levels, atom_levels, hier
+
+    def _pairs(
+        self,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        cell: Optional[Tensor],
+        pbc: Optional[Tensor],
+        pair_first: Optional[Tensor],
+        pair_second: Optional[Tensor],
+        shifts: Optional[Tensor],
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        if pair_first is None or pair_second is None or shifts is None:
+            return radius_pairs(positions.detach(), mol_index, n_mol, self.cutoff, cell, pbc)
+        return pair_first, pair_second, shifts
 
     def forward(
         self,
@@ -49,18 +329,20 @@ class Ensemble(nn.Module):
         pair_second: Optional[Tensor] = None,
         shifts: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
-        """Same inputs as :meth:`MultiFidelityHipnn.forward`; outputs are member means plus
-        ``energy_std`` (B, F), the member standard deviation (0 for one member)."""
-        if pair_first is None or pair_second is None or shifts is None:
-            pair_first, pair_second, shifts = radius_pairs(positions, mol_index, n_mol, self.cutoff, cell, pbc)
-        outs: List[Dict[str, Tensor]] = []
-        for member in self.members:
-            outs.append(member(numbers, positions, mol_index, n_mol, cell, pbc, pair_first, pair_second, shifts))
-        result: Dict[str, Tensor] = {}
-        for key in outs[0].keys():
-            result[key] = torch.stack([o[key] for o in outs]).mean(dim=0)
-        result[keys.ENERGY_STD] = grad.spread(torch.stack([o[keys.ENERGY] for o in outs]))
-        return result
+        """As :meth:`Ensemble.forward`: member means of every output plus ``energy_std`` (B, F)."""
+        if positions.dim() != 2 or positions.shape[1] != 3:
+            raise ValueError("positions must have shape (n_atoms, 3), got " + str(list(positions.shape)))
+        pf, ps, sh = self._pairs(positions, mol_index, n_mol, cell, pbc, pair_first, pair_second, shifts)
+        rep = positions[None].expand(self.n_members, positions.shape[0], 3)
+        mol_levels, atom_levels, hier = self.members_forward(numbers, rep, mol_index, n_mol, pf, ps, sh, cell)
+        energy = mol_levels.sum(dim=2)  # (K, B, F)
+        return {
+            keys.ENERGY: energy.mean(dim=0),
+            keys.ENERGY_LEVELS: mol_levels.mean(dim=0),
+            keys.ATOM_ENERGY: atom_levels.sum(dim=2).mean(dim=0),
+            keys.HIERARCHICALITY: hier.mean(dim=0),
+            keys.ENERGY_STD: grad.spread(energy),
+        }
 
     @torch.jit.export
     def fidelity_index(self, fidelity: str) -> int:
@@ -84,64 +366,37 @@ class Ensemble(nn.Module):
         stress: bool = False,
         create_graph: bool = False,
     ) -> Dict[str, Tensor]:
-        """Everything a simulation asks of one fidelity, in one call.
-
-        Args:
-            numbers, positions, mol_index, n_mol, cell, pbc, pair_*: as for ``forward``.
-            fidelity: head index (:meth:`fidelity_index`).
-            forces_spread: also the member spread of the forces (one backward pass per
-                member); otherwise one backward pass of the mean energy.
-            stress: also the stress of periodic structures (needs ``cell``).
-            create_graph: keep the graph of the forces (training on them).
-
-        Returns:
-            ``energy`` (B,) eV and ``energy_std`` (B,); ``forces`` (A, 3) eV/Angstrom;
-            ``forces_std`` (A, 3) when asked; ``stress`` (B, 3, 3) eV/Angstrom^3 when asked.
-            Spreads are zeros for a single model.
-        """
+        """As :meth:`Ensemble.compute`, in one forward and one backward pass for all members
+        (the member forces, and so their spread, come with the mean at no extra cost)."""
         if fidelity < 0 or fidelity >= len(self.fidelities):
             raise ValueError("fidelity index " + str(fidelity) + " out of range for " + ", ".join(self.fidelities))
-        leaf = positions.detach().requires_grad_(True) if not positions.requires_grad else positions
-        if pair_first is None or pair_second is None or shifts is None:
-            pair_first, pair_second, shifts = radius_pairs(leaf, mol_index, n_mol, self.cutoff, cell, pbc)
-        used_pos, used_cell = leaf, cell
+        if positions.dim() != 2 or positions.shape[1] != 3:
+            raise ValueError("positions must have shape (n_atoms, 3), got " + str(list(positions.shape)))
+        pf, ps, sh = self._pairs(positions, mol_index, n_mol, cell, pbc, pair_first, pair_second, shifts)
+        k = self.n_members
+        replicas = positions.detach()[None].repeat(k, 1, 1).requires_grad_(True)  # (K, A, 3)
+        used, used_cell = replicas, cell
         strain = torch.zeros(0)
         if stress:
             if cell is None:
                 raise ValueError("the stress needs a periodic cell")
-            used_pos, used_cell, strain = grad.strained(leaf, cell, mol_index)
-        energies: List[Tensor] = []
-        for member in self.members:
-            out = member(numbers, used_pos, mol_index, n_mol, used_cell, pbc, pair_first, pair_second, shifts)
-            energies.append(out[keys.ENERGY][:, fidelity])
-        e = torch.stack(energies)  # (K, B)
-        result: Dict[str, Tensor] = {keys.ENERGY: e.mean(dim=0), keys.ENERGY_STD: grad.spread(e)}
-        if forces_spread and self.n_members > 1:
-            member_forces: List[Tensor] = []
-            virials: List[Tensor] = []
-            for k in range(self.n_members):
-                keep = create_graph or k < self.n_members - 1
-                if stress:
-                    f, w = grad.forces_and_virial(e[k], leaf, strain, create_graph, retain_graph=keep)
-                    virials.append(w)
-                else:
-                    f = grad.forces(e[k], leaf, create_graph, retain_graph=keep)
-                member_forces.append(f)
-            f_all = torch.stack(member_forces)
-            result[keys.FORCES] = f_all.mean(dim=0)
-            result[keys.FORCES_STD] = grad.spread(f_all)
-            if stress and cell is not None:
-                result[keys.STRESS] = grad.stress(torch.stack(virials).mean(dim=0), cell)
-            return result
-        mean = result[keys.ENERGY]
-        if stress and cell is not None:
-            f, w = grad.forces_and_virial(mean, leaf, strain, create_graph)
-            result[keys.STRESS] = grad.stress(w, cell)
+            flat, used_cell, strain = grad.strained(replicas.reshape(-1, 3), cell, mol_index.repeat(k))
+            used = flat.reshape(k, -1, 3)
+        mol_levels, _, _ = self.members_forward(numbers, used, mol_index, n_mol, pf, ps, sh, used_cell)
+        e = mol_levels.sum(dim=2)[:, :, fidelity]  # (K, B)
+        if stress:
+            f_all, virial = grad.forces_and_virial(e, replicas, strain, create_graph)
         else:
-            f = grad.forces(mean, leaf, create_graph)
-        result[keys.FORCES] = f
+            f_all, virial = grad.forces(e, replicas, create_graph), torch.zeros(0)
+        result: Dict[str, Tensor] = {
+            keys.ENERGY: e.mean(dim=0),
+            keys.ENERGY_STD: grad.spread(e),
+            keys.FORCES: f_all.mean(dim=0),
+        }
         if forces_spread:
-            result[keys.FORCES_STD] = torch.zeros_like(f)
+            result[keys.FORCES_STD] = grad.spread(f_all)
+        if stress and cell is not None:
+            result[keys.STRESS] = grad.stress(virial / float(k), cell)
         return result
 
     @torch.jit.export
