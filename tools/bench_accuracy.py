@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,11 +33,13 @@ from mfcalc.data.fidelity import head_index
 from mfcalc.data.records import MFData
 from mfcalc.units import KCAL_MOL_EV
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ani_peer import PEERS, load_ani1ccx  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DATA = os.path.join(REPO, "data", "benchmark", "heldout.h5")
 LISTS = os.path.join(REPO, "data", "campaign")
-PEERS = os.path.join(REPO, "..", "shared", "peers")
 LEVELS = {"GFN2-xTB": "gfn2_xtb", "wB97X/6-31G*": "wb97x_dz"}
 Predict = Callable[[MFData, np.ndarray], Tuple[np.ndarray, Optional[np.ndarray]]]  # eV, eV/A (A, 3)
 
@@ -84,21 +85,12 @@ def label_predictor(column: int) -> Predict:
 
 def ani_predictor(peers: str) -> Optional[Predict]:
     """ANI-1ccx through TorchANI (Hartree -> eV here, once), or None when unavailable."""
-    info = os.path.join(peers, "ani-1ccx_8x.info")
-    if not os.path.exists(info):
-        return None
-    root = tempfile.mkdtemp(prefix="torchani-")
-    os.makedirs(os.path.join(root, "Neurochem"))
-    for name in ("ani-1ccx_8x", "ani-1ccx_8x.info"):
-        os.symlink(os.path.abspath(os.path.join(peers, name)), os.path.join(root, "Neurochem", name))
-    os.environ["TORCHANI_DATA_DIR"] = root  # TorchANI looks for the parameter files there
-    try:
-        from torchani import neurochem
-    except ImportError:
+    model = load_ani1ccx(peers)
+    if model is None:
         return None
     from ase.units import Hartree
 
-    ani = neurochem.load_model_from_info_file(os.path.join(root, "Neurochem", "ani-1ccx_8x.info")).double()
+    ani = model.double()
 
     def predict(data: MFData, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         energy, forces = np.zeros(len(rows)), []

@@ -16,7 +16,9 @@ Sections:
   4. training throughput, energies + forces of two fidelities (xtb, dft) on the reference data;
   5. peak memory of 3 and 4 (CPU: peak resident set growth; GPU: peak allocated);
   6. cost growth with size: periodic water, 100 to 10,000 atoms, pair search included,
-     with the fitted exponent of time ~ N^a.
+     with the fitted exponent of time ~ N^a;
+  7. what users run: the shipped 4-member model through ``MFCalculator()`` against
+     ANI-1ccx's 8 members (TorchANI, ``../shared/peers``) and ASE's EMT, 9 / 23 / 101 atoms.
 
     python tools/bench_speed.py                       # CPU, everything
     python tools/bench_speed.py --device cuda         # on a GPU
@@ -405,6 +407,7 @@ class Table:
     def __init__(self, names: List[str]):
         self.names = names
         self.rows: List[Tuple[str, str, str, Dict[str, Optional[float]], bool]] = []
+        self.extra: List[str] = []  # tables of their own (section 7), printed after the main one
 
     def add(self, section: str, case: str, unit: str, values: Dict[str, Optional[float]], higher_better: bool):
         self.rows.append((section, case, unit, values, higher_better))
@@ -444,6 +447,8 @@ class Table:
                 + " | ".join(ratios)
                 + " |"
             )
+        for text in self.extra:
+            print("\n" + text)
 
 
 def section_latency(impls, table, args, device):
@@ -634,7 +639,68 @@ def section_scaling(impls, table, args, device):
         table.add("6 scaling", "fitted exponent a, time ~ N^a", "(1 = linear)", {"mfcalc": float(slope)}, False)
 
 
-SECTIONS = {"1": section_latency, "2": section_md, "3": section_batched, "4": section_training, "6": section_scaling}
+def section_shipped(impls, table, args, device):
+    """7. What users run: the shipped default model (4 members) through ``MFCalculator()``,
+    against ANI-1ccx (8 members, TorchANI's ASE calculator) and ASE's EMT as the floor of ASE's
+    own overhead; one energy+forces call per small move, ethanol / heptane / C33H68."""
+    from ase.calculators.emt import EMT
+
+    from mfcalc import MFCalculator
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from ani_peer import load_ani1ccx
+
+    mols = {9: molecule("CH3CH2OH"), 23: from_smiles("CCCCCCC"), 101: from_smiles("C" * 33)}
+    makers: Dict[str, Callable[[], object]] = {
+        "ASE EMT": EMT,
+        "mfcalc shipped (4 members)": lambda: MFCalculator(device=str(device)),
+    }
+    ani = load_ani1ccx() if "torchani" in args.peers else None
+    if ani is not None:
+        makers["ANI-1ccx (8 members)"] = lambda: ani.to(device).ase()
+    times: Dict[str, Dict[int, float]] = {name: {} for name in makers}
+    for n, atoms in mols.items():
+        for name, make in makers.items():
+            a = atoms.copy()
+            a.calc = make()
+            rng = np.random.default_rng(0)
+            base = a.positions.copy()
+
+            def call():
+                a.positions = base + rng.normal(scale=0.005, size=base.shape)
+                return a.get_forces()
+
+            times[name][n] = 1e3 * median_time(call, args.repeats, 5, device)
+            print(f"  7 shipped   {name:<28} {n:4d} atoms  {times[name][n]:.3g} ms", file=sys.stderr, flush=True)
+    lines = [
+        "| ms per energy+forces call (lower is better) | " + " | ".join(f"{n} atoms" for n in mols) + " |",
+        "|---|" + "---|" * len(mols),
+    ]
+    for name, row in times.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[n]:.3g}" for n in mols) + " |")
+    if ani is not None:
+        ship, peer = times["mfcalc shipped (4 members)"], times["ANI-1ccx (8 members)"]
+        lines.append(
+            "| ANI-1ccx / mfcalc shipped (> 1: mfcalc faster) | "
+            + " | ".join(f"{peer[n] / ship[n]:.2f}x" for n in mols)
+            + " |"
+        )
+    lines.append(
+        "| mfcalc shipped / EMT | "
+        + " | ".join(f"{times['mfcalc shipped (4 members)'][n] / times['ASE EMT'][n]:.2f}x" for n in mols)
+        + " |"
+    )
+    table.extra.append("\n".join(lines))
+
+
+SECTIONS = {
+    "1": section_latency,
+    "2": section_md,
+    "3": section_batched,
+    "4": section_training,
+    "6": section_scaling,
+    "7": section_shipped,
+}
 
 
 def main(argv=None) -> int:

@@ -89,7 +89,8 @@ def test_bench_speed_runs_every_section_and_prints_one_table(capsys):
     )
     assert rc == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    main_table, _, shipped = out.partition("\n\n| ms per energy+forces call")
+    rows = [line for line in main_table.splitlines() if line.startswith("| ")]
     cases = [r.split("|")[2].strip() for r in rows[1:]]
     assert [c for c in cases if c.startswith("energy+forces")] == [f"energy+forces, {n} atoms" for n in (5, 9, 21, 100)]
     assert "VelocityVerlet, 9 atoms" in cases and "fitted exponent a, time ~ N^a" in cases
@@ -97,6 +98,10 @@ def test_bench_speed_runs_every_section_and_prints_one_table(capsys):
         mfcalc_value = row.split("|")[4].strip()
         assert mfcalc_value != "-" and float(mfcalc_value) >= 0, row  # every section measured mfcalc
     assert "parameters: mfcalc" in out and "command: python tools/bench_speed.py" in out
+    # section 7: the shipped model through MFCalculator() beside ASE's EMT at 9, 23 and 101 atoms
+    shipped_rows = {r.split("|")[1].strip(): r for r in shipped.splitlines() if r.startswith("| ")}
+    assert "9 atoms | 23 atoms | 101 atoms" in shipped
+    assert {"ASE EMT", "mfcalc shipped (4 members)", "mfcalc shipped / EMT"} <= set(shipped_rows)
 
 
 def test_bench_speed_water_box_has_liquid_density():
