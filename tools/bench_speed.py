@@ -655,6 +655,10 @@ def section_shipped(impls, table, args, device):
         "ASE EMT": EMT,
         "mfcalc shipped (4 members)": lambda: MFCalculator(device=str(device)),
     }
+    if args.before:  # a model file saved by an older mfcalc, run with the code it carries
+        makers["mfcalc shipped, --before file"] = lambda: MFCalculator(
+            torch.jit.load(args.before, map_location=device), fidelity="cc", device=str(device)
+        )
     ani = load_ani1ccx() if "torchani" in args.peers else None
     if ani is not None:
         makers["ANI-1ccx (8 members)"] = lambda: ani.to(device).ase()
@@ -683,6 +687,13 @@ def section_shipped(impls, table, args, device):
         lines.append(
             "| ANI-1ccx / mfcalc shipped (> 1: mfcalc faster) | "
             + " | ".join(f"{peer[n] / ship[n]:.2f}x" for n in mols)
+            + " |"
+        )
+    if args.before:
+        old = times["mfcalc shipped, --before file"]
+        lines.append(
+            "| --before file / shipped (> 1: faster now) | "
+            + " | ".join(f"{old[n] / times['mfcalc shipped (4 members)'][n]:.2f}x" for n in mols)
             + " |"
         )
     lines.append(
@@ -737,6 +748,12 @@ def main(argv=None) -> int:
     p.add_argument("--n-atom-layers", type=int, default=defaults.n_atom_layers)
     p.add_argument("--tensor-order", type=int, default=defaults.tensor_order)
     p.add_argument("--cutoff", type=float, default=defaults.cutoff)
+    p.add_argument(
+        "--before",
+        metavar="MODEL.pt",
+        help="section 7: also time a model file saved by an older mfcalc, with the code it was saved with "
+        "(e.g. git show REV:models/default.pt > old.pt)",
+    )
     p.add_argument("--probe-memory", help=argparse.SUPPRESS)  # internal: IMPL:SECTION in a fresh process
     args = p.parse_args(argv)
     args.argv = [a for a in (sys.argv[1:] if argv is None else argv)]
