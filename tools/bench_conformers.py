@@ -20,6 +20,7 @@ from ase import Atoms
 from ase.optimize import BFGS
 
 from mfcalc import MFCalculator, conformers, export
+from mfcalc.device import resolve_device
 from mfcalc.models import default_model_path
 
 
@@ -31,20 +32,22 @@ def main() -> None:
     p.add_argument("--fmax", type=float, default=0.01)
     p.add_argument("--model", default=default_model_path())
     p.add_argument("--fidelity", default="cc")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the batched optimisers and the calculator)")
     args = p.parse_args()
+    device = resolve_device(args.device)
 
     mol = conformers.embed_smiles(args.smiles, args.n, seed=0)
     numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
     coords = np.stack([c.GetPositions() for c in mol.GetConformers()])
-    model, meta = export.load(args.model)
+    model, meta = export.load(args.model, device=device)
     model = export.freeze(model.double())  # as rank() runs it
     fid = meta["fidelities"].index(args.fidelity)
-    calc = MFCalculator(args.model, fidelity=args.fidelity, dtype="float64", device="cpu")
+    calc = MFCalculator(args.model, fidelity=args.fidelity, dtype="float64", device=str(device))
 
     def batched(method):
         def run():
             out = conformers.optimize_batched(
-                model, numbers, coords, fid, fmax=args.fmax, max_steps=2000, method=method
+                model, numbers, coords, fid, fmax=args.fmax, max_steps=2000, method=method, device=device
             )
             return f"{int(out['converged'].sum())} converged, {int(out['steps'].max())} steps (slowest)"
 
