@@ -158,3 +158,25 @@ def test_bad_structures_are_recorded_skips_and_bad_input_a_clear_error(tmp_path,
     assert label_main([str(tmp_path / "missing.xyz"), "--levels", "gfn2_xtb", "--out", str(out)]) == 2
     assert label_main([str(path), "--levels", "gfn2_xtb", "--forces", "wb97x_dz", "--out", str(out)]) == 2
     assert "not among --levels" in capsys.readouterr().err
+
+
+def test_a_calculation_that_fails_is_recorded_and_the_batch_goes_on(tmp_path, capsys):
+    """H2 with charge +1 has one electron: no closed shell, so PySCF refuses the molecule inside
+    the calculation; the failure is recorded with its reason and the other structure is labelled."""
+    pytest.importorskip("pyscf")
+    frames = [
+        Atoms("HH", positions=[[0, 0, 0], [0, 0, 0.74]], info={"charge": 1}),
+        Atoms("HH", positions=[[0, 0, 0], [0, 0, 0.75]]),
+    ]
+    path = tmp_path / "h2.extxyz"
+    ase.io.write(path, frames)
+    out = tmp_path / "h2.h5"
+    assert label_main([str(path), "--levels", "wb97x_dz", "--no-forces", "wb97x_dz", "--out", str(out)]) == 0
+    assert "wb97x_dz failed" in capsys.readouterr().err
+    with h5py.File(out) as f:
+        assert "PySCF cannot build the molecule" in f["failures/message"][0].decode()
+        energies = f["H2/wb97x_dz.energy"][()]
+        assert np.isnan(energies).sum() == 1 and np.isfinite(energies).sum() == 1
+    # failures are final: a rerun does not try again unless asked
+    assert label_main([str(path), "--levels", "wb97x_dz", "--no-forces", "wb97x_dz", "--out", str(out)]) == 0
+    assert "0 need labels" in capsys.readouterr().err
