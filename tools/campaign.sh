@@ -37,9 +37,9 @@ case $stage in
     r=${2:?round}
     mfcalc-train --data data/mf_reference.h5 $C/campaign.h5 \
         --fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
-        --fidelity "cc=ccsd(t)_dz.energy" --out runs/committee$r --ensemble 4 --n-features 32 \
-        --epochs 200 --min-epochs 20 --batch-size 64 --lr 2e-3 --device cpu --max-minutes "${MINUTES:-120}" \
-        --seed "$r" --split-by random ;;
+        --fidelity "cc=ccsd(t)_dz.energy" --out runs/committee$r --ensemble 4 --n-features 24 \
+        --max-structures "${STRUCTURES:-15000}" --epochs 50 --min-epochs 20 --batch-size 64 --lr 2e-3 \
+        --device cpu --seed "$r" --split-by random ;;
   select-dft)
     r=${2:?round}; n=${3:?how many}
     mfcalc-select $C/campaign.h5 --model runs/committee$r/model.pt --n "$n" --by spread --fidelity dft \
