@@ -6,6 +6,7 @@ trains on exactly the same structures with the same reference energies.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
@@ -13,8 +14,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from mfcalc.config import RunConfig
-from mfcalc.data.dataset import fit_reference_energies, read_file, split_indices
+from mfcalc.data.dataset import HDF5_SUFFIXES, fit_reference_energies, read_file, split_indices
 from mfcalc.data.fidelity import FidelitySpec
+from mfcalc.data.hdf5 import list_keys
 from mfcalc.data.records import MFData, concatenate, merge_identical
 from mfcalc.metrics import residual_data
 from mfcalc.train.loss import LossWeights
@@ -48,12 +50,35 @@ class RunData:
 
 
 def load_run_data(cfg: RunConfig, say: Callable[[str], None] = print) -> MFData:
-    """Read every file once with all fidelities bound to it; columns in config order."""
+    """Read every file once with all fidelities bound to it; columns in config order.
+
+    An HDF5 file may lack a level that other files have (a data set grown level by level):
+    its structures then carry no label of that level.  A key found in no file is an error.
+    """
     by_file: Dict[str, List[FidelitySpec]] = {}
     for f in cfg.fidelities:
         for path in f.files or cfg.data:
             by_file.setdefault(os.path.abspath(path), []).append(f.spec())
-    parts = [read_file(path, specs) for path, specs in by_file.items()]
+    parts, found, available = [], set(), set()
+    for path, specs in by_file.items():
+        if len(by_file) > 1 and path.lower().endswith(HDF5_SUFFIXES) and os.path.exists(path):
+            present = set(list_keys(path))
+            available |= present
+            specs = [
+                dataclasses.replace(s, forces_key=s.forces_key if s.forces_key in present else None)
+                for s in specs
+                if s.energy_key in present
+            ]
+            found |= {k for s in specs for k in (s.energy_key, s.forces_key) if k}
+        else:
+            found |= {k for s in specs for k in (s.energy_key, s.forces_key) if k}
+        parts.append(read_file(path, specs))
+    bound = {k for f in cfg.fidelities for k in (f.energy, f.forces) if k}
+    if bound - found:
+        raise ValueError(
+            f"key(s) {sorted(bound - found)} are in none of the files {sorted(by_file)}; keys there: "
+            f"{sorted(available)}"
+        )
     data = concatenate(parts).with_fidelities([f.name for f in cfg.fidelities])
     if len(parts) > 1:  # one file per level of theory over shared geometries: one structure, all labels
         data, n_merged = merge_identical(data)
