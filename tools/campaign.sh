@@ -38,7 +38,7 @@ case $stage in
     mfcalc-train --data data/mf_reference.h5 $C/campaign.h5 \
         --fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
         --fidelity "cc=ccsd(t)_dz.energy" --out runs/committee$r --ensemble 4 --n-features 24 \
-        --max-structures "${STRUCTURES:-15000}" --epochs 50 --min-epochs 20 --batch-size 64 --lr 2e-3 \
+        --max-structures "${STRUCTURES:-8000}" --epochs "${EPOCHS:-30}" --min-epochs 20 --batch-size 64 --lr 2e-3 \
         --device cpu --seed "$r" --split-by random ;;
   select-dft)
     r=${2:?round}; n=${3:?how many}
