@@ -31,7 +31,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from mfcalc import units
 from mfcalc.data.fidelity import FidelitySpec
@@ -111,6 +111,39 @@ class TrainSettings:
             choices=("structure", "atom"),
         ),
     )
+    init_from: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "fine-tune: start from this trained model file; its hyper-parameters are used and its heads are "
+            "reused by fidelity name",
+            metavar="MODEL.pt",
+        ),
+    )
+    new_head: Optional[List[str]] = field(
+        default=None,
+        metadata=_help(
+            "fine-tune: initialise a new head from an existing one, NEW=OLD (else from zero above references "
+            "fitted on the new data)",
+            metavar="NEW=OLD",
+        ),
+    )
+    train_params: str = field(
+        default="all",
+        metadata=_help(
+            "fine-tune: what trains: all, heads, or heads and the last interaction block",
+            choices=("all", "heads", "last-block"),
+        ),
+    )
+    trunk_lr: Optional[float] = field(default=None, metadata=_help("learning rate of the shared trunk (default: --lr)"))
+    replay: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "fine-tune: the model's original data (read with the bindings recorded in the model file); mixed "
+            "into every batch, and the old heads are scored on its held-out part before and after",
+            metavar="FILE",
+        ),
+    )
+    replay_fraction: float = field(default=0.25, metadata=_help("fraction of every batch taken from --replay"))
     max_structures: Optional[int] = field(
         default=None, metadata=_help("train on a random subset of this size (quick experiments)")
     )
@@ -133,6 +166,20 @@ class TrainSettings:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.max_structures is not None and self.max_structures < 1:
             raise ValueError(f"max_structures must be >= 1, got {self.max_structures}")
+        if self.train_params not in ("all", "heads", "last-block"):
+            raise ValueError(f"train_params must be all, heads or last-block, got {self.train_params!r}")
+        if self.trunk_lr is not None and self.trunk_lr < 0:
+            raise ValueError(f"trunk_lr must be >= 0, got {self.trunk_lr}")
+        if not 0 <= self.replay_fraction < 1:
+            raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
+        if (self.new_head or self.replay or self.train_params != "all") and not self.init_from:
+            raise ValueError(
+                "new_head, replay and train_params other than 'all' need init_from (a model to start from)"
+            )
+        for text in self.new_head or []:
+            new, sep, old = text.partition("=")
+            if not sep or not new.strip() or not old.strip():
+                raise ValueError(f"new_head {text!r} must look like NEW=OLD, e.g. caspt2=cc")
         return self
 
 
@@ -144,6 +191,9 @@ class RunConfig:
     fidelities: List[FidelityConfig] = field(default_factory=list)
     model: ModelSettings = field(default_factory=ModelSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    # model settings the user gave (TOML [model] keys, flags): with init_from, those that differ
+    # from the model file's are conflicts; the others come from the file
+    explicit_model: Set[str] = field(default_factory=set, compare=False, repr=False)
 
     # ---- validation ---------------------------------------------------------------------
     def validate(self) -> RunConfig:
@@ -195,6 +245,7 @@ class RunConfig:
             raise ValueError(f"unknown top-level config keys {unknown}; known: {sorted(known)}")
         cfg = cls(data=list(raw.get("data", [])), out=raw.get("out", "run"), energy_unit=raw.get("energy_unit"))
         cfg.model = _build(ModelSettings, raw.get("model", {}), "model")
+        cfg.explicit_model = set(raw.get("model", {}))
         cfg.train = _build(TrainSettings, raw.get("train", {}), "train")
         fids = raw.get("fidelity", {})
         if not isinstance(fids, dict):

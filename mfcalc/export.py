@@ -95,13 +95,14 @@ def load(path: str, device: str | torch.device = "cpu") -> Tuple[torch.jit.Scrip
         raise ValueError(f"{path} was written by a newer mfcalc (format {meta[keys.META_FORMAT_VERSION]}); upgrade")
     if int(meta.get(keys.META_FORMAT_VERSION, 0)) < keys.MODEL_FORMAT_VERSION:
         # an older file: same weights, today's code (rescript saves it)
-        module = torch.jit.script(_rebuild(module, meta, path)).to(device)
+        module = torch.jit.script(eager_model(module, meta, path)).to(device)
     module.eval()
     return module, meta
 
 
-def _rebuild(module: torch.nn.Module, meta: Dict[str, Any], path: str) -> Ensemble:
-    """The eager ensemble of a loaded model file, built from its recorded hyper-parameters."""
+def eager_model(module: torch.nn.Module, meta: Dict[str, Any], path: str) -> Ensemble:
+    """The eager (trainable) ensemble of a loaded model file, built from its recorded
+    hyper-parameters and weights; older file formats are converted here."""
     hparams = dict(meta.get(keys.META_HPARAMS) or {})
     needed = set(ModelSettings.architecture_fields()) | {"species", "fidelities"}
     missing = sorted(needed - set(hparams))
@@ -146,7 +147,7 @@ def rescript(path: str, out: Optional[str] = None) -> Dict[str, Any]:
     from mfcalc import __version__
 
     module, meta = load(path)
-    model = _rebuild(module, meta, path)
+    model = eager_model(module, meta, path)
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     meta[keys.META_RESCRIPTED] = f"mfcalc {__version__}, {now}"
     meta[keys.META_FORMAT_VERSION] = keys.MODEL_FORMAT_VERSION

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import List, Optional
@@ -90,6 +91,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             setattr(match[0], k, v)
     apply_settings(args, cfg.train)
     apply_settings(args, cfg.model)
+    cfg.explicit_model |= {f.name for f in dataclasses.fields(ModelSettings) if getattr(args, f.name, None) is not None}
+    if cfg.train.init_from:
+        cfg.train.init_from = os.path.abspath(cfg.train.init_from)
+    if cfg.train.replay:
+        cfg.train.replay = os.path.abspath(cfg.train.replay)
     return cfg.validate()
 
 

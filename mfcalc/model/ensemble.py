@@ -249,6 +249,46 @@ class Ensemble(nn.Module):
         out.reference.weight.requires_grad_(False)  # the reference energies stay frozen, as in the members
 
     @torch.jit.unused
+    def member(self, k: int) -> MultiFidelityHipnn:
+        """Member ``k`` as a stand-alone :class:`MultiFidelityHipnn` (the inverse of stacking)."""
+        if not 0 <= k < self.n_members:
+            raise ValueError(f"member {k} out of range: this ensemble has {self.n_members}")
+        m: Any = MultiFidelityHipnn(**json.loads(self.hparams)).to(self.reference.weight.dtype)
+        me: Any = self
+
+        def take(lin: StackedLinear, target: nn.Linear) -> None:
+            target.weight.copy_(lin.weight[k].t())
+            if lin.bias is not None:
+                target.bias.copy_(lin.bias[k, 0])
+
+        with torch.no_grad():
+            for block, dst in zip(me.blocks, m.blocks):
+                inter, out = block.interaction, dst.interaction
+                out.V.copy_(inter.V[k])
+                out.sensitivity.inv_mu.copy_(inter.inv_mu[k])
+                out.sensitivity.sigma.copy_(inter.sigma[k])
+                take(inter.self_linear, out.self_linear)
+                if inter.t1 is not None:
+                    out.t1.copy_(inter.t1[k, 0])
+                if inter.t2 is not None:
+                    out.t2.copy_(inter.t2[k, 0])
+                for src_res, dst_res in ((block.residual, dst.residual),) + tuple(
+                    (a.residual, b.residual) for a, b in zip(block.atom_layers, dst.atom_layers)
+                ):
+                    if src_res is not None:
+                        take(src_res.post, dst_res.post)
+                        if src_res.skip is not None:
+                            take(src_res.skip, dst_res.skip)
+                for a, b in zip(block.atom_layers, dst.atom_layers):
+                    take(a.linear, b.linear)
+            linears = m.heads.linears()
+            take(me.reference, linears[0])
+            for n, block in enumerate(me.blocks):
+                take(block.head, linears[n + 1])
+        m.heads.linears()[0].weight.requires_grad_(False)
+        return m
+
+    @torch.jit.unused
     def reference_energies(self) -> Tensor:
         """(F, n_species) eV: level 0 of the first member (all members share it)."""
         return self.reference.weight[0].t().detach()

@@ -25,6 +25,7 @@ from mfcalc.model import grad
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.progress import ProgressBar
 from mfcalc.train.distributed import DistContext
+from mfcalc.train.finetune import trainable_groups
 from mfcalc.train.loss import LossWeights, total_loss
 from mfcalc.train.prepare import RunData
 
@@ -132,8 +133,11 @@ def validation_loss(stats: Tensor, weights: LossWeights) -> float:
 def build_member(
     cfg: RunConfig, run: RunData, member: int, device: torch.device, dtype: torch.dtype
 ) -> MultiFidelityHipnn:
-    """A fresh member: seeded weights, frozen reference energies at level 0."""
+    """A member to train: the adapted member of a fine-tuning run, else fresh seeded weights; the
+    reference energies at level 0 are frozen."""
     torch.manual_seed(cfg.train.seed + 1000 * member)
+    if run.initial is not None:
+        return copy.deepcopy(run.initial[member]).to(device=device, dtype=dtype)
     model = MultiFidelityHipnn(run.species, [f.name for f in cfg.fidelities], cfg.model)
     model.heads.set_reference_energies(torch.tensor(run.reference))
     return model.to(device=device, dtype=dtype)
@@ -228,8 +232,9 @@ def fit_member(
     step: nn.Module = TrainStep(model)
     if ctx.enabled:
         step = nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=settings.lr)
+    groups = trainable_groups(model, settings.train_params, settings.lr, settings.trunk_lr)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.Adam(groups, lr=settings.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=settings.lr_factor, patience=settings.lr_patience, threshold=IMPROVEMENT
     )

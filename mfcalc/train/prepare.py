@@ -19,6 +19,8 @@ from mfcalc.data.fidelity import FidelitySpec
 from mfcalc.data.hdf5 import list_keys
 from mfcalc.data.records import MFData, concatenate, merge_identical
 from mfcalc.metrics import residual_data
+from mfcalc.model.hipnn import MultiFidelityHipnn
+from mfcalc.train import finetune
 from mfcalc.train.loss import LossWeights
 
 
@@ -36,6 +38,7 @@ class RunData:
         weights: loss weights per fidelity (forces weight 0 where a fidelity has none).
         forces_mask: (S, F) structures carrying complete forces, computed once.
         force_columns: fidelities whose forces enter the loss.
+        initial: members to start from (fine-tuning: adapted from ``init_from``), else None.
     """
 
     data: MFData
@@ -47,6 +50,7 @@ class RunData:
     weights: LossWeights
     forces_mask: np.ndarray
     force_columns: List[int]
+    initial: Optional[List[MultiFidelityHipnn]] = None
 
 
 def load_run_data(cfg: RunConfig, say: Callable[[str], None] = print) -> MFData:
@@ -120,6 +124,14 @@ def prepare_run(
         state: a checkpoint being resumed: its split, species and references are reused.
     """
     t_cfg = cfg.train
+    source = None
+    if t_cfg.init_from:
+        source = finetune.load_source(t_cfg.init_from)
+        finetune.resolve_settings(cfg, source)
+        say(
+            f"fine-tuning {source.path}: {source.ensemble.n_members} member(s), heads "
+            f"{', '.join(source.fidelities)}, elements {source.species}"
+        )
     if data is None:
         data = load_run_data(cfg, say)
     elif list(data.fidelities) != [f.name for f in cfg.fidelities]:
@@ -143,15 +155,29 @@ def prepare_run(
         else:
             split = split_indices(data, t_cfg.valid_fraction, t_cfg.test_fraction, by=t_cfg.split_by, seed=t_cfg.seed)
         species = sorted(cfg.model.species or np.unique(np.asarray(data.numbers)).astype(int).tolist())
+        if source is not None:  # the file's elements stay; new ones are added
+            species = sorted(set(species) | set(source.species))
     check_labels(data, split)
     if reference is None:
-        reference = fit_reference_energies(data, species, split["train"])
+        reference = (
+            finetune.reference_energies(source, data, species, split["train"])
+            if source is not None
+            else fit_reference_energies(data, species, split["train"])
+        )
     say(
         f"split ({t_cfg.split_by}): train {len(split['train'])}, valid {len(split['valid'])}, "
         f"test {len(split['test'])}; species {species}"
     )
     weights = loss_weights(cfg, data)
     residual = residual_data(data, species, reference)
+    initial = None
+    if source is not None:
+        new_from = finetune.new_head_sources(cfg, source)
+        names = [f.name for f in cfg.fidelities]
+        initial = [
+            finetune.adapt_member(source.ensemble.member(k), species, names, cfg.model, reference, new_from)
+            for k in range(t_cfg.ensemble)
+        ]
     return RunData(
         data=data,
         rows=rows,
@@ -162,4 +188,5 @@ def prepare_run(
         weights=weights,
         forces_mask=residual.forces_mask(),
         force_columns=[k for k, w in enumerate(weights.forces) if w > 0],
+        initial=initial,
     )

@@ -104,3 +104,17 @@ def test_members_must_share_their_hyper_parameters():
         Ensemble([a, b])
     with pytest.raises(ValueError, match="at least one member"):
         Ensemble([])
+
+
+@pytest.mark.parametrize("order, resnet", [(1, False), (2, True)])
+def test_members_come_back_out_of_the_stack_unchanged(order, resnet):
+    members = perturbed_members(tensor_order=order, resnet=resnet)
+    ens = Ensemble(members)
+    for k, original in enumerate(members):
+        back = ens.member(k)
+        a, b = original.state_dict(), back.state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ValueError, match="out of range"):
+        ens.member(3)

@@ -1,0 +1,200 @@
+"""Fine-tuning: a run that starts from a trained model file instead of random weights.
+
+* **Hyper-parameters** are the file's; a setting the user gave that differs from them is an
+  error (a silent mismatch would load weights into a different network).
+* **Heads**: a fidelity named like one of the file's heads reuses it (its reference energies
+  too); a new name gets a new head, copied from a named head (``--new-head caspt2=cc``) or
+  zero, above reference energies fitted on the new data (least squares on element counts,
+  as in a fresh run).
+* **Elements**: a new element adds a column to the species one-hot and to every weight that
+  reads it (first interaction, its self-interaction and residual skip, the reference
+  energies), initialised as the mean of the known elements' columns; a structure made of
+  known elements is predicted exactly as before, because its one-hot never selects the new
+  column.  The new element's reference energy in a reused head is fitted on the new data with
+  the known elements' references held fixed.
+* **What trains**: everything, the heads (levels 1..L of every head; a head whose fidelity
+  has no labels in the run gets no gradient and stays as it was), or the heads and the last
+  interaction block; the trunk may have its own learning rate (``--trunk-lr``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mfcalc import export, keys
+from mfcalc.config import RunConfig
+from mfcalc.data.dataset import fit_reference_energies, species_counts
+from mfcalc.data.records import MFData
+from mfcalc.model.ensemble import Ensemble
+from mfcalc.model.hipnn import MultiFidelityHipnn
+from mfcalc.model.settings import ModelSettings
+
+
+@dataclass
+class Source:
+    """The model file a run starts from."""
+
+    path: str
+    meta: Dict[str, Any]
+    ensemble: Ensemble
+    settings: ModelSettings
+
+    @property
+    def species(self) -> List[int]:
+        return list(self.ensemble.species)
+
+    @property
+    def fidelities(self) -> List[str]:
+        return list(self.ensemble.fidelities)
+
+    def reference(self, fidelity: str) -> Dict[int, float]:
+        """The file's reference energies of one head, eV per element."""
+        ref = self.meta[keys.META_REFERENCE_ENERGIES][fidelity]
+        return {int(z): float(v) for z, v in ref.items()}
+
+
+def load_source(path: str) -> Source:
+    """Read a model file to start from; clear errors for a missing or non-mfcalc file."""
+    try:
+        module, meta = export.load(path)
+        ensemble = export.eager_model(module, meta, path)
+    except FileNotFoundError:
+        raise ValueError(f"--init-from: model file not found: {path}") from None
+    except ValueError as exc:
+        raise ValueError(f"--init-from: {exc}") from None
+    hp = meta[keys.META_HPARAMS]
+    settings = ModelSettings(**{name: hp[name] for name in ModelSettings.architecture_fields()})
+    return Source(path, meta, ensemble, settings)
+
+
+def resolve_settings(cfg: RunConfig, source: Source) -> None:
+    """The run takes the file's architecture; explicit settings that differ are an error, and so
+    is asking for more ensemble members than the file has."""
+    conflicts = []
+    for name in sorted(cfg.explicit_model & set(ModelSettings.architecture_fields())):
+        mine, theirs = getattr(cfg.model, name), getattr(source.settings, name)
+        if name == "soft_max" and mine is None:
+            continue
+        if mine != theirs and not (
+            isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and float(mine) == float(theirs)
+        ):
+            conflicts.append(f"{name} {mine} (the file has {theirs})")
+    if conflicts:
+        raise ValueError(
+            f"--init-from {source.path}: a fine-tuned model keeps the file's architecture, but "
+            f"{', '.join(conflicts)} was asked for; drop those settings"
+        )
+    cfg.model = dataclasses.replace(source.settings, species=cfg.model.species)
+    if cfg.train.ensemble > source.ensemble.n_members:
+        raise ValueError(
+            f"--ensemble {cfg.train.ensemble}: {source.path} has {source.ensemble.n_members} member(s) to fine-tune"
+        )
+
+
+def new_head_sources(cfg: RunConfig, source: Source) -> Dict[str, str]:
+    """``{new fidelity: existing head it starts from}`` from ``--new-head NEW=OLD``."""
+    out: Dict[str, str] = {}
+    names = [f.name for f in cfg.fidelities]
+    for text in cfg.train.new_head or []:
+        new, _, old = (t.strip() for t in text.partition("="))
+        if old not in source.fidelities:
+            raise ValueError(
+                f"--new-head {text}: {old!r} is not a head of {source.path} ({', '.join(source.fidelities)})"
+            )
+        if new not in names:
+            raise ValueError(f"--new-head {text}: {new!r} is not a fidelity of this run ({', '.join(names)})")
+        if new in source.fidelities:
+            raise ValueError(f"--new-head {text}: {new!r} is already a head of {source.path}; it is reused as is")
+        out[new] = old
+    return out
+
+
+def reference_energies(source: Source, data: MFData, species: Sequence[int], rows: np.ndarray) -> np.ndarray:
+    """(F, n_species) eV: the file's references where it has them; fitted on the new data for new
+    heads, and for new elements in reused heads with the known elements held fixed."""
+    fitted = fit_reference_energies(data, species, rows)
+    known = [s for s, z in enumerate(species) if z in source.species]
+    new = [s for s, z in enumerate(species) if z not in source.species]
+    counts = species_counts(data, species, rows)
+    for k, name in enumerate(data.fidelities):
+        if name not in source.fidelities:
+            continue
+        ref = source.reference(name)
+        fitted[k, known] = [ref[int(species[s])] for s in known]
+        labelled = np.isfinite(data.energy[rows, k]) & (counts[:, new].sum(axis=1) > 0 if new else False)
+        if new and labelled.any():
+            residual = data.energy[rows, k][labelled] - counts[labelled][:, known] @ fitted[k, known]
+            fitted[k, new] = np.linalg.lstsq(counts[labelled][:, new], residual, rcond=None)[0]
+    return fitted
+
+
+def adapt_member(
+    member: MultiFidelityHipnn,
+    species: Sequence[int],
+    fidelities: Sequence[str],
+    settings: ModelSettings,
+    reference: np.ndarray,
+    new_from: Dict[str, str],
+) -> MultiFidelityHipnn:
+    """A member for this run's species and fidelities, initialised from a trained one."""
+    model = MultiFidelityHipnn(list(species), list(fidelities), settings).to(next(member.parameters()).dtype)
+    old_cols = [list(species).index(z) for z in member.species]
+    new_cols = [s for s, z in enumerate(species) if z not in member.species]
+    src, dst = member.state_dict(), model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in dst.items():
+        if key.startswith("heads."):
+            continue
+        old = src[key]
+        if old.shape == value.shape:
+            out[key] = old.clone()
+            continue
+        axis = next(a for a in range(old.dim()) if old.shape[a] != value.shape[a])  # the species axis
+        grown = torch.zeros_like(value).movedim(axis, 0)  # species first, then back
+        grown[old_cols] = old.movedim(axis, 0)
+        if new_cols:
+            grown[new_cols] = old.movedim(axis, 0).mean(dim=0, keepdim=True)
+        out[key] = grown.movedim(0, axis).contiguous()
+    source_heads = member.heads.linears()
+    for n, lin in enumerate(model.heads.linears()):
+        prefix = f"heads.levels.{n}."
+        if n == 0:
+            out[prefix + "weight"] = torch.as_tensor(reference, dtype=lin.weight.dtype)
+            continue
+        weight, bias = torch.zeros_like(lin.weight), torch.zeros_like(lin.bias)
+        for k, name in enumerate(fidelities):
+            origin = name if name in member.fidelities else new_from.get(name)
+            if origin is not None:
+                j = member.fidelities.index(origin)
+                weight[k], bias[k] = source_heads[n].weight[j], source_heads[n].bias[j]
+        out[prefix + "weight"], out[prefix + "bias"] = weight, bias
+    model.load_state_dict(out)
+    model.heads.linears()[0].weight.requires_grad_(False)
+    return model
+
+
+def trainable_groups(
+    model: MultiFidelityHipnn, train_params: str, lr: float, trunk_lr: Optional[float]
+) -> List[Dict[str, Any]]:
+    """Adam parameter groups for ``train_params`` (all / heads / last-block); everything else is
+    frozen (``requires_grad`` off, so it stays bit-identical)."""
+    heads = [p for lin in model.heads.linears()[1:] for p in lin.parameters()]
+    trunk: List[nn.Parameter] = []
+    if train_params == "all":
+        trunk = [p for p in model.blocks.parameters()]
+    elif train_params == "last-block":
+        trunk = [p for p in model.blocks[-1].parameters()]
+    chosen = {id(p) for p in heads + trunk}
+    for p in model.parameters():
+        if id(p) not in chosen:
+            p.requires_grad_(False)
+    groups = [{"params": heads, "lr": lr}]
+    if trunk:  # first, as in model.parameters(): the same order gives the same gradient clipping sums
+        groups.insert(0, {"params": trunk, "lr": lr if trunk_lr is None else trunk_lr})
+    return groups

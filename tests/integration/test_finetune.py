@@ -1,0 +1,170 @@
+"""Fine-tuning (--init-from): old heads and old elements unchanged at step 0, new heads by their rule,
+frozen parts bit-identical, clear errors, and resume equal to an uninterrupted run."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import REFERENCE_H5, ethanol
+from mfcalc import export, keys
+from mfcalc.cli.train import main as train_main
+
+XTB = "xtb=gfn2_xtb.energy,gfn2_xtb.forces"
+DFT = "dft=wb97x_dz.energy,wb97x_dz.forces"
+CC = "cc=ccsd(t)_dz.energy"
+FAST = ["--batch-size", "16", "--max-structures", "120", "--device", "cpu", "--seed", "0", "--dtype", "float64"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A 2-member xtb/dft model of H, C, O (no N), trained for a few epochs."""
+    out = tmp_path_factory.mktemp("src")
+    data = out / "hco.h5"
+    import h5py
+
+    with h5py.File(REFERENCE_H5) as f, h5py.File(data, "w") as g:
+        for name in f:
+            if "N" not in name:
+                f.copy(f[name], g, name)
+    assert (
+        train_main(
+            [
+                "--data",
+                str(data),
+                "--fidelity",
+                XTB,
+                "--fidelity",
+                DFT,
+                "--out",
+                str(out / "run"),
+                "--n-features",
+                "6",
+                "--n-sensitivities",
+                "4",
+                "--n-atom-layers",
+                "1",
+                "--ensemble",
+                "2",
+                "--epochs",
+                "3",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    return out / "run" / "model.pt"
+
+
+def energies(path, z, x):
+    model, meta = export.load(str(path))
+    out = model.double()(z, x, torch.zeros(len(z), dtype=torch.long), 1)
+    return {name: float(out[keys.ENERGY][0, k]) for k, name in enumerate(meta[keys.META_FIDELITIES])}
+
+
+def fine_tune(source, out, *extra, fidelities=(XTB, DFT, CC), data=REFERENCE_H5):
+    args = ["--data", str(data), "--out", str(out), "--init-from", str(source), *FAST, *extra]
+    for f in fidelities:
+        args += ["--fidelity", f]
+    return train_main(args)
+
+
+def test_before_any_step_old_heads_and_elements_are_unchanged_and_new_heads_follow_their_rule(source, tmp_path):
+    zero, copied = tmp_path / "zero", tmp_path / "copied"
+    assert fine_tune(source, zero, "--epochs", "0", "--ensemble", "2") == 0
+    assert fine_tune(source, copied, "--epochs", "0", "--ensemble", "2", "--new-head", "cc=dft") == 0
+    z, x = ethanol()  # H, C, O: known to the source
+    before, after, after_copy = (
+        energies(source, z, x),
+        energies(zero / "model.pt", z, x),
+        energies(copied / "model.pt", z, x),
+    )
+    for head in ("xtb", "dft"):
+        assert after[head] == pytest.approx(before[head], abs=1e-6) and after_copy[head] == pytest.approx(
+            before[head], abs=1e-6
+        )
+    meta = export.load(str(zero / "model.pt"))[1]
+    assert meta[keys.META_SPECIES] == [1, 6, 7, 8]  # nitrogen added
+    counts = {1: 6, 6: 2, 8: 1}
+    ref_cc = meta[keys.META_REFERENCE_ENERGIES]["cc"]
+    baseline = sum(n * ref_cc[str(e)] for e, n in counts.items())
+    assert after["cc"] == pytest.approx(baseline, abs=1e-6)  # zero above the fitted references
+    ref_dft = meta[keys.META_REFERENCE_ENERGIES]["dft"]
+    dft_above = before["dft"] - sum(n * ref_dft[str(e)] for e, n in counts.items())
+    assert after_copy["cc"] == pytest.approx(baseline + dft_above, abs=1e-6)  # the dft head's levels 1..L
+
+
+def test_heads_only_training_leaves_the_trunk_bit_identical(source, tmp_path):
+    out = tmp_path / "heads"
+    assert (
+        fine_tune(
+            source,
+            out,
+            "--epochs",
+            "2",
+            "--min-epochs",
+            "0",
+            "--train-params",
+            "heads",
+            fidelities=(XTB, DFT),
+            data=source.parent.parent / "hco.h5",
+        )
+        == 0
+    )
+    src = export.eager_model(*export.load(str(source)), str(source)).member(0)
+    tuned = torch.load(out / "checkpoint.pt", weights_only=False)["finished"][0]
+    trunk = [k for k in tuned if k.startswith("blocks.")]
+    assert trunk and all(torch.equal(tuned[k], src.state_dict()[k]) for k in trunk)
+    heads = [k for k in tuned if k.startswith("heads.levels.1")]
+    assert any(not torch.equal(tuned[k], src.state_dict()[k]) for k in heads)  # and the heads did train
+
+
+def test_conflicting_settings_and_bad_files_are_clear_errors(source, tmp_path, capsys):
+    assert fine_tune(source, tmp_path / "a", "--n-features", "12") == 2
+    assert "keeps the file's architecture, but n_features 12 (the file has 6)" in capsys.readouterr().err
+    assert fine_tune(source, tmp_path / "b", "--ensemble", "3") == 2
+    assert "has 2 member(s)" in capsys.readouterr().err
+    assert fine_tune(source, tmp_path / "c", "--new-head", "cc=mp2") == 2
+    assert "'mp2' is not a head" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"nothing")
+    assert fine_tune(junk, tmp_path / "d") == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "not a TorchScript model file" in err
+    assert fine_tune(tmp_path / "missing.pt", tmp_path / "e") == 2
+    assert "model file not found" in capsys.readouterr().err
+    assert (
+        train_main(
+            ["--data", str(REFERENCE_H5), "--fidelity", XTB, "--out", str(tmp_path / "f"), "--train-params", "heads"]
+        )
+        == 2
+    )
+    assert "need init_from" in capsys.readouterr().err
+
+
+def test_resume_of_a_fine_tuning_run_equals_an_uninterrupted_one(source, tmp_path, monkeypatch):
+    import mfcalc.train.loop as loop
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["--epochs", "3", "--min-epochs", "0", "--ensemble", "2", "--new-head", "cc=dft", "--trunk-lr", "1e-4"]
+    assert fine_tune(source, full, *common) == 0
+    real = loop.save_checkpoint
+
+    def save_then_die(state, path):
+        real(state, path)
+        if state["member"] == 1 and state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    assert fine_tune(source, part, *common) == 130
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    assert fine_tune(source, part, *common, "--resume") == 0
+    a = torch.load(full / "checkpoint.pt", weights_only=False)
+    b = torch.load(part / "checkpoint.pt", weights_only=False)
+    for sa, sb in zip(a["finished"], b["finished"]):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k
+    meta = export.load(str(part / "model.pt"))[1]
+    assert meta[keys.META_TRAINING]["init_from"] == str(source) and meta[keys.META_TRAINING]["trunk_lr"] == 1e-4
+    assert json.loads((part / "metrics.json").read_text())["test"]["cc"]["n_energy"] > 0
+    assert len(a["finished"]) == 2
