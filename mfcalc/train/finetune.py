@@ -97,6 +97,33 @@ def resolve_settings(cfg: RunConfig, source: Source) -> None:
         )
 
 
+def read_replay(source: Source, path: str, names: Sequence[str]) -> MFData:
+    """The file's original data, read with the key bindings and units the model file records
+    for its heads, in the columns of ``names``."""
+    from mfcalc.data.dataset import read_file
+    from mfcalc.data.fidelity import FidelitySpec
+
+    recorded = (source.meta.get(keys.META_TRAINING) or {}).get("fidelities") or {}
+    specs = [
+        FidelitySpec(name, b["energy"], b.get("forces"), b.get("energy_unit"), b.get("forces_unit"))
+        for name, b in recorded.items()
+        if name in source.fidelities
+    ]
+    if not specs:
+        raise ValueError(
+            f"--replay: {source.path} records no key bindings of its heads, so {path} cannot be read "
+            "as its original data"
+        )
+    try:
+        data = read_file(path, specs)
+    except FileNotFoundError:
+        raise ValueError(f"--replay: data file not found: {path}") from None
+    unknown = sorted(set(np.unique(np.asarray(data.numbers)).tolist()) - set(source.species))
+    if unknown:
+        raise ValueError(f"--replay: {path} holds elements {unknown} that {source.path} never knew")
+    return data.with_fidelities(names)
+
+
 def new_head_sources(cfg: RunConfig, source: Source) -> Dict[str, str]:
     """``{new fidelity: existing head it starts from}`` from ``--new-head NEW=OLD``."""
     out: Dict[str, str] = {}

@@ -138,9 +138,25 @@ def build_member(
     torch.manual_seed(cfg.train.seed + 1000 * member)
     if run.initial is not None:
         return copy.deepcopy(run.initial[member]).to(device=device, dtype=dtype)
-    model = MultiFidelityHipnn(run.species, [f.name for f in cfg.fidelities], cfg.model)
+    model = MultiFidelityHipnn(run.species, run.fidelities, cfg.model)
     model.heads.set_reference_energies(torch.tensor(run.reference))
     return model.to(device=device, dtype=dtype)
+
+
+def epoch_batches(run: RunData, settings: TrainSettings, rng: np.random.Generator) -> List[np.ndarray]:
+    """The global batches of one epoch: the training structures shuffled; with a replay of a
+    fine-tuned model's original data, every batch takes ``replay_fraction`` of its structures
+    from it (drawn at random) and the rest from the new data, which defines the epoch."""
+    size = settings.batch_size
+    train = run.split["train"]
+    if run.replay is None or settings.replay_fraction == 0:
+        order = rng.permutation(train)
+        return [order[b : b + size] for b in range(0, len(order), size)]
+    is_old = np.isin(train, run.replay)
+    new, old = rng.permutation(train[~is_old]), train[is_old]
+    n_old = min(max(1, int(round(settings.replay_fraction * size))), size - 1)
+    n_new = size - n_old
+    return [np.concatenate([new[b : b + n_new], rng.choice(old, n_old)]) for b in range(0, len(new), n_new)]
 
 
 def _train_epoch(
@@ -148,7 +164,7 @@ def _train_epoch(
     opt: torch.optim.Optimizer,
     params: List[nn.Parameter],
     run: RunData,
-    order: np.ndarray,
+    batches: List[np.ndarray],
     settings: TrainSettings,
     ctx: DistContext,
     device: torch.device,
@@ -156,12 +172,12 @@ def _train_epoch(
     label: str,
     deadline: Optional[float],
 ) -> Tuple[float, bool]:
-    """One pass over the training structures in ``order``; returns (mean loss, out of time)."""
-    n_batches = (len(order) + settings.batch_size - 1) // settings.batch_size
+    """One pass over ``batches`` (global batches of structure indices); returns (mean loss, out of time)."""
+    n_batches = len(batches)
     bar = ProgressBar(n_batches, label, ctx.is_main)
     loss_sum, done, out_of_time = 0.0, 0, False
     for b in range(n_batches):
-        global_batch = order[b * settings.batch_size : (b + 1) * settings.batch_size]
+        global_batch = batches[b]
         batch = collate(run.residual, global_batch[ctx.rank :: ctx.world], dtype=dtype, forces_mask=run.forces_mask).to(
             device
         )
@@ -227,7 +243,7 @@ def fit_member(
         resume: that state from a checkpoint, to continue bit for bit.
     """
     settings = cfg.train
-    fid_names = [f.name for f in cfg.fidelities]
+    fid_names = run.fidelities
     model = build_member(cfg, run, member, device, dtype)
     step: nn.Module = TrainStep(model)
     if ctx.enabled:
@@ -263,7 +279,7 @@ def fit_member(
             opt,
             params,
             run,
-            rng.permutation(run.split["train"]),
+            epoch_batches(run, settings, rng),
             settings,
             ctx,
             device,

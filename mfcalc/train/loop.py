@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mfcalc import export
+from mfcalc import export, keys
 from mfcalc.config import RunConfig
 from mfcalc.data.records import MFData
 from mfcalc.device import resolve_device, resolve_dtype
-from mfcalc.metrics import accumulate_stats, stats_to_metrics
+from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.train import outputs
@@ -89,7 +89,7 @@ def _run(
     run = prepare_run(cfg, data, given_split, state, say)
     if ctx.is_main:
         outputs.write_config(cfg.out, cfg.to_toml())
-        outputs.write_split(cfg.out, {k: run.rows[v] for k, v in run.split.items()})
+        outputs.write_split(cfg.out, split_rows(run))
 
     finished: List[Dict[str, Tensor]] = list(state["finished"]) if state else []
     summaries: List[Dict[str, Any]] = list(state.get("summaries", [])) if state else []
@@ -167,7 +167,7 @@ def _export(
     say: Callable[[str], None],
 ) -> Dict[str, Any]:
     """Step 3: score the ensemble of best weights on valid/test, write model.pt and metrics.json."""
-    fid_names = [f.name for f in cfg.fidelities]
+    fid_names = run.fidelities
     members = []
     for sd in finished:
         m = MultiFidelityHipnn(run.species, fid_names, cfg.model).to(device=device, dtype=dtype)
@@ -190,6 +190,8 @@ def _export(
             )
         )
         metrics[name] = stats_to_metrics(stats, fid_names)
+    if run.replay is not None and run.source is not None:
+        metrics["replay_test"] = forgetting(run, ensemble, cfg.train.batch_size, device, dtype)
     metrics["ensemble_size"] = len(members)
     metrics["epochs_run"] = len(log_rows)
     metrics["stopped_by_time"] = out_of_time
@@ -201,19 +203,25 @@ def _export(
         training = {
             **asdict(cfg.train),  # the resolved settings themselves, not a hand-built summary
             "data": sorted({os.path.abspath(p) for f in cfg.fidelities for p in (f.files or cfg.data)}),
+            # key bindings of every head: this run's, and those the source file records for the heads
+            # it carries over (a later fine-tuning run replays the original data with them)
             "fidelities": {
-                f.name: {
-                    "energy": f.energy,
-                    "forces": f.forces,
-                    "energy_unit": f.energy_unit,
-                    "forces_unit": f.forces_unit,
-                    "weight_energy": f.weight_energy,
-                    "weight_forces": f.weight_forces,
-                    "weight_hier": f.weight_hier,
-                }
-                for f in cfg.fidelities
+                **carried_bindings(run),
+                **{
+                    f.name: {
+                        "energy": f.energy,
+                        "forces": f.forces,
+                        "energy_unit": f.energy_unit,
+                        "forces_unit": f.forces_unit,
+                        "weight_energy": f.weight_energy,
+                        "weight_forces": f.weight_forces,
+                        "weight_hier": f.weight_hier,
+                    }
+                    for f in cfg.fidelities
+                },
             },
             "n_structures": {k: int(len(v)) for k, v in run.split.items()},
+            "heads": list(fid_names),
             "epochs_run": len(log_rows),
             "seconds": round(seconds, 1),
             "members": summaries,
@@ -229,6 +237,49 @@ def _export(
             f"{outputs.CHECKPOINT}"
         )
     return metrics
+
+
+def split_rows(run: RunData) -> Dict[str, np.ndarray]:
+    """What split.npz records: rows of the data as read (before any --max-structures subsample)
+    and, for a fine-tuning run with --replay, ``replay_<split>`` rows of the replay file."""
+    n_new = len(run.rows)
+    out = {k: run.rows[v[v < n_new]] for k, v in run.split.items()}
+    if run.replay is not None:
+        out.update({f"replay_{k}": v[v >= n_new] - n_new for k, v in run.split.items()})
+    return out
+
+
+def carried_bindings(run: RunData) -> Dict[str, Any]:
+    """The source file's recorded key bindings of the heads a fine-tuning run carries over."""
+    if run.source is None:
+        return {}
+    recorded = (run.source.meta.get(keys.META_TRAINING) or {}).get("fidelities") or {}
+    return {name: b for name, b in recorded.items() if name in run.fidelities}
+
+
+def forgetting(
+    run: RunData, ensemble: Ensemble, batch_size: int, device: torch.device, dtype: torch.dtype
+) -> Dict[str, Any]:
+    """The original heads on the held-out part of the replayed original data, before (the
+    source file) and after fine-tuning: whether the model forgot what it knew."""
+    source = run.source
+    if run.replay is None or source is None:
+        return {}
+    rows = np.intersect1d(run.split["test"], run.replay)
+    old = run.data.subset(rows).with_fidelities(source.fidelities)
+    reference = np.array([[source.reference(f)[z] for z in source.species] for f in source.fidelities])
+    before_data = residual_data(old, source.species, reference)
+    after_data = residual_data(old, run.species, run.reference[[run.fidelities.index(f) for f in source.fidelities]])
+    idx = np.arange(len(old))
+    before = accumulate_stats(
+        source.ensemble.to(device=device, dtype=dtype), before_data, idx, source.fidelities, batch_size, device, dtype
+    )
+    after = accumulate_stats(ensemble, after_data, idx, run.fidelities, batch_size, device, dtype)
+    return {
+        "structures": int(len(rows)),
+        "before": stats_to_metrics(before, source.fidelities),
+        "after": stats_to_metrics(after, source.fidelities),
+    }
 
 
 def training_domain(run: RunData) -> Dict[str, Any]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from mfcalc.config import RunConfig
+from mfcalc.config import FidelityConfig, RunConfig
 from mfcalc.data.dataset import HDF5_SUFFIXES, fit_reference_energies, read_file, split_indices
 from mfcalc.data.fidelity import FidelitySpec
 from mfcalc.data.hdf5 import list_keys
@@ -38,7 +38,11 @@ class RunData:
         weights: loss weights per fidelity (forces weight 0 where a fidelity has none).
         forces_mask: (S, F) structures carrying complete forces, computed once.
         force_columns: fidelities whose forces enter the loss.
+        fidelities: the model's heads, in order: the bound fidelities, or for fine-tuning the
+            file's heads followed by the new ones.
         initial: members to start from (fine-tuning: adapted from ``init_from``), else None.
+        replay: rows of ``data`` that replay the file's original data (fine-tuning), else None.
+        source: the model file a fine-tuning run starts from, else None.
     """
 
     data: MFData
@@ -50,7 +54,10 @@ class RunData:
     weights: LossWeights
     forces_mask: np.ndarray
     force_columns: List[int]
+    fidelities: List[str] = field(default_factory=list)
     initial: Optional[List[MultiFidelityHipnn]] = None
+    replay: Optional[np.ndarray] = None
+    source: Optional[finetune.Source] = None
 
 
 def load_run_data(cfg: RunConfig, say: Callable[[str], None] = print) -> MFData:
@@ -92,17 +99,23 @@ def load_run_data(cfg: RunConfig, say: Callable[[str], None] = print) -> MFData:
 
 
 def loss_weights(cfg: RunConfig, data: MFData) -> LossWeights:
+    """Per head of ``data``: the configured weights; 1 for a head a fine-tuning run carries over
+    (0 for forces where the data have none)."""
+    bound = {f.name: f for f in cfg.fidelities}
+    chosen = [bound.get(name, FidelityConfig(name, "")) for name in data.fidelities]
     return LossWeights(
-        energy=[f.weight_energy for f in cfg.fidelities],
-        forces=[f.weight_forces if f.name in data.forces else 0.0 for f in cfg.fidelities],
-        hier=[f.weight_hier for f in cfg.fidelities],
+        energy=[f.weight_energy for f in chosen],
+        forces=[f.weight_forces if f.name in data.forces else 0.0 for f in chosen],
+        hier=[f.weight_hier for f in chosen],
     )
 
 
-def check_labels(data: MFData, split: Dict[str, np.ndarray]) -> None:
-    """Every fidelity needs energies, and some of them in the training split."""
+def check_labels(data: MFData, split: Dict[str, np.ndarray], bound: List[str]) -> None:
+    """Every bound fidelity needs energies, and some of them in the training split."""
     em = data.energy_mask
     for k, name in enumerate(data.fidelities):
+        if name not in bound:
+            continue
         if not em[:, k].any():
             raise ValueError(f"no structure is labelled with an energy for fidelity {name!r}")
         if not em[split["train"], k].any():
@@ -132,17 +145,27 @@ def prepare_run(
             f"fine-tuning {source.path}: {source.ensemble.n_members} member(s), heads "
             f"{', '.join(source.fidelities)}, elements {source.species}"
         )
+    bound = [f.name for f in cfg.fidelities]
+    # a fine-tuned model keeps every head of its file (in the file's order), then the new ones
+    names = bound if source is None else source.fidelities + [n for n in bound if n not in source.fidelities]
     if data is None:
         data = load_run_data(cfg, say)
-    elif list(data.fidelities) != [f.name for f in cfg.fidelities]:
-        names = [f.name for f in cfg.fidelities]
-        raise ValueError(f"data fidelities {data.fidelities} differ from the config's {names}")
+    elif list(data.fidelities) != bound:
+        raise ValueError(f"data fidelities {data.fidelities} differ from the config's {bound}")
     rows = np.arange(len(data))
     if given_split is not None and t_cfg.max_structures is not None:
         raise ValueError("a given split cannot be combined with max_structures")
     if t_cfg.max_structures is not None and t_cfg.max_structures < len(data):
         rows = np.sort(np.random.default_rng(t_cfg.seed).choice(len(data), t_cfg.max_structures, replace=False))
         data = data.subset(rows)
+    data = data.with_fidelities(names)
+    n_new = len(data)
+    replay = None
+    if source is not None and t_cfg.replay:
+        old = finetune.read_replay(source, t_cfg.replay, names)
+        say(f"replay of the original data: {old.summary()}")
+        data = concatenate([data, old])
+        replay = np.arange(n_new, len(data))
     say(f"data: {data.summary()}")
     reference: Optional[np.ndarray] = None
     if state is not None:
@@ -153,11 +176,20 @@ def prepare_run(
         if given_split is not None:
             split = {k: np.asarray(given_split[k], dtype=np.int64) for k in ("train", "valid", "test")}
         else:
-            split = split_indices(data, t_cfg.valid_fraction, t_cfg.test_fraction, by=t_cfg.split_by, seed=t_cfg.seed)
+            split = split_indices(
+                data.subset(np.arange(n_new)) if replay is not None else data,
+                t_cfg.valid_fraction,
+                t_cfg.test_fraction,
+                by=t_cfg.split_by,
+                seed=t_cfg.seed,
+            )
+        if replay is not None:  # the original data get their own split: its test part scores forgetting
+            old_split = split_indices(data.subset(replay), t_cfg.valid_fraction, t_cfg.test_fraction, seed=t_cfg.seed)
+            split = {k: np.concatenate([split[k], replay[old_split[k]]]) for k in split}
         species = sorted(cfg.model.species or np.unique(np.asarray(data.numbers)).astype(int).tolist())
         if source is not None:  # the file's elements stay; new ones are added
             species = sorted(set(species) | set(source.species))
-    check_labels(data, split)
+    check_labels(data, split, bound)
     if reference is None:
         reference = (
             finetune.reference_energies(source, data, species, split["train"])
@@ -173,7 +205,6 @@ def prepare_run(
     initial = None
     if source is not None:
         new_from = finetune.new_head_sources(cfg, source)
-        names = [f.name for f in cfg.fidelities]
         initial = [
             finetune.adapt_member(source.ensemble.member(k), species, names, cfg.model, reference, new_from)
             for k in range(t_cfg.ensemble)
@@ -188,5 +219,8 @@ def prepare_run(
         weights=weights,
         forces_mask=residual.forces_mask(),
         force_columns=[k for k, w in enumerate(weights.forces) if w > 0],
+        fidelities=names,
         initial=initial,
+        replay=replay,
+        source=source,
     )

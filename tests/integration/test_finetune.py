@@ -168,3 +168,40 @@ def test_resume_of_a_fine_tuning_run_equals_an_uninterrupted_one(source, tmp_pat
     assert meta[keys.META_TRAINING]["init_from"] == str(source) and meta[keys.META_TRAINING]["trunk_lr"] == 1e-4
     assert json.loads((part / "metrics.json").read_text())["test"]["cc"]["n_energy"] > 0
     assert len(a["finished"]) == 2
+
+
+def test_replay_keeps_the_old_heads_and_reports_forgetting(source, tmp_path):
+    """A new cc head from cc energies only, with the original xtb/dft data replayed: the old
+    heads are carried over, and metrics.json scores them on held-out original data before and after."""
+    hco = source.parent.parent / "hco.h5"
+    out = tmp_path / "replay"
+    assert (
+        fine_tune(
+            source,
+            out,
+            "--epochs",
+            "2",
+            "--min-epochs",
+            "0",
+            "--replay",
+            str(hco),
+            "--replay-fraction",
+            "0.5",
+            fidelities=(CC,),
+            data=hco,
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    forgetting = metrics["replay_test"]
+    assert forgetting["structures"] > 0
+    for when in ("before", "after"):
+        assert set(forgetting[when]) == {"xtb", "dft"}
+        assert forgetting[when]["dft"]["forces_rmse_kcal_mol_a"] > 0
+    meta = export.load(str(out / "model.pt"))[1]
+    assert meta[keys.META_FIDELITIES] == ["xtb", "dft", "cc"] and meta[keys.META_DEFAULT_FIDELITY] == "cc"
+    assert meta[keys.META_TRAINING]["fidelities"]["dft"]["energy"] == "wb97x_dz.energy"  # carried bindings
+    with pytest.raises(ValueError, match="need init_from"):
+        from mfcalc.config import TrainSettings
+
+        TrainSettings(replay="x.h5").validate()
