@@ -114,8 +114,8 @@ class TrainSettings:
     init_from: Optional[str] = field(
         default=None,
         metadata=_help(
-            "fine-tune: start from this trained model file; its hyper-parameters are used and its heads are "
-            "reused by fidelity name",
+            "fine-tune: start from this trained model file ('default': the shipped model); its "
+            "hyper-parameters are used and its heads are reused by fidelity name",
             metavar="MODEL.pt",
         ),
     )

@@ -35,7 +35,9 @@ case $stage in
     mfcalc-label $B/small_forces.extxyz --levels ccsd\(t\)_dz --forces ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W" ;;
   committee)
     r=${2:?round}
-    mfcalc-train --data data/mf_reference.h5 $C/campaign.h5 \
+    resume=(); [[ -f runs/committee$r/checkpoint.pt && ! -f runs/committee$r/model.pt ]] && resume=(--resume)
+    [[ -f runs/committee$r/model.pt ]] && { echo "runs/committee$r/model.pt exists"; exit 0; }
+    mfcalc-train "${resume[@]}" --data data/mf_reference.h5 $C/campaign.h5 \
         --fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
         --fidelity "cc=ccsd(t)_dz.energy" --out runs/committee$r --ensemble 4 --n-features 24 \
         --max-structures "${STRUCTURES:-8000}" --epochs "${EPOCHS:-30}" --min-epochs 20 --batch-size 64 --lr 2e-3 \

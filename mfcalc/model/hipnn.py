@@ -143,6 +143,9 @@ class MultiFidelityHipnn(nn.Module):
 
     # ---- input checks (TorchScript raises these as plain errors with the message) -----------
     def _species_index(self, numbers: Tensor) -> Tensor:
+        if numbers.is_floating_point() or numbers.dtype == torch.bool:
+            raise ValueError("atomic numbers must be an integer tensor, got " + str(numbers.dtype))
+        numbers = numbers.long()  # uint8 or int32 would index as a mask or fail deep inside
         idx = self.species_table[numbers.clamp(0, 118)]
         bad = (idx < 0) | (numbers < 0) | (numbers > 118)
         if bool(bad.any()):

@@ -60,7 +60,12 @@ class Source:
 
 
 def load_source(path: str) -> Source:
-    """Read a model file to start from; clear errors for a missing or non-mfcalc file."""
+    """Read a model file to start from (``"default"``: the shipped model); clear errors for a
+    missing or non-mfcalc file."""
+    if path == "default":
+        from mfcalc.models import default_model_path
+
+        path = default_model_path()
     try:
         module, meta = export.load(path)
         ensemble = export.eager_model(module, meta, path)
@@ -221,7 +226,9 @@ def trainable_groups(
     for p in model.parameters():
         if id(p) not in chosen:
             p.requires_grad_(False)
-    groups = [{"params": heads, "lr": lr}]
-    if trunk:  # first, as in model.parameters(): the same order gives the same gradient clipping sums
-        groups.insert(0, {"params": trunk, "lr": lr if trunk_lr is None else trunk_lr})
-    return groups
+    if not trunk or trunk_lr is None or trunk_lr == lr:
+        # one group in model.parameters() order: the optimiser state of plain training (and of
+        # checkpoints written before fine-tuning existed) has exactly this layout
+        return [{"params": [p for p in model.parameters() if id(p) in chosen], "lr": lr}]
+    # trunk first, as in model.parameters(): the same order gives the same gradient clipping sums
+    return [{"params": trunk, "lr": trunk_lr}, {"params": heads, "lr": lr}]

@@ -205,3 +205,10 @@ def test_replay_keeps_the_old_heads_and_reports_forgetting(source, tmp_path):
         from mfcalc.config import TrainSettings
 
         TrainSettings(replay="x.h5").validate()
+
+
+def test_default_names_the_shipped_model():
+    from mfcalc.train.finetune import load_source
+
+    shipped = load_source("default")
+    assert shipped.meta[keys.META_FIDELITIES] == ["xtb", "dft", "cc"] and shipped.path.endswith("default.pt")

@@ -21,3 +21,17 @@ def test_readme_md_example_runs_as_written(trained_model, tmp_path, monkeypatch,
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "('xtb', 'dft', 'cc')" in out
+
+
+def test_readme_fine_tuning_toml_is_a_valid_config(tmp_path):
+    """The fine-tuning TOML of the README parses, validates and says what the text says."""
+    from mfcalc.config import RunConfig
+
+    blocks = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    block = next(b for b in blocks if "init_from" in b)
+    path = tmp_path / "ft.toml"
+    path.write_text(block)
+    cfg = RunConfig.from_toml(str(path)).validate()
+    assert cfg.train.init_from == "default" and cfg.train.new_head == ["caspt2=cc", "dft_g16=dft"]
+    assert [f.name for f in cfg.fidelities] == ["dft_g16", "caspt2"]
+    assert cfg.fidelities[0].forces_unit == "hartree/bohr"

@@ -4,7 +4,9 @@ import importlib.util
 import json
 import sys
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, SHARED
 
 
 def load_tool(name):
@@ -125,8 +127,6 @@ def test_mfl_report_merges_saved_runs_into_one_markdown_table(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     mf = next(line for line in lines if "| MF-dft/EF-cc/E |" in line)
     assert "| SF-cc/E | 50 % | 60 % |" in mf  # (2 - 1) / 2 and (20 - 8) / 20
-    import pytest
-
     with pytest.raises(SystemExit, match="already"):
         tool.main(["--report", str(a), str(a)])
 
@@ -160,3 +160,27 @@ def test_bench_accuracy_scores_every_method_on_the_same_structures(tmp_path, cap
     for name, row in rows.items():
         assert row["conformers n"] > 10 and row["unseen small n"] > 10 and row["forces n"] == 4, name
         assert 0 < row["conformers relE"] < 5 and 0 < row["forces"] < 20, name
+
+
+@pytest.mark.slow
+def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_path, capsys):
+    external = SHARED / "data" / "external"
+    if not (external / "C2H6_CAS_NMS.h5").exists():
+        pytest.skip("the Goodpaster ethane files are not in ../shared/data/external")
+    tool = load_tool("bench_finetune")
+    out = tmp_path / "ft.json"
+    argv = ["--minutes", "0.01", "--epochs", "1", "--max-dft", "100", "--workdir", str(tmp_path / "w")]
+    assert tool.main(argv + ["--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| fine-tuned, DFT + CASPT2 |" in table and "C-C stretch" in table
+    doc = json.loads(out.read_text())
+    assert set(doc["runs"]) == {
+        "scratch, CASPT2 only",
+        "scratch, DFT + CASPT2",
+        "fine-tuned, CASPT2 only",
+        "fine-tuned, DFT + CASPT2",
+    }
+    for name, run in doc["runs"].items():
+        assert run["caspt2 relE RMSE"] > 0 and len(run["stretch"]) == len(tool.STRETCH), name
+        assert min(run["stretch"]) == 0.0, name
+        assert (run["old cc RMSE"] is None) == name.startswith("scratch"), name

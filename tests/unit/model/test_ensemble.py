@@ -118,3 +118,11 @@ def test_members_come_back_out_of_the_stack_unchanged(order, resnet):
             assert torch.equal(a[key], b[key]), key
     with pytest.raises(ValueError, match="out of range"):
         ens.member(3)
+
+
+def test_uint8_atomic_numbers_are_atomic_numbers_not_a_mask():
+    ens = torch.jit.script(Ensemble(perturbed_members(k=2)))
+    z, x = ethanol()
+    mol = torch.zeros(len(z), dtype=torch.long)
+    ref = ens(z, x, mol, 1)[keys.ENERGY]
+    torch.testing.assert_close(ens(z.to(torch.uint8), x, mol, 1)[keys.ENERGY], ref, rtol=0, atol=0)

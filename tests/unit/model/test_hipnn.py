@@ -207,6 +207,17 @@ def test_unknown_element_names_the_element_and_the_species(kind):
         energies(model, z, pos)
 
 
+@pytest.mark.parametrize("kind", ["eager", "script"])
+def test_any_integer_dtype_of_atomic_numbers_gives_the_same_energy(kind):
+    model = variants(make_model(0))[kind]
+    z, pos = ethanol()
+    ref = energies(model, z, pos)
+    for dtype in (torch.uint8, torch.int32):  # numpy files often hold uint8; uint8 must not index as a mask
+        torch.testing.assert_close(energies(model, z.to(dtype), pos), ref, rtol=0, atol=0)
+    with pytest.raises(Exception, match="atomic numbers must be an integer tensor"):
+        energies(model, z.double(), pos)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("kind", ["eager", "script"])
 def test_non_finite_positions_are_rejected(kind, bad):

@@ -1,0 +1,196 @@
+"""Bring your own level of theory: CASPT2 for ethane, from scratch or fine-tuned from the shipped model.
+
+The Goodpaster ethane data (``../shared/data/external``: 10,080 wB97X/6-31G(d) energies and
+forces from Gaussian, 480 CASPT2 energies of the same geometries) are split once, with a fifth
+of the CASPT2 structures held out for testing; four runs then get the same wall-clock budget:
+
+1. from scratch, CASPT2 energies only;
+2. from scratch, multi-fidelity (DFT energies and forces + CASPT2 energies);
+3. fine-tuned from the shipped model: a new ``caspt2`` head copied from its ``cc`` head;
+4. the same with the DFT data as a further new head (``dft_g16`` from ``dft``: Gaussian's
+   wB97X differs from PySCF's by a constant, so it is a level of its own).
+
+Fine-tuning replays the shipped model's own data (``data/mf_reference.h5``) so that its old
+heads are not forgotten; their test errors before and after are reported.  Printed: CASPT2
+relative-energy RMSE on the held-out structures, the C-C bond-stretch curve of each model,
+and the old ``cc`` head on the shipped model's test split.
+
+    python tools/bench_finetune.py --minutes 6 [--json tools/results/finetune.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from mfcalc import export, keys
+from mfcalc.config import FidelityConfig, RunConfig
+from mfcalc.data import parse_fidelity
+from mfcalc.data.records import MFData
+from mfcalc.evaluate import evaluate_file
+from mfcalc.models import default_model_path
+from mfcalc.train import train
+from mfcalc.train.prepare import load_run_data
+from mfcalc.units import KCAL_MOL_EV
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXTERNAL = os.path.join(REPO, "..", "shared", "data", "external")
+REFERENCE = os.path.join(REPO, "data", "mf_reference.h5")
+STRETCH = np.array([1.3, 1.45, 1.55, 1.7, 1.9, 2.2, 2.6, 3.0])  # C-C distances, Angstrom
+
+
+def fidelities(external: str, with_dft: bool) -> List[FidelityConfig]:
+    cas = FidelityConfig("caspt2", "energies", files=[os.path.join(external, "C2H6_CAS_NMS.h5")], energy_unit="hartree")
+    dft = FidelityConfig(
+        "dft_g16",
+        "energies",
+        "forces",
+        files=[os.path.join(external, "C2H6_DFT+Force_NMS.h5")],
+        energy_unit="hartree",
+        forces_unit="hartree/bohr",
+    )  # Gaussian forces: Hartree/Bohr
+    return [dft, cas] if with_dft else [cas]
+
+
+def fixed_split(data: MFData, seed: int, max_dft: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """A fifth of the CASPT2 structures for testing, a tenth for validation (with a twentieth of
+    the DFT-only ones); everything else trains (at most ``max_dft`` DFT-only structures)."""
+    rng = np.random.default_rng(seed)
+    cas = np.nonzero(np.isfinite(data.energy[:, data.fidelities.index("caspt2")]))[0]
+    other = np.setdiff1d(np.arange(len(data)), cas)
+    cas, other = rng.permutation(cas), rng.permutation(other)[:max_dft]
+    n_test, n_valid = len(cas) // 5, len(cas) // 10
+    test, valid = cas[:n_test], np.concatenate([cas[n_test : n_test + n_valid], other[: len(other) // 20]])
+    train_rows = np.concatenate([cas[n_test + n_valid :], other[len(other) // 20 :]])
+    return {"train": np.sort(train_rows), "valid": np.sort(valid), "test": np.sort(test)}
+
+
+def restrict(data: MFData, split: Dict[str, np.ndarray], names: List[str]):
+    """The data and split of a run that binds only ``names`` (rows without any of them dropped)."""
+    cols = data.with_fidelities(names)
+    keep = np.nonzero(np.isfinite(cols.energy).any(axis=1))[0]
+    where = -np.ones(len(data), dtype=np.int64)
+    where[keep] = np.arange(len(keep))
+    return cols.subset(keep), {k: where[v][where[v] >= 0] for k, v in split.items()}
+
+
+def caspt2_rmse(model_path: str, data: MFData, rows: np.ndarray) -> float:
+    """Relative-energy RMSE (kcal/mol) of the caspt2 head: one molecule, its mean error removed."""
+    model, meta = export.load(model_path)
+    model = model.double()
+    head = meta[keys.META_FIDELITIES].index("caspt2")
+    atoms = data.atom_index(rows)
+    z = torch.as_tensor(np.asarray(data.numbers[atoms]), dtype=torch.long)
+    x = torch.as_tensor(np.asarray(data.positions[atoms]), dtype=torch.float64)
+    sizes = torch.as_tensor(data.offsets[rows + 1] - data.offsets[rows])
+    mol = torch.repeat_interleave(torch.arange(len(rows)), sizes)
+    with torch.no_grad():
+        pred = model(z, x, mol, len(rows))[keys.ENERGY][:, head].numpy()
+    err = pred - data.energy[rows, data.fidelities.index("caspt2")]
+    return float(np.sqrt(np.mean((err - err.mean()) ** 2)) / KCAL_MOL_EV)
+
+
+def stretch_curve(model_path: str, data: MFData) -> List[float]:
+    """kcal/mol along a rigid C-C stretch of the lowest-CASPT2 structure, relative to its minimum."""
+    col = data.fidelities.index("caspt2")
+    best = int(np.nanargmin(data.energy[:, col]))
+    atoms = data.atom_index(np.array([best]))
+    z = np.asarray(data.numbers[atoms])
+    x = np.asarray(data.positions[atoms]).copy()
+    c = np.nonzero(z == 6)[0]
+    axis = (x[c[1]] - x[c[0]]) / np.linalg.norm(x[c[1]] - x[c[0]])
+    side = np.dot(x - x[c[0]], axis) > 0.5 * np.linalg.norm(x[c[1]] - x[c[0]])  # the second methyl group
+    model, meta = export.load(model_path)
+    model = model.double()
+    head = meta[keys.META_FIDELITIES].index("caspt2")
+    out = []
+    for r in STRETCH:
+        y = x.copy()
+        y[side] += (r - np.linalg.norm(x[c[1]] - x[c[0]])) * axis
+        with torch.no_grad():
+            e = model(
+                torch.as_tensor(z, dtype=torch.long), torch.as_tensor(y), torch.zeros(len(z), dtype=torch.long), 1
+            )
+        out.append(float(e[keys.ENERGY][0, head]))
+    out = np.array(out)
+    return list((out - out.min()) / KCAL_MOL_EV)
+
+
+def old_cc_error(model_path: str) -> float:
+    """The cc head on the shipped model's test split of the reference data (kcal/mol)."""
+    split = np.load(os.path.join(REPO, "models", "default_split.npz"))["test"]
+    m = evaluate_file(model_path, [REFERENCE], [parse_fidelity("cc=ccsd(t)_dz.energy")], structures=split)
+    return float(m["cc"]["energy_rmse_kcal_mol"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--external", default=EXTERNAL)
+    p.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget of every run")
+    p.add_argument("--epochs", type=int, default=10000, help="epoch cap (the budget normally ends a run first)")
+    p.add_argument("--max-dft", type=int, help="use at most this many DFT-only structures (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir")
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    if not os.path.exists(os.path.join(args.external, "C2H6_CAS_NMS.h5")):
+        print(f"the Goodpaster ethane files are not in {args.external}", file=sys.stderr)
+        return 2
+    workdir = args.workdir or tempfile.mkdtemp(prefix="finetune-")
+    full = RunConfig(fidelities=fidelities(args.external, True))
+    data = load_run_data(full, say=lambda _m: None)
+    split = fixed_split(data, args.seed, args.max_dft)
+    runs = {
+        "scratch, CASPT2 only": dict(with_dft=False, init=False),
+        "scratch, DFT + CASPT2": dict(with_dft=True, init=False),
+        "fine-tuned, CASPT2 only": dict(with_dft=False, init=True),
+        "fine-tuned, DFT + CASPT2": dict(with_dft=True, init=True),
+    }
+    rows: Dict[str, Dict[str, object]] = {}
+    for name, how in runs.items():
+        cfg = RunConfig(
+            out=os.path.join(workdir, name.replace(", ", "_").replace(" ", "_")),
+            fidelities=fidelities(args.external, bool(how["with_dft"])),
+        )
+        t = cfg.train
+        t.epochs, t.max_minutes, t.min_epochs, t.seed, t.device = args.epochs, args.minutes, 20, args.seed, "cpu"
+        if how["init"]:
+            t.init_from, t.replay, t.trunk_lr, t.lr = default_model_path(), REFERENCE, 1e-4, 1e-3
+            t.new_head = ["caspt2=cc"] + (["dft_g16=dft"] if how["with_dft"] else [])
+        run_data, run_split = restrict(data, split, [f.name for f in cfg.fidelities])
+        print(f"{name}: training for {args.minutes} min", file=sys.stderr, flush=True)
+        train(cfg, log=lambda _m: None, data=run_data, split=run_split)
+        model = os.path.join(cfg.out, "model.pt")
+        rows[name] = {
+            "caspt2 relE RMSE": caspt2_rmse(model, run_data, run_split["test"]),
+            "stretch": stretch_curve(model, run_data),
+            "old cc RMSE": old_cc_error(model) if how["init"] else None,
+        }
+    before = old_cc_error(default_model_path())
+    print(
+        f"| run ({args.minutes} min each) | CASPT2 relE RMSE, held-out (kcal/mol) | old cc head, shipped test "
+        f"split (before {before:.2f}) |"
+    )
+    print("|---|---|---|")
+    for name, r in rows.items():
+        old = f"{r['old cc RMSE']:.2f}" if r["old cc RMSE"] is not None else "-"
+        print(f"| {name} | {r['caspt2 relE RMSE']:.2f} | {old} |")
+    print("\n| C-C stretch, kcal/mol above the lowest point | " + " | ".join(f"{r:.2f} A" for r in STRETCH) + " |")
+    print("|---|" + "---|" * len(STRETCH))
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in r["stretch"]) + " |")  # type: ignore[union-attr]
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"minutes": args.minutes, "old_cc_before": before, "runs": rows}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
