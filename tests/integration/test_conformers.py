@@ -12,7 +12,7 @@ from ase.optimize import BFGS
 
 from conftest import ethanol
 from mfcalc import MFCalculator, conformers, export
-from mfcalc.calculator import default_model_path
+from mfcalc.models import default_model_path
 
 pytest.importorskip("rdkit")
 

@@ -9,9 +9,9 @@ from ase.build import molecule
 
 from conftest import REFERENCE_H5, REPO
 from mfcalc import MFCalculator, keys
-from mfcalc.calculator import default_model_path
 from mfcalc.data import parse_fidelity
 from mfcalc.evaluate import evaluate_file
+from mfcalc.models import default_model_path
 
 CARD = REPO / "models"
 BINDINGS = [

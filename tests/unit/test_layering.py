@@ -13,9 +13,10 @@ LAYERS = [
     ["data"],
     ["neighbors"],
     ["model"],
-    ["metrics", "config"],
+    ["metrics", "config", "plot"],
     ["export"],
-    ["train", "evaluate", "calculator"],
+    ["potential"],  # one structure in, energy and forces out: what every engine adapter runs
+    ["train", "evaluate", "calculator", "openmm"],
     ["conformers", "label", "select"],
     ["sample"],  # moves atoms with the conformer optimiser
     ["cli"],
