@@ -18,6 +18,7 @@ and at most ``per_molecule`` structures per molecule.  Ties are broken by a seed
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -124,7 +125,7 @@ def choose(
     shuffle = rng.permutation(len(scores))
     valid = shuffle[np.isfinite(scores[shuffle])]
     order = valid[np.argsort(-scores[valid], kind="stable")]
-    molecule = data.group_labels(group) if group in data.groups else data.group_labels("formula")
+    molecule = molecule_labels(data, group)
     picked: List[int] = []
     per: Dict[str, List[np.ndarray]] = {}  # distance matrices of the structures picked per molecule
     for i in order:
@@ -139,6 +140,32 @@ def choose(
         mine.append(d_i)
         picked.append(int(i))
     return np.array(picked, dtype=np.int64)
+
+
+def molecule_labels(data: MFData, group: str = "smiles") -> np.ndarray:
+    """Which molecule each structure is: its ``group`` label (SMILES), or its formula where
+    that is missing or empty."""
+    formula = data.group_labels("formula")
+    if group not in data.groups:
+        return formula
+    labels = data.group_labels(group)
+    return np.where(labels == "", formula, labels)
+
+
+def already_labelled(data: MFData, store: str, level: str) -> np.ndarray:
+    """(S,) True where the candidate's geometry carries a ``level`` energy in the label store
+    ``store`` (an HDF5 file of ``mfcalc-label``): such a candidate teaches nothing new."""
+    from mfcalc.data.hdf5 import per_structure_values
+    from mfcalc.data.identity import geometry_keys
+
+    if not os.path.exists(store):
+        raise FileNotFoundError(f"--skip-labelled: no label file {store}")
+    energies = per_structure_values(store, f"{level}.energy")
+    if energies is None:
+        return np.zeros(len(data), dtype=bool)
+    stored = read_structures(store)[0]
+    done = {k for k, e in zip(geometry_keys(stored), energies) if np.isfinite(e)}
+    return np.array([k in done for k in geometry_keys(data)], dtype=bool)
 
 
 def _distances(data: MFData, i: int) -> np.ndarray:

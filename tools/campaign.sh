@@ -45,12 +45,12 @@ case $stage in
   select-dft)
     r=${2:?round}; n=${3:?how many}
     mfcalc-select $C/campaign.h5 --model runs/committee$r/model.pt --n "$n" --by spread --fidelity dft \
-        --per-molecule 40 --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
+        --per-molecule 40 --skip-labelled $C/campaign.h5:wb97x_dz --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-cc)
     r=${2:?round}; n=${3:?how many}
     python tools/pick_frames.py $C/campaign.h5 --max-heavy-atoms 4 --out $C/cc_pool.extxyz
     mfcalc-select $C/cc_pool.extxyz --model runs/committee$r/model.pt --n "$n" --by heads:cc,dft \
-        --per-molecule 25 --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
+        --per-molecule 25 --skip-labelled $C/campaign.h5:ccsd\(t\)_dz --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
   dft)
     r=${2:?round}
     mfcalc-label $C/round${r}_dft.extxyz --levels wb97x_dz --out $C/campaign.h5 --workers "$W" ;;

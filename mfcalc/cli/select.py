@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A",
         help="a candidate whose interatomic distances all lie within this of a picked one is a duplicate",
     )
+    p.add_argument(
+        "--skip-labelled",
+        action="append",
+        default=[],
+        metavar="FILE.h5:LEVEL",
+        help="leave out candidates whose geometry already has a LEVEL energy in FILE.h5 (repeatable)",
+    )
     p.add_argument("--compare-model", metavar="OLD.pt", help="also report the spreads of an earlier committee")
     p.add_argument("--report", metavar="FILE.json", help="write the spread distributions as JSON")
     p.add_argument("--seed", type=int, default=0, help="breaks ties reproducibly")
@@ -51,9 +58,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        import numpy as np
+
         from mfcalc import export, keys
         from mfcalc.files import atomic_write_text
         from mfcalc.select import (
+            already_labelled,
             choose,
             committee_scores,
             format_report,
@@ -70,6 +80,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         note = unscorable_message(data, scores, export.load(args.model)[1][keys.META_SPECIES])
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)
+        for spec in args.skip_labelled:
+            store, sep, level = spec.rpartition(":")
+            if not sep or not store or not level:
+                raise ValueError(f"--skip-labelled wants FILE.h5:LEVEL, got {spec!r}")
+            done = already_labelled(data, store, level)
+            scores.score[done] = np.nan  # never picked
+            print(f"{int(done.sum())} candidate(s) already have {level} in {store}: left out")
         picked = choose(scores.score, data, args.n, args.per_molecule, args.min_distance_change, seed=args.seed)
         baseline = (
             committee_scores(args.compare_model, data, args.by, args.fidelity, device=args.device)

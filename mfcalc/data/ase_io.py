@@ -29,6 +29,16 @@ def _lookup(atoms, key: str, per_atom: bool):
     return results.get(key)
 
 
+def _info_text(value) -> str:
+    """An ``atoms.info`` value as the text that was written: extxyz reads the SMILES of HF,
+    ``smiles=F``, as the boolean False (and a bare number as a number)."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "T" if value else "F"
+    return str(value)
+
+
 def read_ase(
     path: str,
     fidelities: Sequence[FidelitySpec],
@@ -107,8 +117,8 @@ def read_ase(
         "source": encode_groups(np.full(n_struct, os.path.abspath(path))),
     }
     for key in group_keys:
-        if all(isinstance(a.info.get(key), str) for a in frames):
-            groups[key] = encode_groups(np.array([a.info[key] for a in frames], dtype=object))
+        if any(key in a.info for a in frames):
+            groups[key] = encode_groups(np.array([_info_text(a.info.get(key)) for a in frames], dtype=object))
     return MFData(
         fidelities=tuple(s.name for s in fidelities),
         numbers=np.concatenate([a.numbers for a in frames]).astype(np.uint8),

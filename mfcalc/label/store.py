@@ -14,15 +14,14 @@ end, the whole data set is written to a temporary file and renamed over ``OUT.h5
 (:mod:`mfcalc.files`), then the journal is emptied.  So ``OUT.h5`` is always a complete file,
 and a run killed at any moment and started again recomputes nothing that was finished.
 
-Structures are identified by a key: a hash of the atomic numbers and the coordinates
-rounded to 1e-6 Angstrom (after sorting atoms by atomic number), so the same geometry is
-recognised whichever input file it comes from, and a later run at another level adds its
-labels to the rows already there.
+Structures are identified by their geometry key (:mod:`mfcalc.data.identity`: a hash of
+the atomic numbers and the coordinates rounded to 1e-6 Angstrom, atoms sorted by atomic
+number), so the same geometry is recognised whichever input file it comes from, and a
+later run at another level adds its labels to the rows already there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -31,31 +30,17 @@ from typing import Dict, Iterable, List, Optional, TextIO, Tuple
 
 import numpy as np
 
+from mfcalc.data.identity import sort_atoms, structure_key
 from mfcalc.elements import symbols
 from mfcalc.files import atomic_write
 
 FAILURES = "failures"
-KEY_DECIMALS = 6
-
-
-def structure_key(numbers: np.ndarray, positions: np.ndarray) -> str:
-    """Identity of a geometry: 16 hex digits of a hash of numbers and rounded coordinates."""
-    digest = hashlib.sha1(np.asarray(numbers, dtype=np.int16).tobytes())
-    rounded = np.round(np.asarray(positions, dtype=np.float64), KEY_DECIMALS) + 0.0  # + 0.0: no negative zeros
-    digest.update(rounded.tobytes())
-    return digest.hexdigest()[:16]
 
 
 def formula(numbers: np.ndarray) -> str:
     """``C2H6O1``: element symbols in alphabetical order, every count written out."""
     syms = symbols(numbers)
     return "".join(f"{s}{syms.count(s)}" for s in sorted(set(syms)))
-
-
-def sort_atoms(numbers: np.ndarray, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Atoms in the order of increasing atomic number (stable), and the permutation used."""
-    order = np.argsort(np.asarray(numbers), kind="stable")
-    return np.asarray(numbers)[order], np.asarray(positions, dtype=np.float64)[order], order
 
 
 @dataclass
@@ -136,6 +121,9 @@ class LabelStore:
                     "multiplicity": int(multiplicity),
                 }
             )
+        elif smiles and not self.structures[key].smiles:  # a SMILES learnt later is kept
+            self.structures[key].smiles = smiles
+            self._write({"kind": "smiles", "key": key, "smiles": smiles})
         return key
 
     def record(self, key: str, level: str, energy: float, forces: Optional[np.ndarray], seconds: float) -> None:
@@ -304,6 +292,8 @@ class LabelStore:
                 int(entry.get("charge", 0)),
                 int(entry.get("multiplicity", 1)),
             )
+        elif kind == "smiles" and key in self.structures:
+            self.structures[key].smiles = str(entry["smiles"])
         elif kind == "label" and key in self.structures:
             f = entry.get("forces")
             self._apply_label(

@@ -103,3 +103,30 @@ def test_a_spread_needs_an_ensemble(candidates, tmp_path):
     with pytest.raises(ValueError, match="needs an ensemble"):
         committee_scores(str(path), read_candidates([str(candidates)]), "spread")
     assert np.isfinite(committee_scores(str(path), read_candidates([str(candidates)]), "heads:cc,cc").score).all()
+
+
+def test_candidates_already_labelled_at_the_level_are_left_out(candidates, tmp_path, capsys):
+    from mfcalc.label.store import LabelStore
+
+    frames = ase.io.read(candidates, index=":")
+    store_path = tmp_path / "labels.h5"
+    store = LabelStore(str(store_path))
+    planted = store.add(frames[20].numbers, frames[20].positions, smiles="CCO")
+    store.record(planted, "wb97x_dz", -155.0, None, 1.0)  # the disputed geometry is labelled already
+    store.record(store.add(frames[0].numbers, frames[0].positions), "gfn2_xtb", -15.0, None, 0.1)
+    store.close()
+    out = tmp_path / "picked.extxyz"
+    argv = [str(candidates), "--model", default_model_path(), "--n", "2", "--out", str(out)]
+    assert select_main([*argv, "--skip-labelled", f"{store_path}:wb97x_dz"]) == 0
+    assert "2 candidate(s) already have wb97x_dz" in capsys.readouterr().out  # both copies
+    assert not {a.info["candidate"] for a in ase.io.read(out, index=":")} & {20, 21}
+    assert select_main([*argv, "--skip-labelled", "nofile"]) == 2
+    assert "FILE.h5:LEVEL" in capsys.readouterr().err
+
+
+def test_structures_without_a_smiles_count_per_formula(candidates):
+    data = read_candidates([str(candidates)])
+    codes, names = data.groups["smiles"]
+    data.groups["smiles"] = (codes, ["" for _ in names])  # as a file whose SMILES were lost
+    picked = choose(np.arange(len(data), dtype=float), data, 10, per_molecule=3, min_distance_change=0.0)
+    assert len(picked) == 3  # one formula, C2H6O: the cap still holds

@@ -117,6 +117,22 @@ def test_extxyz_per_fidelity_keys_and_declared_units(tmp_path):
     assert data.groups["smiles"][1] == ["O"]
 
 
+def test_extxyz_smiles_that_look_like_booleans_stay_smiles(tmp_path):
+    """extxyz reads ``smiles=F`` (hydrogen fluoride) as False; one such frame once blanked the
+    SMILES of a whole 43,729-structure campaign."""
+    frames = [
+        Atoms("HF", positions=[[0, 0, 0], [0.92, 0, 0]]),
+        Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]),
+    ]
+    frames[0].info["smiles"], frames[1].info["smiles"] = "F", "O"
+    frames.append(Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]]))  # no SMILES at all
+    path = tmp_path / "mixed.extxyz"
+    ase.io.write(str(path), frames, format="extxyz")
+    assert ase.io.read(str(path), index=0).info["smiles"] is False  # the trap itself
+    data = read_ase(str(path), [])
+    assert list(data.group_labels("smiles")) == ["F", "O", ""]
+
+
 def test_extxyz_plain_energy_and_forces_from_singlepoint_calculator(tmp_path):
     a = Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]])
     a.calc = SinglePointCalculator(a, energy=-31.5, forces=np.array([[0.5, 0, 0], [-0.5, 0, 0]]))

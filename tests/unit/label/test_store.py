@@ -87,3 +87,19 @@ def test_a_truncated_file_is_a_clear_error(tmp_path):
     bad.write_bytes(REFERENCE_H5.read_bytes()[:5000])
     with pytest.raises(ValueError, match="cannot read .* as HDF5"):
         LabelStore(str(bad))
+
+
+def test_a_smiles_learnt_later_fills_an_empty_one_and_survives_a_kill(tmp_path):
+    path = tmp_path / "w.h5"
+    store = LabelStore(str(path))
+    key = store.add(*WATER)  # no SMILES known
+    store.record(key, "gfn2_xtb", -5.0, None, 0.1)
+    store.close()
+    store = LabelStore(str(path), merge_seconds=1e9)
+    assert store.add(*WATER, smiles="O") == key
+    assert store.add(*WATER, smiles="[OH2]") == key  # a known SMILES is never replaced
+    again = LabelStore(str(path))  # the first was killed before merging: the journal has it
+    assert again.structures[key].smiles == "O"
+    again.close()
+    with h5py.File(path) as f:
+        assert f["H2O1/smiles"][0] == b"O" and f["H2O1/gfn2_xtb.energy"][0] == -5.0
