@@ -31,10 +31,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from mfcalc import units
+from mfcalc.data.dataset import HDF5_SUFFIXES, read_file
 from mfcalc.data.fidelity import FidelitySpec
+from mfcalc.data.hdf5 import list_keys
+from mfcalc.data.records import MFData, concatenate, merge_identical
 from mfcalc.model.settings import ModelSettings
 
 if sys.version_info >= (3, 11):
@@ -303,3 +306,42 @@ def dump_toml(d: Dict[str, Any], prefix: str = "") -> str:
 
 def _toml_key(k: str) -> str:
     return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
+# ---- the data a configuration binds ----------------------------------------------------------
+def load_run_data(cfg: RunConfig, say: Callable[[str], None] = print) -> MFData:
+    """Read every file once with all fidelities bound to it; columns in config order.
+
+    An HDF5 file may lack a level that other files have (a data set grown level by level):
+    its structures then carry no label of that level.  A key found in no file is an error.
+    """
+    by_file: Dict[str, List[FidelitySpec]] = {}
+    for f in cfg.fidelities:
+        for path in f.files or cfg.data:
+            by_file.setdefault(os.path.abspath(path), []).append(f.spec())
+    parts, found, available = [], set(), set()
+    for path, specs in by_file.items():
+        if len(by_file) > 1 and path.lower().endswith(HDF5_SUFFIXES) and os.path.exists(path):
+            present = set(list_keys(path))
+            available |= present
+            specs = [
+                dataclasses.replace(s, forces_key=s.forces_key if s.forces_key in present else None)
+                for s in specs
+                if s.energy_key in present
+            ]
+            found |= {k for s in specs for k in (s.energy_key, s.forces_key) if k}
+        else:
+            found |= {k for s in specs for k in (s.energy_key, s.forces_key) if k}
+        parts.append(read_file(path, specs))
+    bound = {k for f in cfg.fidelities for k in (f.energy, f.forces) if k}
+    if bound - found:
+        raise ValueError(
+            f"key(s) {sorted(bound - found)} are in none of the files {sorted(by_file)}; keys there: "
+            f"{sorted(available)}"
+        )
+    data = concatenate(parts).with_fidelities([f.name for f in cfg.fidelities])
+    if len(parts) > 1:  # one file per level of theory over shared geometries: one structure, all labels
+        data, n_merged = merge_identical(data)
+        if n_merged:
+            say(f"merged {n_merged} structures with identical geometry across/within files")
+    return data

@@ -8,7 +8,7 @@ numbers are exact to the model's precision rather than to float32 totals.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ import torch
 from mfcalc import export, keys
 from mfcalc.data.dataset import load_data
 from mfcalc.data.fidelity import FidelitySpec
-from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
+from mfcalc.data.records import MFData
+from mfcalc.metrics import accumulate_stats, collect_predictions, residual_data, stats_to_metrics
 
 
 def evaluate_file(
@@ -29,14 +30,28 @@ def evaluate_file(
     dtype: str = "float64",
 ) -> Dict[str, Dict[str, Any]]:
     """Metrics per fidelity of the model file on the data (all structures, or ``structures``)."""
+    return evaluate(model_path, load_data(list(data_paths), list(fidelities)), structures, batch_size, device, dtype)[0]
+
+
+def evaluate(
+    model_path: str,
+    data: MFData,
+    structures: Optional[np.ndarray] = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: str = "float64",
+    predictions: bool = False,
+) -> Tuple[Dict[str, Dict[str, Any]], Optional[Dict[str, Dict[str, np.ndarray]]]]:
+    """``(metrics per fidelity, predictions or None)`` of the model file on ``data``, whose
+    fidelity names must be heads of the model.  ``predictions``: also the reference and
+    predicted values behind the metrics (for parity plots)."""
     model, meta = export.load(model_path, device=device)
     known = list(meta[keys.META_FIDELITIES])
-    for spec in fidelities:
-        if spec.name not in known:
-            raise ValueError(f"fidelity {spec.name!r} is not a head of {model_path}; it has: {', '.join(known)}")
+    for name in data.fidelities:
+        if name not in known:
+            raise ValueError(f"fidelity {name!r} is not a head of {model_path}; it has: {', '.join(known)}")
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     model = model.to(torch_dtype)
-    data = load_data(list(data_paths), list(fidelities))
     species = list(meta[keys.META_SPECIES])
     ref = meta[keys.META_REFERENCE_ENERGIES]
     reference = np.array([[ref[name][str(z)] for z in species] for name in data.fidelities])
@@ -44,5 +59,7 @@ def evaluate_file(
     idx = np.arange(len(data)) if structures is None else np.asarray(structures, dtype=np.int64)
     if len(idx) == 0:
         raise ValueError("no structures to evaluate")
-    stats = accumulate_stats(model, resid, idx, known, batch_size, torch.device(device), torch_dtype)
-    return stats_to_metrics(stats, data.fidelities)
+    dev = torch.device(device)
+    stats = accumulate_stats(model, resid, idx, known, batch_size, dev, torch_dtype)
+    preds = collect_predictions(model, resid, idx, known, batch_size, dev, torch_dtype) if predictions else None
+    return stats_to_metrics(stats, data.fidelities), preds

@@ -94,6 +94,31 @@ def residual_data(data: MFData, species: Sequence[int], reference: np.ndarray) -
     )
 
 
+def _predicted_batches(
+    model,
+    data: MFData,
+    structures: np.ndarray,
+    model_fidelities: Sequence[str],
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    forces_mask: Optional[np.ndarray] = None,
+):
+    """(batch, predicted residual energies (B, F_data), predicted forces (A, F_data, 3),
+    force columns) for every batch: the one prediction loop of statistics and plots."""
+    heads = [head_index(list(model_fidelities), name) for name in data.fidelities]
+    force_cols = [k for k, name in enumerate(data.fidelities) if name in data.forces]
+    for batch in iterate_batches(data, structures, batch_size, dtype=dtype, forces_mask=forces_mask):
+        batch = batch.to(device)
+        positions = batch.positions.detach().requires_grad_(bool(force_cols))
+        with torch.set_grad_enabled(bool(force_cols)):
+            out = model(batch.numbers, positions, batch.mol_index, batch.n_mol, batch.cell, batch.pbc)
+            levels = out[keys.ENERGY_LEVELS][:, 1:].sum(dim=1)[:, heads]  # (B, F_data)
+            wanted = [k for k in force_cols if bool(batch.forces_mask[:, k].any())]
+            pred_f = grad.forces_of_columns(levels, positions, wanted) if wanted else torch.zeros_like(batch.forces)
+        yield batch, levels.detach(), pred_f.detach(), force_cols
+
+
 def accumulate_stats(
     model,
     data: MFData,
@@ -111,22 +136,15 @@ def accumulate_stats(
     ``model_fidelities`` maps data fidelities to model heads by name; ``forces_mask``
     (``data.forces_mask()``) may be passed when the caller already has it (every epoch).
     """
-    heads = [head_index(list(model_fidelities), name) for name in data.fidelities]
-    force_cols = [k for k, name in enumerate(data.fidelities) if name in data.forces]
     total = torch.zeros(len(data.fidelities), 2, 3, dtype=torch.float64)
-    for batch in iterate_batches(data, structures, batch_size, dtype=dtype, forces_mask=forces_mask):
-        batch = batch.to(device)
-        positions = batch.positions.detach().requires_grad_(bool(force_cols))
-        with torch.set_grad_enabled(bool(force_cols)):
-            out = model(batch.numbers, positions, batch.mol_index, batch.n_mol, batch.cell, batch.pbc)
-            levels = out[keys.ENERGY_LEVELS][:, 1:].sum(dim=1)[:, heads]  # (B, F_data)
-            wanted = [k for k in force_cols if bool(batch.forces_mask[:, k].any())]
-            pred_f = grad.forces_of_columns(levels, positions, wanted) if wanted else torch.zeros_like(batch.forces)
+    for batch, levels, pred_f, force_cols in _predicted_batches(
+        model, data, structures, model_fidelities, batch_size, device, dtype, forces_mask
+    ):
         stats = batch_stats(
-            levels.detach(),
+            levels,
             batch.energy,
             batch.energy_mask,
-            pred_f.detach(),
+            pred_f,
             batch.forces,
             batch.forces_mask,
             batch.mol_index,
@@ -134,6 +152,48 @@ def accumulate_stats(
         )
         total += stats.double().cpu()
     return total
+
+
+def collect_predictions(
+    model,
+    data: MFData,
+    structures: np.ndarray,
+    model_fidelities: Sequence[str],
+    batch_size: int = 64,
+    device: torch.device = torch.device("cpu"),
+    dtype: torch.dtype = torch.float64,
+) -> Dict[str, Dict[str, np.ndarray]]:
+    """Reference and predicted values per data fidelity, where labelled, for parity plots:
+    ``energy`` (residual energies per structure, eV), ``n_atoms``, and ``forces`` (components,
+    eV/A) as ``{"ref": ..., "pred": ...}`` arrays.  Their RMSE is the one of :func:`accumulate_stats`."""
+    parts: Dict[str, Dict[str, List[np.ndarray]]] = {
+        name: {"e_ref": [], "e_pred": [], "n_atoms": [], "f_ref": [], "f_pred": []} for name in data.fidelities
+    }
+    for batch, levels, pred_f, force_cols in _predicted_batches(
+        model, data, structures, model_fidelities, batch_size, device, dtype
+    ):
+        counts = torch.bincount(batch.mol_index, minlength=batch.n_mol).cpu().numpy()
+        for k, name in enumerate(data.fidelities):
+            have = batch.energy_mask[:, k].cpu().numpy()
+            p = parts[name]
+            p["e_ref"].append(batch.energy[:, k].cpu().numpy()[have])
+            p["e_pred"].append(levels[:, k].cpu().numpy()[have])
+            p["n_atoms"].append(counts[have])
+            if k in force_cols:
+                atoms = batch.forces_mask[batch.mol_index, k].cpu().numpy()
+                p["f_ref"].append(batch.forces[:, k].cpu().numpy()[atoms].reshape(-1))
+                p["f_pred"].append(pred_f[:, k].cpu().numpy()[atoms].reshape(-1))
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for name, p in parts.items():
+        cat = {key: np.concatenate(v) if v else np.zeros(0) for key, v in p.items()}
+        out[name] = {
+            "energy_ref": cat["e_ref"],
+            "energy_pred": cat["e_pred"],
+            "n_atoms": cat["n_atoms"],
+            "forces_ref": cat["f_ref"],
+            "forces_pred": cat["f_pred"],
+        }
+    return out
 
 
 def stats_to_metrics(stats: torch.Tensor, fidelities: Sequence[str]) -> Dict[str, Dict[str, Any]]:

@@ -18,13 +18,18 @@ PROG = "mfcalc-eval"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Energy and force errors of a model per fidelity.")
     p.add_argument("--model", required=True, help="model.pt written by mfcalc-train")
-    p.add_argument("--data", nargs="+", required=True, metavar="FILE")
+    p.add_argument("--data", nargs="+", metavar="FILE")
     p.add_argument(
         "--fidelity",
         action="append",
-        required=True,
         metavar="NAME=ENERGY_KEY[,FORCES_KEY]",
         help="binding of a model head to keys of the data (any label, trained on or not)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="read the data as a training config binds it: per-fidelity files, keys and units "
+        "(e.g. forces in hartree/bohr); instead of --data/--fidelity",
     )
     p.add_argument("--energy-unit", help="unit of the energies in the data (default: the format's)")
     p.add_argument(
@@ -33,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate only one split of a training run, e.g. run/split.npz:test",
     )
     p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
+    p.add_argument("--plot", metavar="DIR", help="write parity plots and error histograms per fidelity (matplotlib)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=64)
     return p
@@ -42,11 +48,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        from mfcalc.config import RunConfig, load_run_data
+        from mfcalc.data.dataset import load_data
         from mfcalc.data.fidelity import parse_fidelity
-        from mfcalc.evaluate import evaluate_file
+        from mfcalc.evaluate import evaluate
         from mfcalc.metrics import format_table
 
-        specs = [parse_fidelity(t, energy_unit=args.energy_unit) for t in args.fidelity]
+        if args.config:
+            if args.data or args.fidelity:
+                raise ValueError("--config binds the data itself: leave out --data and --fidelity")
+            data = load_run_data(RunConfig.from_toml(args.config), say=lambda m: print(m, file=sys.stderr))
+            source = args.config
+        else:
+            if not args.data or not args.fidelity:
+                raise ValueError("give --data FILE... and --fidelity NAME=KEY[,KEY], or --config FILE.toml")
+            specs = [parse_fidelity(t, energy_unit=args.energy_unit) for t in args.fidelity]
+            data = load_data(list(args.data), specs)
+            source = ", ".join(args.data)
         structures = None
         if args.split:
             path, _, name = args.split.rpartition(":")
@@ -56,17 +74,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if name not in npz:
                     raise ValueError(f"--split: no split {name!r} in {path}; it has {sorted(npz.files)}")
                 structures = npz[name]
-        metrics = evaluate_file(
-            args.model, args.data, specs, structures=structures, batch_size=args.batch_size, device=args.device
+        metrics, predictions = evaluate(
+            args.model, data, structures, batch_size=args.batch_size, device=args.device, predictions=bool(args.plot)
         )
-        print(
-            format_table(
-                metrics, title=f"{args.model} on {', '.join(args.data)}" + (f" ({args.split})" if args.split else "")
-            )
-        )
+        title = f"{args.model} on {source}" + (f" ({args.split})" if args.split else "")
+        print(format_table(metrics, title=title))
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(metrics, fh, indent=1)
+        if args.plot and predictions is not None:
+            from mfcalc.plot import parity_plots
+
+            for path in parity_plots(predictions, args.plot, title=title):
+                print(f"wrote {path}")
         return 0
 
     return run_cli(PROG, body)

@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-rmsd", type=float, default=0.3, help="A, duplicate threshold")
     p.add_argument("--out", default="ranked.sdf", help="SDF of the ranked conformers")
     p.add_argument("--json", help="also write the records as JSON")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="relative energies of the ranked conformers, ensemble spread as error bars (matplotlib)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -67,6 +72,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         conformers.write_sdf(result, args.out)
         if args.json:
             conformers.write_json(result, args.json)
+        if args.plot:
+            from mfcalc.plot import conformer_energies
+
+            ranked = result.ranked
+            spreads = [r.relative_spread_kcal_mol for r in ranked]
+            conformer_energies(
+                [r.relative_kcal_mol or 0.0 for r in ranked],
+                None if any(s is None for s in spreads) else [float(s or 0.0) for s in spreads],
+                args.plot,
+                title=f"{result.smiles}, {result.fidelity} head; error bars: ensemble spread of the relative energy",
+                labels=[r.id for r in ranked],
+            )
+            print(f"wrote {args.plot}")
         return 0
 
     return run_cli(PROG, body)

@@ -49,8 +49,11 @@ class ConformerRecord:
     conformers are minima: converged, and the lowest curvature of the energy surface (rigid
     motions projected out) is above ``SADDLE_CURVATURE``.
     Energies in eV (absolute, ``energy_ev``) and kcal/mol relative to the lowest ranked one;
-    ``initial_spread_ev`` is the ensemble spread of the starting geometry and
-    ``outside_domain`` whether a spread exceeded the model's warning threshold.
+    ``initial_spread_ev`` is the ensemble spread of the starting geometry,
+    ``relative_spread_kcal_mol`` the members' spread of the relative energy (each member's
+    energy minus its own energy of the lowest conformer: the uncertainty of the ranking, free
+    of the offset the members share), and ``outside_domain`` whether a spread exceeded the
+    model's warning threshold.
     """
 
     id: int
@@ -63,6 +66,7 @@ class ConformerRecord:
     relative_kcal_mol: Optional[float] = None
     rmsd_to_lowest: Optional[float] = None
     initial_spread_ev: Optional[float] = None
+    relative_spread_kcal_mol: Optional[float] = None
     outside_domain: bool = False
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
 
@@ -166,7 +170,9 @@ def rank(
     say(f"optimised in {time.perf_counter() - t0:.1f} s")
     records = _records(opt, initial_spread, job)
     _mark_changed_bonds(records, mol, coords)
-    _assign_ranks(_merge_duplicates(records, mol, energy_tol, prune_rmsd), window, mol)
+    kept = _merge_duplicates(records, mol, energy_tol, prune_rmsd)
+    _assign_ranks(kept, window, mol)
+    _relative_spreads(job, numbers, [r for r in kept if r.rank is not None])
     return RankResult(
         smiles=smiles,
         fidelity=job.fidelity,
@@ -327,6 +333,24 @@ def _assign_ranks(kept: List[ConformerRecord], window: float, mol: Any) -> None:
         rec.rank = rank_no
         rec.relative_kcal_mol = rel
         rec.rmsd_to_lowest = best_rmsd(mol, rec.positions, lowest.positions, True)
+
+
+def _relative_spreads(job: _Model, numbers: np.ndarray, ranked: List[ConformerRecord]) -> None:
+    """Each member's energies of the ranked conformers (one batched call per member), relative
+    to its own energy of the lowest: their spread is what the ranking's uncertainty is."""
+    if not job.is_ensemble or len(ranked) < 1:
+        return
+    module, meta = export.load(job.path)
+    members = export.eager_model(module, meta, job.path).double()
+    n, c = len(numbers), len(ranked)
+    z = torch.as_tensor(np.tile(numbers, c), dtype=torch.long)
+    x = torch.as_tensor(np.concatenate([r.positions for r in ranked]), dtype=torch.float64)
+    mol = torch.arange(c).repeat_interleave(n)
+    with torch.no_grad():
+        e = torch.stack([members.member(k)(z, x, mol, c)[keys.ENERGY][:, job.index] for k in range(members.n_members)])
+    relative = (e - e[:, :1]) / KCAL_MOL_EV  # (K, C), the lowest is ranked first
+    for rec, spread in zip(ranked, relative.std(dim=0, unbiased=False).tolist()):
+        rec.relative_spread_kcal_mol = float(spread)
 
 
 def _output_molecule(mol: Any, records: List[ConformerRecord]) -> Any:

@@ -123,6 +123,8 @@ def _run(
     metrics = _export(
         cfg, run, finished, summaries, log_rows, ctx, device, dtype, out_of_time, time.perf_counter() - t_run, say
     )
+    if ctx.is_main and log_rows:
+        outputs.write_learning_curve(cfg.out, say)
     ctx.barrier()
     ctx.close()
     return metrics

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -64,3 +64,14 @@ def write_split(out: str, split: Dict[str, np.ndarray]) -> None:
 
 def write_metrics(out: str, metrics: Dict[str, Any]) -> None:
     atomic_write_text(os.path.join(out, METRICS), json.dumps(metrics, indent=1) + "\n")
+
+
+def write_learning_curve(out_dir: str, say: Callable[[str], None]) -> Optional[str]:
+    """``learning_curve.png`` from ``log.csv`` (skipped, with a note, without matplotlib)."""
+    try:
+        from mfcalc.plot import learning_curve
+
+        return learning_curve(os.path.join(out_dir, "log.csv"), os.path.join(out_dir, "learning_curve.png"))
+    except ImportError:
+        say("learning_curve.png not written: matplotlib is not installed (pip install 'mfcalc[plot]')")
+        return None

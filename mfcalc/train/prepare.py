@@ -6,18 +6,14 @@ trains on exactly the same structures with the same reference energies.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from mfcalc.config import FidelityConfig, RunConfig
-from mfcalc.data.dataset import HDF5_SUFFIXES, fit_reference_energies, read_file, split_indices
-from mfcalc.data.fidelity import FidelitySpec
-from mfcalc.data.hdf5 import list_keys
-from mfcalc.data.records import MFData, concatenate, merge_identical
+from mfcalc.config import FidelityConfig, RunConfig, load_run_data
+from mfcalc.data.dataset import fit_reference_energies, split_indices
+from mfcalc.data.records import MFData, concatenate
 from mfcalc.metrics import residual_data
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.train import finetune
@@ -58,44 +54,6 @@ class RunData:
     initial: Optional[List[MultiFidelityHipnn]] = None
     replay: Optional[np.ndarray] = None
     source: Optional[finetune.Source] = None
-
-
-def load_run_data(cfg: RunConfig, say: Callable[[str], None] = print) -> MFData:
-    """Read every file once with all fidelities bound to it; columns in config order.
-
-    An HDF5 file may lack a level that other files have (a data set grown level by level):
-    its structures then carry no label of that level.  A key found in no file is an error.
-    """
-    by_file: Dict[str, List[FidelitySpec]] = {}
-    for f in cfg.fidelities:
-        for path in f.files or cfg.data:
-            by_file.setdefault(os.path.abspath(path), []).append(f.spec())
-    parts, found, available = [], set(), set()
-    for path, specs in by_file.items():
-        if len(by_file) > 1 and path.lower().endswith(HDF5_SUFFIXES) and os.path.exists(path):
-            present = set(list_keys(path))
-            available |= present
-            specs = [
-                dataclasses.replace(s, forces_key=s.forces_key if s.forces_key in present else None)
-                for s in specs
-                if s.energy_key in present
-            ]
-            found |= {k for s in specs for k in (s.energy_key, s.forces_key) if k}
-        else:
-            found |= {k for s in specs for k in (s.energy_key, s.forces_key) if k}
-        parts.append(read_file(path, specs))
-    bound = {k for f in cfg.fidelities for k in (f.energy, f.forces) if k}
-    if bound - found:
-        raise ValueError(
-            f"key(s) {sorted(bound - found)} are in none of the files {sorted(by_file)}; keys there: "
-            f"{sorted(available)}"
-        )
-    data = concatenate(parts).with_fidelities([f.name for f in cfg.fidelities])
-    if len(parts) > 1:  # one file per level of theory over shared geometries: one structure, all labels
-        data, n_merged = merge_identical(data)
-        if n_merged:
-            say(f"merged {n_merged} structures with identical geometry across/within files")
-    return data
 
 
 def loss_weights(cfg: RunConfig, data: MFData) -> LossWeights:

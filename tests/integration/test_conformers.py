@@ -13,6 +13,7 @@ from ase.optimize import BFGS
 from conftest import ethanol
 from mfcalc import MFCalculator, conformers, export
 from mfcalc.models import default_model_path
+from mfcalc.units import KCAL_MOL_EV
 
 pytest.importorskip("rdkit")
 
@@ -55,6 +56,16 @@ def test_ethanol_finds_anti_and_gauche(ethanol_result):
     assert abs(min(kinds["anti"]) - min(kinds["gauche"])) < 0.5
     assert ranked[0].relative_kcal_mol == 0 and all(r.relative_kcal_mol >= 0 for r in ranked)
     assert all(r.converged for r in ranked)
+
+
+def test_relative_energy_spread_is_zero_for_the_lowest_and_bounded_by_the_absolute_spreads(ethanol_result):
+    """std(E_a - E_low) <= std(E_a) + std(E_low): the members' relative spread (member by member)
+    against the absolute spreads of the one-pass stacked ensemble, two code paths."""
+    ranked = ethanol_result.ranked
+    assert ranked[0].relative_spread_kcal_mol == 0.0
+    for r in ranked[1:]:
+        bound = (r.spread_ev + ranked[0].spread_ev) / KCAL_MOL_EV
+        assert 0 < r.relative_spread_kcal_mol <= bound + 1e-9
 
 
 def test_ranked_conformers_are_minima_and_the_curvature_matches_ase_vibrations(ethanol_result, tmp_path):

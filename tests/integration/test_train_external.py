@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from mfcalc.cli.train import main as train_main
-from mfcalc.config import RunConfig
-from mfcalc.train.prepare import load_run_data
+from mfcalc.config import RunConfig, load_run_data
 from mfcalc.units import BOHR_ANGSTROM, HARTREE_EV
 
 CONFIG = """

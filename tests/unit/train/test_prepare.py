@@ -4,8 +4,7 @@ import h5py
 import pytest
 
 from conftest import REFERENCE_H5
-from mfcalc.config import FidelityConfig, RunConfig
-from mfcalc.train.prepare import load_run_data
+from mfcalc.config import FidelityConfig, RunConfig, load_run_data
 
 
 @pytest.fixture
