@@ -75,7 +75,11 @@ class TrainSettings:
 
     epochs: int = field(default=200, metadata=_help("maximum epochs per ensemble member"))
     max_minutes: Optional[float] = field(
-        default=None, metadata=_help("stop cleanly after this wall time and export the best weights so far")
+        default=None,
+        metadata=_help(
+            "wall-clock budget of the run, shared by the ensemble members (each stops cleanly at its share "
+            "and keeps its best weights)"
+        ),
     )
     batch_size: int = field(default=32, metadata=_help("structures per optimisation step (global, over all ranks)"))
     lr: float = field(default=1e-3, metadata=_help("Adam learning rate"))
@@ -197,6 +201,7 @@ class RunConfig:
     # model settings the user gave (TOML [model] keys, flags): with init_from, those that differ
     # from the model file's are conflicts; the others come from the file
     explicit_model: Set[str] = field(default_factory=set, compare=False, repr=False)
+    explicit_train: Set[str] = field(default_factory=set, compare=False, repr=False)
 
     # ---- validation ---------------------------------------------------------------------
     def validate(self) -> RunConfig:
@@ -249,6 +254,7 @@ class RunConfig:
         cfg = cls(data=list(raw.get("data", [])), out=raw.get("out", "run"), energy_unit=raw.get("energy_unit"))
         cfg.model = _build(ModelSettings, raw.get("model", {}), "model")
         cfg.explicit_model = set(raw.get("model", {}))
+        cfg.explicit_train = set(raw.get("train", {}))
         cfg.train = _build(TrainSettings, raw.get("train", {}), "train")
         fids = raw.get("fidelity", {})
         if not isinstance(fids, dict):

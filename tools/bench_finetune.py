@@ -4,6 +4,9 @@ The Goodpaster ethane data (``../shared/data/external``: 10,080 wB97X/6-31G(d) e
 forces from Gaussian, 480 CASPT2 energies of the same geometries) are split once, with a fifth
 of the CASPT2 structures held out for testing; four runs then get the same wall-clock budget:
 
+All four use the shipped model's network and ensemble size (4 members of 40 features), so
+only the starting weights differ; the budget is shared by the members.
+
 1. from scratch, CASPT2 energies only;
 2. from scratch, multi-fidelity (DFT energies and forces + CASPT2 energies);
 3. fine-tuned from the shipped model: a new ``caspt2`` head copied from its ``cc`` head;
@@ -21,6 +24,7 @@ and the old ``cc`` head on the shipped model's test split.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -31,13 +35,13 @@ import numpy as np
 import torch
 
 from mfcalc import export, keys
-from mfcalc.config import FidelityConfig, RunConfig
+from mfcalc.config import FidelityConfig, RunConfig, load_run_data
 from mfcalc.data import parse_fidelity
 from mfcalc.data.records import MFData
 from mfcalc.evaluate import evaluate_file
 from mfcalc.models import default_model_path
 from mfcalc.train import train
-from mfcalc.train.prepare import load_run_data
+from mfcalc.train.finetune import load_source
 from mfcalc.units import KCAL_MOL_EV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,6 +148,7 @@ def main(argv=None) -> int:
         print(f"the Goodpaster ethane files are not in {args.external}", file=sys.stderr)
         return 2
     workdir = args.workdir or tempfile.mkdtemp(prefix="finetune-")
+    shipped = load_source("default")
     full = RunConfig(fidelities=fidelities(args.external, True))
     data = load_run_data(full, say=lambda _m: None)
     split = fixed_split(data, args.seed, args.max_dft)
@@ -161,6 +166,9 @@ def main(argv=None) -> int:
         )
         t = cfg.train
         t.epochs, t.max_minutes, t.min_epochs, t.seed, t.device = args.epochs, args.minutes, 20, args.seed, "cpu"
+        # the same network and ensemble size everywhere: only the starting weights differ
+        cfg.model = dataclasses.replace(shipped.settings, species=None)
+        t.ensemble = shipped.ensemble.n_members
         if how["init"]:
             t.init_from, t.replay, t.trunk_lr, t.lr = default_model_path(), REFERENCE, 1e-4, 1e-3
             t.new_head = ["caspt2=cc"] + (["dft_g16=dft"] if how["with_dft"] else [])

@@ -92,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     apply_settings(args, cfg.train)
     apply_settings(args, cfg.model)
     cfg.explicit_model |= {f.name for f in dataclasses.fields(ModelSettings) if getattr(args, f.name, None) is not None}
+    cfg.explicit_train |= {f.name for f in dataclasses.fields(TrainSettings) if getattr(args, f.name, None) is not None}
     if cfg.train.init_from and cfg.train.init_from != "default":
         cfg.train.init_from = os.path.abspath(cfg.train.init_from)
     if cfg.train.replay:

@@ -79,8 +79,9 @@ def load_source(path: str) -> Source:
 
 
 def resolve_settings(cfg: RunConfig, source: Source) -> None:
-    """The run takes the file's architecture; explicit settings that differ are an error, and so
-    is asking for more ensemble members than the file has."""
+    """The run takes the file's architecture and, unless ``ensemble`` is set, all its members;
+    explicit settings that differ are an error, and so is asking for more members than the
+    file has."""
     conflicts = []
     for name in sorted(cfg.explicit_model & set(ModelSettings.architecture_fields())):
         mine, theirs = getattr(cfg.model, name), getattr(source.settings, name)
@@ -96,6 +97,8 @@ def resolve_settings(cfg: RunConfig, source: Source) -> None:
             f"{', '.join(conflicts)} was asked for; drop those settings"
         )
     cfg.model = dataclasses.replace(source.settings, species=cfg.model.species)
+    if "ensemble" not in cfg.explicit_train:  # every member is fine-tuned unless asked otherwise
+        cfg.train.ensemble = source.ensemble.n_members
     if cfg.train.ensemble > source.ensemble.n_members:
         raise ValueError(
             f"--ensemble {cfg.train.ensemble}: {source.path} has {source.ensemble.n_members} member(s) to fine-tune"

@@ -94,7 +94,7 @@ def _run(
     finished: List[Dict[str, Tensor]] = list(state["finished"]) if state else []
     summaries: List[Dict[str, Any]] = list(state.get("summaries", [])) if state else []
     log_rows: List[Dict[str, Any]] = list(state["log_rows"]) if state else []
-    deadline = time.monotonic() + 60.0 * settings.max_minutes if settings.max_minutes is not None else None
+    end = time.monotonic() + 60.0 * settings.max_minutes if settings.max_minutes is not None else None
     fixed = {"config": cfg.to_dict(), "split": run.split, "species": run.species, "reference": run.reference}
     t_run = time.perf_counter()
     out_of_time = False
@@ -110,15 +110,15 @@ def _run(
         resume_state = (
             state if state is not None and state.get("member") == member and state.get("model") is not None else None
         )
+        # the time left is shared by the members still to train: every member gets its turn
+        deadline = None if end is None else time.monotonic() + (end - time.monotonic()) / (settings.ensemble - member)
         result = fit_member(cfg, run, member, ctx, device, dtype, log_rows, checkpoint, say, deadline, resume_state)
         state = None
         finished.append(result.best_state)
         summaries.append(result.summary())
         _report_member(result, member, settings.ensemble, say)
         checkpoint({"member": member + 1, "epoch": 0, "model": None})
-        if result.out_of_time:
-            out_of_time = True
-            break
+        out_of_time |= result.out_of_time
 
     metrics = _export(
         cfg, run, finished, summaries, log_rows, ctx, device, dtype, out_of_time, time.perf_counter() - t_run, say

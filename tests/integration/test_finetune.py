@@ -212,3 +212,10 @@ def test_default_names_the_shipped_model():
 
     shipped = load_source("default")
     assert shipped.meta[keys.META_FIDELITIES] == ["xtb", "dft", "cc"] and shipped.path.endswith("default.pt")
+
+
+def test_every_member_is_fine_tuned_unless_the_ensemble_size_is_given(source, tmp_path):
+    assert fine_tune(source, tmp_path / "all") == 0
+    assert json.loads((tmp_path / "all" / "metrics.json").read_text())["ensemble_size"] == 2
+    assert fine_tune(source, tmp_path / "one", "--ensemble", "1") == 0
+    assert json.loads((tmp_path / "one" / "metrics.json").read_text())["ensemble_size"] == 1

@@ -184,3 +184,9 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
         assert run["caspt2 relE RMSE"] > 0 and len(run["stretch"]) == len(tool.STRETCH), name
         assert min(run["stretch"]) == 0.0, name
         assert (run["old cc RMSE"] is None) == name.startswith("scratch"), name
+
+
+def test_bench_threads_prints_both_loads_and_thread_counts(capsys):
+    assert load_tool("bench_threads").main(["--calls", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| idle | 1 |" in out and "| one core busy | 1 |" in out

@@ -202,6 +202,14 @@ def test_max_minutes_stops_cleanly_and_exports(tmp_path, capsys):
     assert "--max-minutes" in capsys.readouterr().out
 
 
+def test_max_minutes_is_shared_so_every_ensemble_member_trains(tmp_path):
+    out = tmp_path / "timed3"
+    assert train_main(train_args(out, "--epochs", "1000", "--max-minutes", "0.02", "--ensemble", "3")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ensemble_size"] == 3 and metrics["stopped_by_time"] is True
+    assert all(m["stopped"].startswith("--max-minutes") and m["epochs_run"] >= 1 for m in metrics["members"])
+
+
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     import mfcalc.train.loop as loop
 
