@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The data campaign recorded in data/README.md, stage by stage.  Every stage is resumable:
 # run the same command again after a kill and it continues.  One worker process by default
-# (the other core stays free); set WORKERS=N to use more.
+# (the other core stays free); set WORKERS=N to use more.  Each level has its own file
+# (campaign.h5: GFN2-xTB for every candidate; dft.h5, cc.h5: the committee's picks), so that
+# a growing level never rewrites the large xTB file in git; training merges identical geometries.
 #
 #   tools/campaign.sh sample       # round-0 candidates: minima, torsion scans, normal modes, MD (GFN2-xTB)
 #   tools/campaign.sh xtb          # GFN2-xTB energies+forces for every candidate -> data/campaign/campaign.h5
@@ -36,27 +38,31 @@ case $stage in
   committee)
     r=${2:?round}
     resume=(); [[ -f runs/committee$r/checkpoint.pt && ! -f runs/committee$r/model.pt ]] && resume=(--resume)
-    [[ -f runs/committee$r/model.pt ]] && { echo "runs/committee$r/model.pt exists"; exit 0; }
-    mfcalc-train "${resume[@]}" --data data/mf_reference.h5 $C/campaign.h5 \
+    [[ -f runs/committee$r/model.pt ]] && { echo "runs/committee$r/model.pt exists"; cp runs/committee$r/model.pt $C/committee$r.pt; exit 0; }
+    labelled=(data/mf_reference.h5 $C/campaign.h5); for f in $C/dft.h5 $C/cc.h5; do [[ -f $f ]] && labelled+=("$f"); done
+    mfcalc-train "${resume[@]}" --data "${labelled[@]}" \
         --fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
         --fidelity "cc=ccsd(t)_dz.energy" --out runs/committee$r --ensemble 4 --n-features 24 \
         --max-structures "${STRUCTURES:-8000}" --epochs "${EPOCHS:-30}" --min-epochs 20 --batch-size 64 --lr 2e-3 \
-        --device cpu --seed "$r" --split-by random ;;
+        --device cpu --seed "$r" --split-by random
+    cp runs/committee$r/model.pt $C/committee$r.pt ;;  # kept in git: the picks of round R come from it
   select-dft)
     r=${2:?round}; n=${3:?how many}
-    mfcalc-select $C/campaign.h5 --model runs/committee$r/model.pt --n "$n" --by spread --fidelity dft \
-        --per-molecule 40 --skip-labelled $C/campaign.h5:wb97x_dz --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
+    skip=(); [[ -f $C/dft.h5 ]] && skip=(--skip-labelled $C/dft.h5:wb97x_dz)
+    mfcalc-select $C/campaign.h5 --model $C/committee$r.pt --n "$n" --by spread --fidelity dft \
+        --per-molecule 40 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-cc)
     r=${2:?round}; n=${3:?how many}
     python tools/pick_frames.py $C/campaign.h5 --max-heavy-atoms 4 --out $C/cc_pool.extxyz
-    mfcalc-select $C/cc_pool.extxyz --model runs/committee$r/model.pt --n "$n" --by heads:cc,dft \
-        --per-molecule 25 --skip-labelled $C/campaign.h5:ccsd\(t\)_dz --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
+    skip=(); [[ -f $C/cc.h5 ]] && skip=(--skip-labelled "$C/cc.h5:ccsd(t)_dz")
+    mfcalc-select $C/cc_pool.extxyz --model $C/committee$r.pt --n "$n" --by heads:cc,dft \
+        --per-molecule 25 "${skip[@]}" --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
   dft)
     r=${2:?round}
-    mfcalc-label $C/round${r}_dft.extxyz --levels wb97x_dz --out $C/campaign.h5 --workers "$W" ;;
+    mfcalc-label $C/round${r}_dft.extxyz --levels wb97x_dz --out $C/dft.h5 --workers "$W" ;;
   cc)
     r=${2:?round}
-    mfcalc-label $C/round${r}_cc.extxyz --levels ccsd\(t\)_dz --out $C/campaign.h5 --workers "$W" ;;
+    mfcalc-label $C/round${r}_cc.extxyz --levels ccsd\(t\)_dz --out $C/cc.h5 --workers "$W" ;;
   *)
     echo "unknown stage $stage" >&2; exit 2 ;;
 esac
