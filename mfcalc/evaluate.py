@@ -17,7 +17,7 @@ from mfcalc import export, keys
 from mfcalc.data.dataset import load_data
 from mfcalc.data.fidelity import FidelitySpec
 from mfcalc.data.records import MFData
-from mfcalc.metrics import accumulate_stats, collect_predictions, residual_data, stats_to_metrics
+from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
 
 
 def evaluate_file(
@@ -60,6 +60,6 @@ def evaluate(
     if len(idx) == 0:
         raise ValueError("no structures to evaluate")
     dev = torch.device(device)
-    stats = accumulate_stats(model, resid, idx, known, batch_size, dev, torch_dtype)
-    preds = collect_predictions(model, resid, idx, known, batch_size, dev, torch_dtype) if predictions else None
+    preds: Optional[Dict[str, Dict[str, np.ndarray]]] = {} if predictions else None
+    stats = accumulate_stats(model, resid, idx, known, batch_size, dev, torch_dtype, predictions=preds)
     return stats_to_metrics(stats, data.fidelities), preds

@@ -128,6 +128,7 @@ def accumulate_stats(
     device: torch.device = torch.device("cpu"),
     dtype: torch.dtype = torch.float32,
     forces_mask: Optional[np.ndarray] = None,
+    predictions: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
 ) -> torch.Tensor:
     """Summed error statistics (F_data, 2, 3) of ``model`` on ``data`` (residual energies).
 
@@ -135,8 +136,14 @@ def accumulate_stats(
     prediction compared to the residual energy is the sum of hierarchy levels n >= 1.
     ``model_fidelities`` maps data fidelities to model heads by name; ``forces_mask``
     (``data.forces_mask()``) may be passed when the caller already has it (every epoch).
+    ``predictions``: a dict that receives, in the same pass, the values behind the statistics
+    for parity plots: per data fidelity, where labelled, ``energy_ref`` / ``energy_pred``
+    (residual energies per structure, eV), ``n_atoms`` and ``forces_ref`` / ``forces_pred``
+    (components, eV/A).
     """
     total = torch.zeros(len(data.fidelities), 2, 3, dtype=torch.float64)
+    fields = ("energy_ref", "energy_pred", "n_atoms", "forces_ref", "forces_pred")
+    parts: Dict[str, Dict[str, List[np.ndarray]]] = {name: {f: [] for f in fields} for name in data.fidelities}
     for batch, levels, pred_f, force_cols in _predicted_batches(
         model, data, structures, model_fidelities, batch_size, device, dtype, forces_mask
     ):
@@ -151,49 +158,26 @@ def accumulate_stats(
             force_cols,
         )
         total += stats.double().cpu()
+        if predictions is not None:
+            _append_predictions(parts, data.fidelities, batch, levels, pred_f, force_cols)
+    if predictions is not None:
+        for name, p in parts.items():
+            predictions[name] = {f: np.concatenate(v) if v else np.zeros(0) for f, v in p.items()}
     return total
 
 
-def collect_predictions(
-    model,
-    data: MFData,
-    structures: np.ndarray,
-    model_fidelities: Sequence[str],
-    batch_size: int = 64,
-    device: torch.device = torch.device("cpu"),
-    dtype: torch.dtype = torch.float64,
-) -> Dict[str, Dict[str, np.ndarray]]:
-    """Reference and predicted values per data fidelity, where labelled, for parity plots:
-    ``energy`` (residual energies per structure, eV), ``n_atoms``, and ``forces`` (components,
-    eV/A) as ``{"ref": ..., "pred": ...}`` arrays.  Their RMSE is the one of :func:`accumulate_stats`."""
-    parts: Dict[str, Dict[str, List[np.ndarray]]] = {
-        name: {"e_ref": [], "e_pred": [], "n_atoms": [], "f_ref": [], "f_pred": []} for name in data.fidelities
-    }
-    for batch, levels, pred_f, force_cols in _predicted_batches(
-        model, data, structures, model_fidelities, batch_size, device, dtype
-    ):
-        counts = torch.bincount(batch.mol_index, minlength=batch.n_mol).cpu().numpy()
-        for k, name in enumerate(data.fidelities):
-            have = batch.energy_mask[:, k].cpu().numpy()
-            p = parts[name]
-            p["e_ref"].append(batch.energy[:, k].cpu().numpy()[have])
-            p["e_pred"].append(levels[:, k].cpu().numpy()[have])
-            p["n_atoms"].append(counts[have])
-            if k in force_cols:
-                atoms = batch.forces_mask[batch.mol_index, k].cpu().numpy()
-                p["f_ref"].append(batch.forces[:, k].cpu().numpy()[atoms].reshape(-1))
-                p["f_pred"].append(pred_f[:, k].cpu().numpy()[atoms].reshape(-1))
-    out: Dict[str, Dict[str, np.ndarray]] = {}
-    for name, p in parts.items():
-        cat = {key: np.concatenate(v) if v else np.zeros(0) for key, v in p.items()}
-        out[name] = {
-            "energy_ref": cat["e_ref"],
-            "energy_pred": cat["e_pred"],
-            "n_atoms": cat["n_atoms"],
-            "forces_ref": cat["f_ref"],
-            "forces_pred": cat["f_pred"],
-        }
-    return out
+def _append_predictions(parts, fidelities: Sequence[str], batch, levels: Tensor, pred_f: Tensor, force_cols) -> None:
+    counts = torch.bincount(batch.mol_index, minlength=batch.n_mol).cpu().numpy()
+    for k, name in enumerate(fidelities):
+        have = batch.energy_mask[:, k].cpu().numpy()
+        p = parts[name]
+        p["energy_ref"].append(batch.energy[:, k].cpu().numpy()[have])
+        p["energy_pred"].append(levels[:, k].cpu().numpy()[have])
+        p["n_atoms"].append(counts[have])
+        if k in force_cols:
+            atoms = batch.forces_mask[batch.mol_index, k].cpu().numpy()
+            p["forces_ref"].append(batch.forces[:, k].cpu().numpy()[atoms].reshape(-1))
+            p["forces_pred"].append(pred_f[:, k].cpu().numpy()[atoms].reshape(-1))
 
 
 def stats_to_metrics(stats: torch.Tensor, fidelities: Sequence[str]) -> Dict[str, Dict[str, Any]]:

@@ -127,13 +127,18 @@ def ase_reference(model, numbers, positions_nm, cell_nm=None):
     return atoms.get_potential_energy() * EV_TO_KJ_MOL, atoms.get_forces() * KJ_NM_PER_EV_A
 
 
+def assert_same_numbers(e, f, e_ref, f_ref):
+    """OpenMM's energy and forces against the ASE calculator's, to 1e-5 relative."""
+    assert e == pytest.approx(e_ref, rel=1e-5)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-5, atol=1e-5 * np.abs(f_ref).max())
+
+
 def test_create_system_equals_the_ase_calculator(trained_model):
     top, x = ethanol_molecule()
     system = MFPotential(str(trained_model), "cc", device="cpu", dtype="float64").createSystem(top)
     e, f = energy_forces(system, x)
     e_ref, f_ref = ase_reference(trained_model, [a.element.atomic_number for a in top.atoms()], x)
-    assert e == pytest.approx(e_ref, rel=1e-5)
-    np.testing.assert_allclose(f, f_ref, rtol=1e-5, atol=1e-5 * np.abs(f_ref).max())
+    assert_same_numbers(e, f, e_ref, f_ref)
 
 
 def test_periodic_water_box_equals_the_ase_calculator(trained_model):
@@ -159,8 +164,7 @@ def test_periodic_water_box_equals_the_ase_calculator(trained_model):
     x = np.array(pos) / 10.0 + np.array([0.35, 0, 0])  # some atoms beyond the box: wrapped images
     e, f = energy_forces(system, x)
     e_ref, f_ref = ase_reference(trained_model, numbers, x, box)
-    assert e == pytest.approx(e_ref, rel=1e-5)
-    np.testing.assert_allclose(f, f_ref, rtol=1e-5, atol=1e-5 * np.abs(f_ref).max())
+    assert_same_numbers(e, f, e_ref, f_ref)
 
 
 def test_nve_in_openmm_conserves_energy(trained_model):
@@ -203,8 +207,7 @@ def test_mixed_system_replaces_exactly_the_classical_terms_inside_the_ml_region(
     e_ml, f_ml = energy_forces(mixed, solv_x, groups={1})
     assert e_classical == pytest.approx(e_full - e_alone, rel=1e-9, abs=1e-6)
     e_ref, f_ref = ase_reference(trained_model, [a.element.atomic_number for a in top.atoms()], x)
-    assert e_ml == pytest.approx(e_ref, rel=1e-5)
-    np.testing.assert_allclose(f_ml[:9], f_ref, rtol=1e-5, atol=1e-5 * np.abs(f_ref).max())
+    assert_same_numbers(e_ml, f_ml[:9], e_ref, f_ref)
     assert np.all(f_ml[9:] == 0)  # the ML force acts on the ML atoms only
     inside = set(range(9))
     for force in mixed.getForces():
