@@ -532,8 +532,7 @@ def measure_memory(impl: Impl, section: str, args, device) -> Optional[float]:
     workload before keeps its freed memory and would report no growth.  GPU: in process.
     """
     if device.type == "cuda":
-        work = inference_workload(impl, args) if section == "3" else training_workload(impl, args)
-        return peak_memory_mib(work, device)
+        return peak_memory_mib(memory_workload(impl, section, args), device)
     cmd = [sys.executable, os.path.abspath(__file__), "--probe-memory", f"{impl.name}:{section}"] + args.argv
     res = subprocess.run(cmd, capture_output=True, text=True)
     lines = res.stdout.strip().splitlines()
@@ -545,12 +544,26 @@ def measure_memory(impl: Impl, section: str, args, device) -> Optional[float]:
 
 def probe_memory(spec: str, args, device, dtype, size) -> int:
     """Child side of :func:`measure_memory`: build one implementation, run once, print MiB."""
-    name, section = spec.split(":")
+    name, section = spec.split(":", 1)
     with tempfile.TemporaryDirectory() as workdir:
         impls, _ = build_impls(size, device, dtype, workdir, only=name)
-        work = inference_workload(impls[0], args) if section == "3" else training_workload(impls[0], args)
+        work = memory_workload(impls[0], section, args)
         print(peak_memory_mib(work, device))
     return 0
+
+
+def memory_workload(impl: Impl, section: str, args) -> Optional[Callable[[], object]]:
+    """What a memory probe runs: section 3 inference, 4 training, or "6:N" one call on N
+    water molecules (after two warm-up calls on a small box, so TorchScript's one-time
+    specialisation is not counted)."""
+    if section == "3":
+        return inference_workload(impl, args)
+    if section == "4":
+        return training_workload(impl, args)
+    _, warm = water_call(impl, 36)
+    warm()
+    warm()
+    return water_call(impl, int(section.split(":")[1]))[1]
 
 
 def training_batches(batch_size: int, n_batches: int):
@@ -613,30 +626,59 @@ def section_training(impls, table, args, device):
     table.add("5 memory", f"peak, training batch {args.batch_size_train}", "MiB (lower better)", memory, False)
 
 
+def water_call(impl: Impl, n_mol: int) -> Tuple[Atoms, Callable[[], object]]:
+    """One energy+forces call on periodic water after a small move (skin 0: the pair search
+    runs on every call, as it would after every move in the worst case)."""
+    atoms = water_box(n_mol)
+    atoms.calc = impl.calculator(skin=0.0)
+    base = atoms.positions.copy()
+    rng = np.random.default_rng(0)
+
+    def call():
+        atoms.positions = base + rng.normal(scale=0.005, size=base.shape)
+        return atoms.get_forces()
+
+    return atoms, call
+
+
 def section_scaling(impls, table, args, device):
+    """6. Time and peak memory of one call on periodic water; both should grow linearly."""
     mf = impls[0]
-    sizes, times = [], []
+    sizes, times, memory = [], [], []
     for n_mol in args.water_sizes:
-        atoms = water_box(n_mol)
-        atoms.calc = mf.calculator(skin=0.0)  # skin 0: the pair search runs on every call
-        base = atoms.positions.copy()
-        rng = np.random.default_rng(0)
-
-        def call():
-            atoms.positions = base + rng.normal(scale=0.005, size=base.shape)
-            return atoms.get_forces()
-
+        atoms, call = water_call(mf, n_mol)
         # 3 warm-up calls: TorchScript's profiling executor specialises during the first ones
         t = median_time(call, 5 if len(atoms) > 3000 else args.repeats // 2 + 1, 3, device)
+        mib = measure_memory(mf, f"6:{n_mol}", args, device)
         sizes.append(len(atoms))
         times.append(t)
+        memory.append(mib)
+        print(f"  6 scaling   {len(atoms):6d} atoms  {1e3 * t:.4g} ms  {mib} MiB", file=sys.stderr, flush=True)
         table.add(
             "6 scaling", f"periodic water, {len(atoms)} atoms", "ms/call (lower better)", {"mfcalc": 1e3 * t}, False
         )
+        if mib is not None:
+            table.add(
+                "6 scaling",
+                f"peak memory per atom, {len(atoms)} atoms",
+                "KiB/atom (lower better)",
+                {"mfcalc": 1024 * mib / len(atoms)},
+                False,
+            )
     if len(sizes) >= 2:
         slope = np.polyfit(np.log(sizes), np.log(times), 1)[0]
         print(f"  fitted exponent: time ~ N^{slope:.2f} ({sizes[0]}..{sizes[-1]} atoms)", file=sys.stderr)
         table.add("6 scaling", "fitted exponent a, time ~ N^a", "(1 = linear)", {"mfcalc": float(slope)}, False)
+        big = [(n, m) for n, m in zip(sizes, memory) if m is not None and n >= 1000]
+        if len(big) >= 2:  # small boxes are dominated by the constant cost of one call
+            mem_slope = np.polyfit(np.log([n for n, _ in big]), np.log([m for _, m in big]), 1)[0]
+            table.add(
+                "6 scaling",
+                f"fitted exponent b, memory ~ N^b ({big[0][0]}..{big[-1][0]} atoms)",
+                "(1 = linear)",
+                {"mfcalc": float(mem_slope)},
+                False,
+            )
 
 
 def section_shipped(impls, table, args, device):

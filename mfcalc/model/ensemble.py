@@ -27,7 +27,7 @@ from mfcalc import keys
 from mfcalc.data.fidelity import head_index
 from mfcalc.model import grad
 from mfcalc.model.hipnn import MultiFidelityHipnn
-from mfcalc.model.interaction import N_COMPONENTS
+from mfcalc.model.interaction import PairLayout, angular_factors, environment, invariants, pair_layout
 from mfcalc.model.sensitivity import cosine_cutoff
 from mfcalc.neighbors import radius_pairs
 
@@ -96,7 +96,6 @@ class StackedInteraction(nn.Module):
     ):
         super().__init__()
         self.tensor_order = tensor_order
-        self.n_components = N_COMPONENTS[tensor_order]
         self.cutoff = float(cutoff)
         self.cusp_reg = float(cusp_reg)
         self.inv_mu = nn.Parameter(torch.zeros(k, 1, n_sensitivities))
@@ -106,38 +105,13 @@ class StackedInteraction(nn.Module):
         self.t1 = nn.Parameter(torch.zeros(k, 1, n_out)) if tensor_order >= 1 else None
         self.t2 = nn.Parameter(torch.zeros(k, 1, n_out)) if tensor_order >= 2 else None
 
-    def _angular(self, rhat: Tensor) -> Tensor:
-        """(K, P, 3) unit vectors -> (K, P, C) angular factors."""
-        parts = [torch.ones_like(rhat[:, :, :1])]
-        if self.tensor_order >= 1:
-            parts.append(rhat)
-        if self.tensor_order >= 2:
-            x, y, z = rhat[:, :, 0], rhat[:, :, 1], rhat[:, :, 2]
-            parts.append(torch.stack([x * x - 1.0 / 3.0, x * y, x * z, y * y - 1.0 / 3.0, y * z], dim=2))
-        return torch.cat(parts, dim=2)
-
-    def forward(self, z: Tensor, pair_first: Tensor, pair_second: Tensor, r: Tensor, rhat: Tensor) -> Tensor:
+    def forward(self, z: Tensor, layout: PairLayout, r: Tensor, rhat: Tensor) -> Tensor:
         """z (K, A, F_in); r (K, P); rhat (K, P, 3) -> (K, A, F_out)."""
-        k, n_atoms = z.shape[0], z.shape[1]
         z_v = torch.einsum("kaf,knfo->kano", z, self.V)  # (K, A, N_s, F_out)
         x = self.sigma * (1.0 / r[:, :, None] - self.inv_mu)
         radial = torch.exp(-0.5 * x * x) * cosine_cutoff(r, self.cutoff)[:, :, None]  # (K, P, N_s)
-        n_pairs, n_s, f_out = r.shape[1], z_v.shape[2], z_v.shape[3]
-        gathered = z_v.index_select(1, pair_second).reshape(k * n_pairs, n_s, f_out)
-        g = torch.bmm(radial.reshape(k * n_pairs, 1, n_s), gathered).reshape(k, n_pairs, f_out)
-        per_pair = self._angular(rhat)[:, :, :, None] * g[:, :, None, :]  # (K, P, C, F_out)
-        u = torch.zeros(k, n_atoms, self.n_components, f_out, dtype=z.dtype, device=z.device)
-        u = u.index_add(1, pair_first, per_pair)
-        out = u[:, :, 0] + self.self_linear(z)
-        t1 = self.t1
-        if t1 is not None:
-            out = out + t1 * torch.sqrt((u[:, :, 1:4] ** 2).sum(dim=2) + self.cusp_reg)
-        t2 = self.t2
-        if t2 is not None:
-            q = u[:, :, 4:9]
-            frob2 = 2.0 * ((q**2).sum(dim=2) + q[:, :, 0] * q[:, :, 3])
-            out = out + t2 * torch.sqrt(frob2 + self.cusp_reg)
-        return out
+        u = environment(z_v, radial, angular_factors(rhat, self.tensor_order), layout)
+        return invariants(u, self.t1, self.t2, self.cusp_reg) + self.self_linear(z)
 
 
 class StackedBlock(nn.Module):
@@ -162,11 +136,9 @@ class StackedBlock(nn.Module):
         self.atom_layers = nn.ModuleList([StackedAtomLayer(k, n_out, resnet) for _ in range(n_atom_layers)])
         self.head = StackedLinear(k, n_out, n_fidelities)
 
-    def forward(
-        self, z: Tensor, pair_first: Tensor, pair_second: Tensor, r: Tensor, rhat: Tensor
-    ) -> Tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, layout: PairLayout, r: Tensor, rhat: Tensor) -> Tuple[Tensor, Tensor]:
         """-> new features (K, A, F) and this level's atom energies (K, A, n_fidelities)."""
-        pre = self.interaction(z, pair_first, pair_second, r, rhat)
+        pre = self.interaction(z, layout, r, rhat)
         res = self.residual
         z = res(pre, z) if res is not None else nn.functional.softplus(pre)
         for layer in self.atom_layers:
@@ -332,8 +304,9 @@ class Ensemble(nn.Module):
         z = nn.functional.one_hot(species, len(self.species)).to(positions.dtype)
         z = z[None].expand(k, z.shape[0], z.shape[1])
         levels: List[Tensor] = [self.reference(z)]
+        layout = pair_layout(pair_first, pair_second, positions.shape[1])
         for block in self.blocks:
-            z, level = block(z, pair_first, pair_second, r, rhat)
+            z, level = block(z, layout, r, rhat)
             levels.append(level)
         atom_levels = torch.stack(levels, dim=2)  # (K, A, L, F)
         n_levels, n_fid = atom_levels.shape[2], atom_levels.shape[3]

@@ -12,27 +12,103 @@ and contracts them with one weight tensor V shared by all orders (weight tying):
     u^c_i = sum_p sum_nu s^c_nu(p) (z_j V_nu)                       (A, C, F_out)
     a_i   = u^0_i + t1 * sqrt(|u^{1}_i|^2 + eps) + t2 * sqrt(||U^{2}_i||_F^2 + eps) + W z_i + b
 
-Two facts keep the work per pair at N_s * F_out + C * F_out multiply-adds:
+The work per pair is kept small and dense:
 
 * the product z_j V_nu is formed per atom before the pair sum (the same linear map as
   hippynn's envsum-then-GEMM, but no (P, C, N_s, F_in) tensor is ever materialised);
 * every tensor component factorises into an angular part and the radial sensitivities,
   s^c_nu(p) = a^c(r_hat_p) s_nu(r_p), so the sum over nu is done once per pair,
-  g_p = sum_nu s_nu(r_p) (z_j V_nu), and the C components are a^c(r_hat_p) g_p.
-  (1,500 atoms, 21,734 pairs, l = 2, one thread: energy+forces 218 -> 134 ms against
-  contracting the stacked (P, C, N_s) sensitivities; see tools/BENCHMARKS.md.)
+  g_p = sum_nu s_nu(r_p) (z_j V_nu), and the C components are a^c(r_hat_p) g_p;
+* both sums run as batched matrix products over padded neighbour tables
+  (:func:`pair_layout`): g = S_j (z_j V) per sender j with S_j its (M x N_s) pair
+  sensitivities, then u_i = A_i^T G_i per receiver i.  Only N_s + F + C numbers move per
+  pair; gathering z_j V (N_s x F per pair) and scattering (C x F per pair), as before,
+  moved 10x more and made the interaction memory-bound (tools/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from mfcalc.model.sensitivity import InverseSensitivity
 
-N_COMPONENTS = (1, 4, 9)  # components carried for tensor order 0, 1, 2
+# Where each pair sits in the padded neighbour tables, built once per forward pass and shared
+# by every layer (and every ensemble member): (sender_slot (P,), sender_width M_s,
+# receiver_slot (P,), receiver_width M_r, receiver_source (A * M_r,)).
+PairLayout = Tuple[Tensor, int, Tensor, int, Tensor]
+
+
+def _table_slots(owner: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
+    """Slot of each pair in an (n_atoms x M) table grouped by ``owner``; M = most pairs of one atom."""
+    counts = torch.bincount(owner, minlength=n_atoms)
+    width = int(counts.max()) if owner.shape[0] > 0 else 0
+    order = torch.argsort(owner, stable=True)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(owner)
+    rank[order] = torch.arange(owner.shape[0], device=owner.device) - start[owner[order]]
+    return owner * width + rank, width
+
+
+def pair_layout(pair_first: Tensor, pair_second: Tensor, n_atoms: int) -> PairLayout:
+    """Padded-table positions of the pairs (receiver ``pair_first``, sender ``pair_second``).
+
+    Any pair list works: any order, not necessarily symmetric, atoms without pairs.  Padding
+    slots hold zero sensitivities and zero angular factors, so they add nothing.
+    """
+    sender_slot, sender_width = _table_slots(pair_second, n_atoms)
+    receiver_slot, receiver_width = _table_slots(pair_first, n_atoms)
+    source = torch.zeros(n_atoms * receiver_width, dtype=torch.long, device=pair_first.device)
+    source = source.index_copy(0, receiver_slot, sender_slot)
+    return sender_slot, sender_width, receiver_slot, receiver_width, source
+
+
+def angular_factors(rhat: Tensor, tensor_order: int) -> Tensor:
+    """(..., 3) unit vectors -> (..., C) angular factors [1, r_hat, traceless r_hat r_hat^T (5)]."""
+    parts = [torch.ones_like(rhat[..., :1])]
+    if tensor_order >= 1:
+        parts.append(rhat)
+    if tensor_order >= 2:
+        x, y, z = rhat[..., 0], rhat[..., 1], rhat[..., 2]
+        parts.append(torch.stack([x * x - 1.0 / 3.0, x * y, x * z, y * y - 1.0 / 3.0, y * z], dim=-1))
+    return torch.cat(parts, dim=-1)
+
+
+def environment(z_v: Tensor, radial: Tensor, angular: Tensor, layout: PairLayout) -> Tensor:
+    """u^c_i = sum_(p = (i, j)) a^c(p) sum_nu s_nu(p) (z_j V_nu), for K stacked members.
+
+    Args:
+        z_v: (K, A, N_s, F) per-atom products z V.
+        radial: (K, P, N_s) sensitivities; angular: (K, P, C) factors.
+
+    Returns:
+        (K, A, C, F).
+    """
+    sender_slot, sender_width, receiver_slot, receiver_width, source = layout
+    k, n_atoms, n_s, f = z_v.shape[0], z_v.shape[1], z_v.shape[2], z_v.shape[3]
+    c = angular.shape[2]
+    s_table = torch.zeros(k, n_atoms * sender_width, n_s, dtype=z_v.dtype, device=z_v.device)
+    s_table = s_table.index_copy(1, sender_slot, radial).reshape(k * n_atoms, sender_width, n_s)
+    g = torch.bmm(s_table, z_v.reshape(k * n_atoms, n_s, f)).reshape(k, n_atoms * sender_width, f)
+    g_table = g.index_select(1, source).reshape(k * n_atoms, receiver_width, f)  # by receiver
+    a_table = torch.zeros(k, n_atoms * receiver_width, c, dtype=z_v.dtype, device=z_v.device)
+    a_table = a_table.index_copy(1, receiver_slot, angular).reshape(k * n_atoms, receiver_width, c)
+    return torch.bmm(a_table.transpose(1, 2), g_table).reshape(k, n_atoms, c, f)
+
+
+def invariants(u: Tensor, t1: Optional[Tensor], t2: Optional[Tensor], cusp_reg: float) -> Tensor:
+    """(K, A, C, F) environments -> (K, A, F): u^0 + t1 |u^1| + t2 ||U^2||_F (eps-regularised)."""
+    out = u[:, :, 0]
+    if t1 is not None:
+        out = out + t1 * torch.sqrt((u[:, :, 1:4] ** 2).sum(dim=2) + cusp_reg)
+    if t2 is not None:
+        q = u[:, :, 4:9]  # xx, xy, xz, yy, yz of a traceless symmetric tensor: ||Q||^2 below
+        frob2 = 2.0 * ((q**2).sum(dim=2) + q[:, :, 0] * q[:, :, 3])
+        out = out + t2 * torch.sqrt(frob2 + cusp_reg)
+    return out
 
 
 class InteractionLayer(nn.Module):
@@ -61,7 +137,6 @@ class InteractionLayer(nn.Module):
         if tensor_order not in (0, 1, 2):
             raise ValueError(f"tensor_order must be 0, 1 or 2, got {tensor_order}")
         self.tensor_order = tensor_order
-        self.n_components = N_COMPONENTS[tensor_order]
         self.cusp_reg = float(cusp_reg)
         self.sensitivity = InverseSensitivity(n_sensitivities, soft_min, soft_max, cutoff)
         std = math.sqrt(2.0 / (n_sensitivities * n_in + n_out))
@@ -71,32 +146,9 @@ class InteractionLayer(nn.Module):
         self.t1 = nn.Parameter(torch.randn(n_out)) if tensor_order >= 1 else None
         self.t2 = nn.Parameter(torch.randn(n_out)) if tensor_order >= 2 else None
 
-    def _angular(self, rhat: Tensor) -> Tensor:
-        """(P, 3) unit vectors -> (P, C) angular factors [1, r_hat, traceless r_hat r_hat^T (5)]."""
-        parts = [torch.ones_like(rhat[:, :1])]
-        if self.tensor_order >= 1:
-            parts.append(rhat)
-        if self.tensor_order >= 2:
-            x, y, z = rhat[:, 0], rhat[:, 1], rhat[:, 2]
-            parts.append(torch.stack([x * x - 1.0 / 3.0, x * y, x * z, y * y - 1.0 / 3.0, y * z], dim=1))
-        return torch.cat(parts, dim=1)
-
-    def forward(self, z: Tensor, pair_first: Tensor, pair_second: Tensor, r: Tensor, rhat: Tensor) -> Tensor:
-        """z (A, F_in); pairs (P,) receiver/sender; r (P,) Angstrom; rhat (P, 3) -> (A, F_out)."""
+    def forward(self, z: Tensor, layout: PairLayout, r: Tensor, rhat: Tensor) -> Tensor:
+        """z (A, F_in); layout from :func:`pair_layout`; r (P,) Angstrom; rhat (P, 3) -> (A, F_out)."""
         z_v = torch.einsum("af,nfo->ano", z, self.V)  # (A, N_s, F_out)
-        radial = self.sensitivity(r)  # (P, N_s)
-        # index_select, not z_v[pair_second]: a plain row gather, 2x faster on CPU
-        g = torch.bmm(radial[:, None, :], z_v.index_select(0, pair_second)).squeeze(1)  # (P, F_out)
-        per_pair = self._angular(rhat)[:, :, None] * g[:, None, :]  # (P, C, F_out)
-        u = torch.zeros(z.shape[0], self.n_components, z_v.shape[2], dtype=z.dtype, device=z.device)
-        u = u.index_add(0, pair_first, per_pair)
-        out = u[:, 0] + self.self_linear(z)
-        t1 = self.t1
-        if t1 is not None:
-            out = out + t1 * torch.sqrt((u[:, 1:4] ** 2).sum(dim=1) + self.cusp_reg)
-        t2 = self.t2
-        if t2 is not None:
-            q = u[:, 4:9]
-            frob2 = 2.0 * ((q**2).sum(dim=1) + q[:, 0] * q[:, 3])
-            out = out + t2 * torch.sqrt(frob2 + self.cusp_reg)
-        return out
+        angular = angular_factors(rhat, self.tensor_order)
+        u = environment(z_v[None], self.sensitivity(r)[None], angular[None], layout)
+        return invariants(u, self.t1, self.t2, self.cusp_reg)[0] + self.self_linear(z)

@@ -40,3 +40,24 @@ def test_rescript_refuses_a_file_that_does_not_record_every_hyper_parameter(tmp_
     export.save(model, path, meta)
     with pytest.raises(ValueError, match="cusp_reg"):
         export.rescript(path, str(tmp_path / "new.pt"))
+
+
+def test_a_format_3_file_runs_with_todays_kernels_and_gives_its_own_numbers():
+    """files/format3.pt was written by mfcalc before the padded-table interaction (a tiny
+    2-member ensemble): load() must rebuild it with today's code, weights unchanged."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "files", "format3.pt")
+    as_saved = torch.jit.load(path)  # the code stored in the file
+    upgraded, meta = export.load(path)
+    assert meta[keys.META_FORMAT_VERSION] == 3
+    assert "pair_layout" not in as_saved.members_forward.code
+    assert "pair_layout" in upgraded.members_forward.code
+    z, pos = ethanol()
+    pos = pos.float()
+    mol = torch.zeros(len(z), dtype=torch.long)
+    for k in range(2):
+        old = as_saved.compute(z, pos, mol, 1, k)
+        new = upgraded.compute(z, pos, mol, 1, k)
+        for key in old:
+            torch.testing.assert_close(new[key], old[key], rtol=1e-5, atol=1e-5)

@@ -256,10 +256,12 @@ def test_unsorted_mol_index_is_rejected():
 
 @pytest.mark.parametrize("order", [0, 1, 2])
 def test_interaction_layer_equals_the_spec_formula_written_out(order):
-    """The factorised layer (radial sum once per pair, angular factors after) against the spec
-    written out literally: full per-pair sensitivities s^c_nu, environment sums of z_j, the
-    same V for every component, and the l = 2 norm from the full 3x3 traceless tensor."""
-    from mfcalc.model.interaction import InteractionLayer
+    """The factorised layer (radial sum once per pair, angular factors after, padded neighbour
+    tables) against the spec written out literally: full per-pair sensitivities s^c_nu,
+    environment sums of z_j, the same V for every component, and the l = 2 norm from the full
+    3x3 traceless tensor.  The pair list is shuffled, not symmetric, has atoms with different
+    neighbour counts and one atom with none, so the tables' padding is exercised."""
+    from mfcalc.model.interaction import InteractionLayer, pair_layout
 
     torch.manual_seed(order)
     n_atoms, f_in, f_out, n_s, eps = 7, 5, 4, 6, 1e-4
@@ -267,12 +269,14 @@ def test_interaction_layer_equals_the_spec_formula_written_out(order):
     z = torch.randn(n_atoms, f_in, dtype=torch.float64)
     pos = 1.5 * torch.randn(n_atoms, 3, dtype=torch.float64)
     i, j = torch.meshgrid(torch.arange(n_atoms), torch.arange(n_atoms), indexing="ij")
-    keep = i != j
+    keep = (i != j) & (torch.rand(n_atoms, n_atoms) < 0.6) & (i != 3) & (j != 3)  # atom 3: no pairs
     first, second = i[keep], j[keep]
+    shuffle = torch.randperm(len(first))
+    first, second = first[shuffle], second[shuffle]
     vec = pos[second] - pos[first]
     r = vec.norm(dim=1)
     rhat = vec / r[:, None]
-    got = layer(z, first, second, r, rhat)
+    got = layer(z, pair_layout(first, second, n_atoms), r, rhat)
 
     s = layer.sensitivity(r)  # (P, N_s), includes the cutoff
     env0 = torch.zeros(n_atoms, n_s, f_in, dtype=torch.float64)  # e^nu_i = sum_j s_nu z_j
