@@ -72,7 +72,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         steps = max(int(r.steps) for r in result.records) if result.records else 0
         print(
-            f"\nwhole ranking job, today's code: {wall:.0f} s ({len(result.ranked())} ranked, slowest "
+            f"\nwhole ranking job, today's code: {wall:.0f} s ({len(result.ranked)} ranked, slowest "
             f"conformer {steps} steps)"
         )
 
