@@ -223,13 +223,20 @@ def species_counts(data: MFData, species: Sequence[int], structures: Optional[np
     return counts
 
 
-def fit_reference_energies(data: MFData, species: Sequence[int], structures: Optional[np.ndarray] = None) -> np.ndarray:
+def fit_reference_energies(
+    data: MFData,
+    species: Sequence[int],
+    structures: Optional[np.ndarray] = None,
+    fallback: Optional[Dict[str, Tuple[str, Dict[int, float]]]] = None,
+) -> np.ndarray:
     """(F, n_species) per-fidelity atom reference energies (eV) by least squares on counts.
 
     Each fidelity uses only the structures that carry its energy.  A species that none of
     them contains (an expensive level that never saw nitrogen, say) borrows the reference
     of the first fidelity that has it, with a warning, rather than 0 eV, which would be
-    off by thousands of eV.  Computed in float64: the subtraction it feeds is large.
+    off by thousands of eV.  ``fallback`` names a better donor per fidelity, ``{name: (what,
+    {Z: eV})}`` (a fine-tuned head starts from its source head's references).  Computed in
+    float64: the subtraction it feeds is large.
     """
     structures = np.arange(len(data)) if structures is None else np.asarray(structures, dtype=np.int64)
     counts = species_counts(data, species, structures)
@@ -247,7 +254,15 @@ def fit_reference_energies(data: MFData, species: Sequence[int], structures: Opt
     for k, name in enumerate(data.fidelities):
         for s in np.nonzero(~present[k])[0]:
             donors = np.nonzero(present[:, s])[0]
-            if len(donors):
+            what, given = (fallback or {}).get(name, ("", {}))
+            if int(species[int(s)]) in given:
+                out[k, s] = given[int(species[int(s)])]
+                warnings.warn(
+                    f"element Z={species[int(s)]} has no {name!r} energy label; its reference energy is "
+                    f"taken from {what}",
+                    stacklevel=2,
+                )
+            elif len(donors):
                 out[k, s] = out[donors[0], s]
                 warnings.warn(
                     f"element Z={species[int(s)]} has no {name!r} energy label; its reference energy is "

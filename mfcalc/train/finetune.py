@@ -150,10 +150,16 @@ def new_head_sources(cfg: RunConfig, source: Source) -> Dict[str, str]:
     return out
 
 
-def reference_energies(source: Source, data: MFData, species: Sequence[int], rows: np.ndarray) -> np.ndarray:
+def reference_energies(
+    source: Source, data: MFData, species: Sequence[int], rows: np.ndarray, new_from: Dict[str, str]
+) -> np.ndarray:
     """(F, n_species) eV: the file's references where it has them; fitted on the new data for new
-    heads, and for new elements in reused heads with the known elements held fixed."""
-    fitted = fit_reference_energies(data, species, rows)
+    heads, and for new elements in reused heads with the known elements held fixed.  An element
+    that a new head's data never contain takes the reference of the head it starts from
+    (``new_from``), which is on the same absolute scale; another level's could be off by
+    hundreds of eV (xTB's atoms against an all-electron method's)."""
+    fallback = {new: (f"the {old!r} head of {source.path}", source.reference(old)) for new, old in new_from.items()}
+    fitted = fit_reference_energies(data, species, rows, fallback)
     known = [s for s, z in enumerate(species) if z in source.species]
     new = [s for s, z in enumerate(species) if z not in source.species]
     counts = species_counts(data, species, rows)

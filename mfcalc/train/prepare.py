@@ -150,7 +150,7 @@ def prepare_run(
     check_labels(data, split, bound)
     if reference is None:
         reference = (
-            finetune.reference_energies(source, data, species, split["train"])
+            finetune.reference_energies(source, data, species, split["train"], finetune.new_head_sources(cfg, source))
             if source is not None
             else fit_reference_energies(data, species, split["train"])
         )

@@ -94,6 +94,27 @@ def test_before_any_step_old_heads_and_elements_are_unchanged_and_new_heads_foll
     assert after_copy["cc"] == pytest.approx(baseline + dft_above, abs=1e-6)  # the dft head's levels 1..L
 
 
+def test_an_element_missing_from_a_new_heads_data_takes_the_reference_of_the_head_it_starts_from(source, tmp_path):
+    """Hydrocarbon data for a new head copied from dft: oxygen, known to the model but absent from
+    the new data, takes the source dft head's reference energy (not xTB's, hundreds of eV away)."""
+    import h5py
+
+    ch = tmp_path / "ch.h5"
+    with h5py.File(REFERENCE_H5) as f, h5py.File(ch, "w") as g:
+        for name in f:
+            if "N" not in name and "O" not in name:
+                f.copy(f[name], g, name)
+    with pytest.warns(
+        UserWarning, match=r"Z=8 has no 'cc' energy label; its reference energy is taken from the 'dft' head"
+    ):
+        assert fine_tune(source, tmp_path / "ft", "--epochs", "0", "--new-head", "cc=dft", data=ch) == 0
+    new = export.load(str(tmp_path / "ft" / "model.pt"))[1][keys.META_REFERENCE_ENERGIES]
+    old = export.load(str(source))[1][keys.META_REFERENCE_ENERGIES]
+    assert new["cc"]["8"] == pytest.approx(old["dft"]["8"], abs=1e-9)
+    assert new["cc"]["6"] != pytest.approx(old["dft"]["6"], abs=1e-6)  # carbon is fitted on the new data
+    assert abs(new["cc"]["8"] - old["xtb"]["8"]) > 100  # what the first-fidelity rule would have given
+
+
 def test_heads_only_training_leaves_the_trunk_bit_identical(source, tmp_path):
     out = tmp_path / "heads"
     assert (

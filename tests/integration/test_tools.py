@@ -173,7 +173,9 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
     assert tool.main(argv + ["--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| fine-tuned, DFT + CASPT2 |" in table and "C-C stretch" in table
+    assert "| shipped model, no training: its `cc` head |" in table
     doc = json.loads(out.read_text())
+    assert set(doc["zero_shot"]) == {"xtb", "dft", "cc"} and all(v > 0 for v in doc["zero_shot"].values())
     assert set(doc["runs"]) == {
         "scratch, CASPT2 only",
         "scratch, DFT + CASPT2",
