@@ -65,3 +65,67 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     va = [r["valid_loss"] for r in a["log_rows"]]
     vb = [r["valid_loss"] for r in b["log_rows"]]
     assert len(va) == 3 and max(abs(x - y) for x, y in zip(va, vb)) < 1e-8
+
+
+def test_two_process_ddp_fine_tuning_equals_single_process(tmp_path):
+    """--init-from with a new head and replay: the DDP run equals the one-process run."""
+    source = tmp_path / "source"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mfcalc.train",
+            *ARGS[: ARGS.index("--epochs")],
+            "--epochs",
+            "1",
+            *ARGS[ARGS.index("--max-structures") :],
+            "--out",
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tune = [
+        "--init-from",
+        str(source / "model.pt"),
+        "--data",
+        str(REFERENCE_H5),
+        "--fidelity",
+        "dft=wb97x_dz.energy,wb97x_dz.forces",
+        "--fidelity",
+        "cc_again=ccsd(t)_dz.energy",
+        "--new-head",
+        "cc_again=cc",
+        "--replay",
+        str(REFERENCE_H5),
+        "--epochs",
+        "2",
+        "--max-structures",
+        "160",
+        "--batch-size",
+        "16",
+        "--dtype",
+        "float64",
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+    ]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    subprocess.run([sys.executable, "-m", "mfcalc.train", *tune, "--out", str(single)], check=True, capture_output=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mfcalc.train"]
+        + tune
+        + ["--out", str(ddp)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a = torch.load(single / "checkpoint.pt", weights_only=False)
+    b = torch.load(ddp / "checkpoint.pt", weights_only=False)
+    for k, v in a["finished"][0].items():
+        torch.testing.assert_close(b["finished"][0][k], v, rtol=1e-9, atol=1e-11)
+    va = [r["valid_loss"] for r in a["log_rows"]]
+    vb = [r["valid_loss"] for r in b["log_rows"]]
+    assert len(va) == 2 and max(abs(x - y) for x, y in zip(va, vb)) < 1e-8
