@@ -27,7 +27,7 @@ from mfcalc import keys
 from mfcalc.data.fidelity import head_index
 from mfcalc.model import grad
 from mfcalc.model.hipnn import MultiFidelityHipnn
-from mfcalc.model.interaction import PairLayout, angular_factors, environment, invariants, pair_layout
+from mfcalc.model.interaction import PairLayout, angular_factors, environment, invariants, pair_layout, pair_tables
 from mfcalc.model.sensitivity import cosine_cutoff
 from mfcalc.neighbors import radius_pairs
 
@@ -105,12 +105,12 @@ class StackedInteraction(nn.Module):
         self.t1 = nn.Parameter(torch.zeros(k, 1, n_out)) if tensor_order >= 1 else None
         self.t2 = nn.Parameter(torch.zeros(k, 1, n_out)) if tensor_order >= 2 else None
 
-    def forward(self, z: Tensor, layout: PairLayout, r: Tensor, rhat: Tensor) -> Tensor:
-        """z (K, A, F_in); r (K, P); rhat (K, P, 3) -> (K, A, F_out)."""
+    def forward(self, z: Tensor, layout: PairLayout, r_table: Tensor, rhat_table: Tensor) -> Tensor:
+        """z (K, A, F_in); r_table (K, A * M); rhat_table (K, A * M, 3) -> (K, A, F_out)."""
         z_v = torch.einsum("kaf,knfo->kano", z, self.V)  # (K, A, N_s, F_out)
-        x = self.sigma * (1.0 / r[:, :, None] - self.inv_mu)
-        radial = torch.exp(-0.5 * x * x) * cosine_cutoff(r, self.cutoff)[:, :, None]  # (K, P, N_s)
-        u = environment(z_v, radial, angular_factors(rhat, self.tensor_order), layout)
+        x = self.sigma * (1.0 / r_table[:, :, None] - self.inv_mu)
+        radial = torch.exp(-0.5 * x * x) * cosine_cutoff(r_table, self.cutoff)[:, :, None]  # (K, A * M, N_s)
+        u = environment(z_v, radial, angular_factors(rhat_table, self.tensor_order), layout)
         return invariants(u, self.t1, self.t2, self.cusp_reg) + self.self_linear(z)
 
 
@@ -136,9 +136,9 @@ class StackedBlock(nn.Module):
         self.atom_layers = nn.ModuleList([StackedAtomLayer(k, n_out, resnet) for _ in range(n_atom_layers)])
         self.head = StackedLinear(k, n_out, n_fidelities)
 
-    def forward(self, z: Tensor, layout: PairLayout, r: Tensor, rhat: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, layout: PairLayout, r_table: Tensor, rhat_table: Tensor) -> Tuple[Tensor, Tensor]:
         """-> new features (K, A, F) and this level's atom energies (K, A, n_fidelities)."""
-        pre = self.interaction(z, layout, r, rhat)
+        pre = self.interaction(z, layout, r_table, rhat_table)
         res = self.residual
         z = res(pre, z) if res is not None else nn.functional.softplus(pre)
         for layer in self.atom_layers:
@@ -305,8 +305,9 @@ class Ensemble(nn.Module):
         z = z[None].expand(k, z.shape[0], z.shape[1])
         levels: List[Tensor] = [self.reference(z)]
         layout = pair_layout(pair_first, pair_second, positions.shape[1])
+        r_table, rhat_table = pair_tables(layout, r, rhat, self.cutoff)
         for block in self.blocks:
-            z, level = block(z, layout, r, rhat)
+            z, level = block(z, layout, r_table, rhat_table)
             levels.append(level)
         atom_levels = torch.stack(levels, dim=2)  # (K, A, L, F)
         n_levels, n_fid = atom_levels.shape[2], atom_levels.shape[3]

@@ -19,7 +19,7 @@ from mfcalc import keys
 from mfcalc.data.fidelity import head_index
 from mfcalc.model import grad
 from mfcalc.model.heads import HierarchicalHeads
-from mfcalc.model.interaction import InteractionLayer, PairLayout, pair_layout
+from mfcalc.model.interaction import InteractionLayer, PairLayout, pair_layout, pair_tables
 from mfcalc.model.settings import ModelSettings
 from mfcalc.neighbors import radius_pairs
 
@@ -65,8 +65,8 @@ class Block(nn.Module):
         self.act = nn.Softplus()
         self.atom_layers = nn.ModuleList([AtomLayer(n_out, resnet) for _ in range(n_atom_layers)])
 
-    def forward(self, z: Tensor, layout: PairLayout, r: Tensor, rhat: Tensor) -> Tensor:
-        pre = self.interaction(z, layout, r, rhat)
+    def forward(self, z: Tensor, layout: PairLayout, r_table: Tensor, rhat_table: Tensor) -> Tensor:
+        pre = self.interaction(z, layout, r_table, rhat_table)
         res = self.residual
         z = res(pre, z) if res is not None else self.act(pre)
         for layer in self.atom_layers:
@@ -213,8 +213,9 @@ class MultiFidelityHipnn(nn.Module):
         z = nn.functional.one_hot(species, len(self.species)).to(positions.dtype)
         features = [z]
         layout = pair_layout(pair_first, pair_second, positions.shape[0])
+        r_table, rhat_table = pair_tables(layout, r[None], rhat[None], self.cutoff)
         for block in self.blocks:
-            z = block(z, layout, r, rhat)
+            z = block(z, layout, r_table[0], rhat_table[0])
             features.append(z)
         atom_levels = self.heads(features)  # (A, L, F)
         n_levels, n_fid = atom_levels.shape[1], atom_levels.shape[2]

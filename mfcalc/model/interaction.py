@@ -21,9 +21,10 @@ The work per pair is kept small and dense:
   g_p = sum_nu s_nu(r_p) (z_j V_nu), and the C components are a^c(r_hat_p) g_p;
 * both sums run as batched matrix products over padded neighbour tables
   (:func:`pair_layout`): g = S_j (z_j V) per sender j with S_j its (M x N_s) pair
-  sensitivities, then u_i = A_i^T G_i per receiver i.  Only N_s + F + C numbers move per
-  pair; gathering z_j V (N_s x F per pair) and scattering (C x F per pair), as before,
-  moved 10x more and made the interaction memory-bound (tools/BENCHMARKS.md).
+  sensitivities, then u_i = A_i^T G_i per receiver i, with one permutation between the two
+  tables.  Sensitivities and angular factors are computed in the tables directly, so per
+  pair only about N_s + 2F + C numbers are written; gathering z_j V (N_s x F per pair) and
+  scattering (C x F per pair), as before, moved 10x more (tools/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,34 +37,58 @@ from torch import Tensor, nn
 
 from mfcalc.model.sensitivity import InverseSensitivity
 
-# Where each pair sits in the padded neighbour tables, built once per forward pass and shared
-# by every layer (and every ensemble member): (sender_slot (P,), sender_width M_s,
-# receiver_slot (P,), receiver_width M_r, receiver_source (A * M_r,)).
-PairLayout = Tuple[Tensor, int, Tensor, int, Tensor]
+# Where each pair sits in the two padded neighbour tables, built once per forward pass and
+# shared by every layer and ensemble member: (sender_slot (P,), receiver_slot (P,), width M,
+# to_receiver (A * M,)).  Both tables are (A x M); to_receiver is a permutation of their slots
+# that takes every pair from its sender slot to its receiver slot (and padding to padding).
+PairLayout = Tuple[Tensor, Tensor, int, Tensor]
 
 
-def _table_slots(owner: Tensor, n_atoms: int) -> Tuple[Tensor, int]:
-    """Slot of each pair in an (n_atoms x M) table grouped by ``owner``; M = most pairs of one atom."""
+def _table_slots(owner: Tensor, n_atoms: int, width: int) -> Tensor:
+    """Slot of each pair in an (n_atoms x width) table whose row is the pair's ``owner``."""
     counts = torch.bincount(owner, minlength=n_atoms)
-    width = int(counts.max()) if owner.shape[0] > 0 else 0
     order = torch.argsort(owner, stable=True)
     start = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(owner)
     rank[order] = torch.arange(owner.shape[0], device=owner.device) - start[owner[order]]
-    return owner * width + rank, width
+    return owner * width + rank
 
 
 def pair_layout(pair_first: Tensor, pair_second: Tensor, n_atoms: int) -> PairLayout:
     """Padded-table positions of the pairs (receiver ``pair_first``, sender ``pair_second``).
 
-    Any pair list works: any order, not necessarily symmetric, atoms without pairs.  Padding
-    slots hold zero sensitivities and zero angular factors, so they add nothing.
+    Any pair list works: any order, not necessarily symmetric, atoms without pairs.  The width
+    M is the most pairs any atom has on either side, so both tables have as many padding
+    slots as each other and moving between them is a permutation: a scatter-copy forward and
+    a gather backward, with no accumulating scatter (deterministic on GPUs too).
     """
-    sender_slot, sender_width = _table_slots(pair_second, n_atoms)
-    receiver_slot, receiver_width = _table_slots(pair_first, n_atoms)
-    source = torch.zeros(n_atoms * receiver_width, dtype=torch.long, device=pair_first.device)
-    source = source.index_copy(0, receiver_slot, sender_slot)
-    return sender_slot, sender_width, receiver_slot, receiver_width, source
+    device = pair_first.device
+    counts = torch.maximum(
+        torch.bincount(pair_first, minlength=n_atoms), torch.bincount(pair_second, minlength=n_atoms)
+    )
+    width = int(counts.max()) if pair_first.shape[0] > 0 else 0
+    sender_slot = _table_slots(pair_second, n_atoms, width)
+    receiver_slot = _table_slots(pair_first, n_atoms, width)
+    n_slots = n_atoms * width
+    free_sender = torch.ones(n_slots, dtype=torch.bool, device=device).index_fill(0, sender_slot, False)
+    free_receiver = torch.ones(n_slots, dtype=torch.bool, device=device).index_fill(0, receiver_slot, False)
+    to_receiver = torch.empty(n_slots, dtype=torch.long, device=device)
+    to_receiver = to_receiver.index_copy(0, sender_slot, receiver_slot)
+    to_receiver = to_receiver.index_copy(
+        0, torch.nonzero(free_sender).squeeze(1), torch.nonzero(free_receiver).squeeze(1)
+    )
+    return sender_slot, receiver_slot, width, to_receiver
+
+
+def pair_tables(layout: PairLayout, r: Tensor, rhat: Tensor, cutoff: float) -> Tuple[Tensor, Tensor]:
+    """Per-pair geometry into the tables, once for all layers: distances (K, P) -> (K, A * M)
+    in the sender table (padding at 2 x cutoff, where every sensitivity is exactly 0), unit
+    vectors (K, P, 3) -> (K, A * M, 3) in the receiver table (padding 0)."""
+    sender_slot, receiver_slot, width, to_receiver = layout
+    k, n_slots = r.shape[0], to_receiver.shape[0]
+    r_table = torch.full((k, n_slots), 2.0 * cutoff, dtype=r.dtype, device=r.device).index_copy(1, sender_slot, r)
+    rhat_table = torch.zeros(k, n_slots, 3, dtype=rhat.dtype, device=rhat.device).index_copy(1, receiver_slot, rhat)
+    return r_table, rhat_table
 
 
 def angular_factors(rhat: Tensor, tensor_order: int) -> Tensor:
@@ -82,21 +107,19 @@ def environment(z_v: Tensor, radial: Tensor, angular: Tensor, layout: PairLayout
 
     Args:
         z_v: (K, A, N_s, F) per-atom products z V.
-        radial: (K, P, N_s) sensitivities; angular: (K, P, C) factors.
+        radial: (K, A * M, N_s) sensitivities in the sender table (0 in padding).
+        angular: (K, A * M, C) angular factors in the receiver table.
 
     Returns:
         (K, A, C, F).
     """
-    sender_slot, sender_width, receiver_slot, receiver_width, source = layout
+    to_receiver, width = layout[3], layout[2]
     k, n_atoms, n_s, f = z_v.shape[0], z_v.shape[1], z_v.shape[2], z_v.shape[3]
     c = angular.shape[2]
-    s_table = torch.zeros(k, n_atoms * sender_width, n_s, dtype=z_v.dtype, device=z_v.device)
-    s_table = s_table.index_copy(1, sender_slot, radial).reshape(k * n_atoms, sender_width, n_s)
-    g = torch.bmm(s_table, z_v.reshape(k * n_atoms, n_s, f)).reshape(k, n_atoms * sender_width, f)
-    g_table = g.index_select(1, source).reshape(k * n_atoms, receiver_width, f)  # by receiver
-    a_table = torch.zeros(k, n_atoms * receiver_width, c, dtype=z_v.dtype, device=z_v.device)
-    a_table = a_table.index_copy(1, receiver_slot, angular).reshape(k * n_atoms, receiver_width, c)
-    return torch.bmm(a_table.transpose(1, 2), g_table).reshape(k, n_atoms, c, f)
+    g = torch.bmm(radial.reshape(k * n_atoms, width, n_s), z_v.reshape(k * n_atoms, n_s, f))  # per sender
+    g = torch.zeros_like(g).reshape(k, n_atoms * width, f).index_copy(1, to_receiver, g.reshape(k, -1, f))
+    a_table = angular.reshape(k * n_atoms, width, c).transpose(1, 2)
+    return torch.bmm(a_table, g.reshape(k * n_atoms, width, f)).reshape(k, n_atoms, c, f)
 
 
 def invariants(u: Tensor, t1: Optional[Tensor], t2: Optional[Tensor], cusp_reg: float) -> Tensor:
@@ -146,9 +169,10 @@ class InteractionLayer(nn.Module):
         self.t1 = nn.Parameter(torch.randn(n_out)) if tensor_order >= 1 else None
         self.t2 = nn.Parameter(torch.randn(n_out)) if tensor_order >= 2 else None
 
-    def forward(self, z: Tensor, layout: PairLayout, r: Tensor, rhat: Tensor) -> Tensor:
-        """z (A, F_in); layout from :func:`pair_layout`; r (P,) Angstrom; rhat (P, 3) -> (A, F_out)."""
+    def forward(self, z: Tensor, layout: PairLayout, r_table: Tensor, rhat_table: Tensor) -> Tensor:
+        """z (A, F_in); layout and tables (A * M,), (A * M, 3) from :func:`pair_layout` and
+        :func:`pair_tables` -> (A, F_out)."""
         z_v = torch.einsum("af,nfo->ano", z, self.V)  # (A, N_s, F_out)
-        angular = angular_factors(rhat, self.tensor_order)
-        u = environment(z_v[None], self.sensitivity(r)[None], angular[None], layout)
+        angular = angular_factors(rhat_table, self.tensor_order)
+        u = environment(z_v[None], self.sensitivity(r_table)[None], angular[None], layout)
         return invariants(u, self.t1, self.t2, self.cusp_reg)[0] + self.self_linear(z)

@@ -261,7 +261,7 @@ def test_interaction_layer_equals_the_spec_formula_written_out(order):
     environment sums of z_j, the same V for every component, and the l = 2 norm from the full
     3x3 traceless tensor.  The pair list is shuffled, not symmetric, has atoms with different
     neighbour counts and one atom with none, so the tables' padding is exercised."""
-    from mfcalc.model.interaction import InteractionLayer, pair_layout
+    from mfcalc.model.interaction import InteractionLayer, pair_layout, pair_tables
 
     torch.manual_seed(order)
     n_atoms, f_in, f_out, n_s, eps = 7, 5, 4, 6, 1e-4
@@ -276,7 +276,9 @@ def test_interaction_layer_equals_the_spec_formula_written_out(order):
     vec = pos[second] - pos[first]
     r = vec.norm(dim=1)
     rhat = vec / r[:, None]
-    got = layer(z, pair_layout(first, second, n_atoms), r, rhat)
+    layout = pair_layout(first, second, n_atoms)
+    r_table, rhat_table = pair_tables(layout, r[None], rhat[None], 5.5)
+    got = layer(z, layout, r_table[0], rhat_table[0])
 
     s = layer.sensitivity(r)  # (P, N_s), includes the cutoff
     env0 = torch.zeros(n_atoms, n_s, f_in, dtype=torch.float64)  # e^nu_i = sum_j s_nu z_j
@@ -300,3 +302,22 @@ def test_interaction_layer_equals_the_spec_formula_written_out(order):
         u2 = torch.einsum("acdnf,nfo->acdo", env2, V)  # full 3x3 per feature
         want = want + layer.t2 * torch.sqrt((u2**2).sum(dim=(1, 2)) + eps)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_pair_layout_places_every_pair_in_its_rows_and_moves_between_tables_by_a_permutation():
+    from mfcalc.model.interaction import pair_layout
+
+    torch.manual_seed(1)
+    n_atoms = 6
+    first = torch.tensor([0, 0, 0, 1, 2, 2, 5, 4])  # asymmetric; atom 3 has no pairs
+    second = torch.tensor([1, 2, 4, 0, 0, 5, 2, 0])
+    order = torch.randperm(len(first))
+    first, second = first[order], second[order]
+    sender_slot, receiver_slot, width, to_receiver = pair_layout(first, second, n_atoms)
+    assert width == 3  # atom 0: three pairs as receiver and three as sender
+    assert torch.equal(sender_slot // width, second) and torch.equal(receiver_slot // width, first)
+    assert len(set(sender_slot.tolist())) == len(first) == len(set(receiver_slot.tolist()))
+    assert torch.equal(torch.sort(to_receiver).values, torch.arange(n_atoms * width))  # a permutation
+    assert torch.equal(to_receiver[sender_slot], receiver_slot)  # each pair to its own receiver slot
+    empty = pair_layout(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), 2)
+    assert empty[2] == 0 and empty[3].numel() == 0
