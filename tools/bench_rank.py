@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -34,7 +35,7 @@ def timed_steps(model, numbers, coords, fid, steps: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smiles", default=IBUPROFEN)
     p.add_argument("--n", type=int, default=20, help="conformers")
@@ -42,7 +43,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--before", metavar="MODEL.pt", help="a model file saved by an older mfcalc")
     p.add_argument("--full", action="store_true", help="also time the whole ranking job with today's code")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     mol = conformers.embed_smiles(args.smiles, args.n, seed=0)
     numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
@@ -75,7 +76,8 @@ def main() -> None:
             f"\nwhole ranking job, today's code: {wall:.0f} s ({len(result.ranked)} ranked, slowest "
             f"conformer {steps} steps)"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -192,3 +192,14 @@ def test_bench_threads_prints_both_loads_and_thread_counts(capsys):
     assert load_tool("bench_threads").main(["--calls", "2"]) == 0
     out = capsys.readouterr().out
     assert "| idle | 1 |" in out and "| one core busy | 1 |" in out
+
+
+def test_bench_rank_times_today_against_an_older_model_file(capsys):
+    """Tiny run: 2 conformers of propanol, 1 step; the shipped file stands in for an old one."""
+    from mfcalc.models import default_model_path
+
+    tool = load_tool("bench_rank")
+    argv = ["--smiles", "CCCO", "--n", "2", "--steps", "1", "--repeats", "1", "--before", default_model_path()]
+    assert tool.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| today |" in out and "| --before file |" in out and "before / today" in out
