@@ -255,18 +255,12 @@ def fit_reference_energies(
         for s in np.nonzero(~present[k])[0]:
             donors = np.nonzero(present[:, s])[0]
             what, given = (fallback or {}).get(name, ("", {}))
-            if int(species[int(s)]) in given:
-                out[k, s] = given[int(species[int(s)])]
+            z = int(species[int(s)])
+            if z in given or len(donors):
+                out[k, s] = given[z] if z in given else out[donors[0], s]
+                donor = what if z in given else repr(data.fidelities[donors[0]])
                 warnings.warn(
-                    f"element Z={species[int(s)]} has no {name!r} energy label; its reference energy is "
-                    f"taken from {what}",
-                    stacklevel=2,
-                )
-            elif len(donors):
-                out[k, s] = out[donors[0], s]
-                warnings.warn(
-                    f"element Z={species[int(s)]} has no {name!r} energy label; its reference energy is "
-                    f"taken from {data.fidelities[donors[0]]!r}",
+                    f"element Z={z} has no {name!r} energy label; its reference energy is taken from {donor}",
                     stacklevel=2,
                 )
             else:

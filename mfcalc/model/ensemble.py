@@ -28,7 +28,7 @@ from mfcalc.data.fidelity import head_index
 from mfcalc.model import grad
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.model.interaction import PairLayout, angular_factors, environment, invariants, pair_layout, pair_tables
-from mfcalc.model.sensitivity import cosine_cutoff
+from mfcalc.model.sensitivity import sensitivities
 from mfcalc.neighbors import radius_pairs
 
 
@@ -108,8 +108,7 @@ class StackedInteraction(nn.Module):
     def forward(self, z: Tensor, layout: PairLayout, r_table: Tensor, rhat_table: Tensor) -> Tensor:
         """z (K, A, F_in); r_table (K, A * M); rhat_table (K, A * M, 3) -> (K, A, F_out)."""
         z_v = torch.einsum("kaf,knfo->kano", z, self.V)  # (K, A, N_s, F_out)
-        x = self.sigma * (1.0 / r_table[:, :, None] - self.inv_mu)
-        radial = torch.exp(-0.5 * x * x) * cosine_cutoff(r_table, self.cutoff)[:, :, None]  # (K, A * M, N_s)
+        radial = sensitivities(r_table, self.inv_mu, self.sigma, self.cutoff)  # (K, A * M, N_s)
         u = environment(z_v, radial, angular_factors(rhat_table, self.tensor_order), layout)
         return invariants(u, self.t1, self.t2, self.cusp_reg) + self.self_linear(z)
 

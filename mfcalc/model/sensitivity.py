@@ -14,6 +14,13 @@ def cosine_cutoff(r: Tensor, cutoff: float) -> Tensor:
     return torch.where(r < cutoff, fc, torch.zeros_like(fc))
 
 
+def sensitivities(r: Tensor, inv_mu: Tensor, sigma: Tensor, cutoff: float) -> Tensor:
+    """(...,) distances -> (..., N_s): exp(-1/2 sigma^2 (1/r - 1/mu)^2) f_c(r); the parameters
+    broadcast against ``r[..., None]`` (one model: (1, N_s); K stacked members: (K, 1, N_s))."""
+    x = sigma * (1.0 / r[..., None] - inv_mu)
+    return torch.exp(-0.5 * x * x) * cosine_cutoff(r, cutoff)[..., None]
+
+
 class InverseSensitivity(nn.Module):
     """s_nu(r) = exp(-1/2 sigma_nu^2 (1/r - 1/mu_nu)^2) f_c(r).
 
@@ -38,5 +45,4 @@ class InverseSensitivity(nn.Module):
 
     def forward(self, r: Tensor) -> Tensor:
         """(P,) distances in Angstrom -> (P, N_s) sensitivities."""
-        x = self.sigma * (1.0 / r[:, None] - self.inv_mu)
-        return torch.exp(-0.5 * x * x) * cosine_cutoff(r, self.cutoff)[:, None]
+        return sensitivities(r, self.inv_mu, self.sigma, self.cutoff)

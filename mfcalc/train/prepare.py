@@ -148,9 +148,10 @@ def prepare_run(
         if source is not None:  # the file's elements stay; new ones are added
             species = sorted(set(species) | set(source.species))
     check_labels(data, split, bound)
+    new_from = finetune.new_head_sources(cfg, source) if source is not None else {}
     if reference is None:
         reference = (
-            finetune.reference_energies(source, data, species, split["train"], finetune.new_head_sources(cfg, source))
+            finetune.reference_energies(source, data, species, split["train"], new_from)
             if source is not None
             else fit_reference_energies(data, species, split["train"])
         )
@@ -162,7 +163,6 @@ def prepare_run(
     residual = residual_data(data, species, reference)
     initial = None
     if source is not None:
-        new_from = finetune.new_head_sources(cfg, source)
         initial = [
             finetune.adapt_member(source.ensemble.member(k), species, names, cfg.model, reference, new_from)
             for k in range(t_cfg.ensemble)
