@@ -669,26 +669,18 @@ def section_scaling(impls, table, args, device):
         slope = np.polyfit(np.log(sizes), np.log(times), 1)[0]
         print(f"  fitted exponent: time ~ N^{slope:.2f} ({sizes[0]}..{sizes[-1]} atoms)", file=sys.stderr)
         table.add("6 scaling", "fitted exponent a, time ~ N^a", "(1 = linear)", {"mfcalc": float(slope)}, False)
-        large = [(n, t) for n, t in zip(sizes, times) if n >= 1000]  # the range: no per-call constant
-        if len(large) >= 2:
-            slope = np.polyfit(np.log([n for n, _ in large]), np.log([t for _, t in large]), 1)[0]
-            table.add(
-                "6 scaling",
-                f"fitted exponent a, time ~ N^a ({large[0][0]}..{large[-1][0]} atoms)",
-                "(1 = linear)",
-                {"mfcalc": float(slope)},
-                False,
-            )
-        big = [(n, m) for n, m in zip(sizes, memory) if m is not None and n >= 1000]
-        if len(big) >= 2:  # small boxes are dominated by the constant cost of one call
-            mem_slope = np.polyfit(np.log([n for n, _ in big]), np.log([m for _, m in big]), 1)[0]
-            table.add(
-                "6 scaling",
-                f"fitted exponent b, memory ~ N^b ({big[0][0]}..{big[-1][0]} atoms)",
-                "(1 = linear)",
-                {"mfcalc": float(mem_slope)},
-                False,
-            )
+        # from 1,000 atoms on (the range): small boxes are dominated by the cost of one call
+        for what, values in (("a, time", times), ("b, memory", memory)):
+            large = [(n, v) for n, v in zip(sizes, values) if v is not None and n >= 1000]
+            if len(large) >= 2:
+                fit = np.polyfit(np.log([n for n, _ in large]), np.log([v for _, v in large]), 1)[0]
+                table.add(
+                    "6 scaling",
+                    f"fitted exponent {what} ~ N^{what[0]} ({large[0][0]}..{large[-1][0]} atoms)",
+                    "(1 = linear)",
+                    {"mfcalc": float(fit)},
+                    False,
+                )
 
 
 def section_shipped(impls, table, args, device):

@@ -35,55 +35,43 @@ ARGS = [
 ]
 
 
-def test_two_process_ddp_equals_single_process(tmp_path):
+def single_and_ddp(args, tmp_path):
+    """The same training run in one process and under torchrun with 2; their checkpoints."""
     single, ddp = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "mfcalc.train", *ARGS, "--out", str(single)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "mfcalc.train", *args, "--out", str(single)], check=True, capture_output=True)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "mfcalc.train",
-            *ARGS,
-            "--out",
-            str(ddp),
-        ],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mfcalc.train"]
+        + [*args, "--out", str(ddp)],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("test split") == 1  # only rank 0 reports and writes
     a = torch.load(single / "checkpoint.pt", weights_only=False)
     b = torch.load(ddp / "checkpoint.pt", weights_only=False)
+    return a, b, proc.stdout
+
+
+def assert_same_training(a, b, epochs):
     for k, v in a["finished"][0].items():
         torch.testing.assert_close(b["finished"][0][k], v, rtol=1e-9, atol=1e-11)
     va = [r["valid_loss"] for r in a["log_rows"]]
     vb = [r["valid_loss"] for r in b["log_rows"]]
-    assert len(va) == 3 and max(abs(x - y) for x, y in zip(va, vb)) < 1e-8
+    assert len(va) == epochs and max(abs(x - y) for x, y in zip(va, vb)) < 1e-8
+
+
+def test_two_process_ddp_equals_single_process(tmp_path):
+    a, b, stdout = single_and_ddp(ARGS, tmp_path)
+    assert stdout.count("test split") == 1  # only rank 0 reports and writes
+    assert_same_training(a, b, 3)
 
 
 def test_two_process_ddp_fine_tuning_equals_single_process(tmp_path):
     """--init-from with a new head and replay: the DDP run equals the one-process run."""
     source = tmp_path / "source"
+    one_epoch = [*ARGS[: ARGS.index("--epochs")], "--epochs", "1", *ARGS[ARGS.index("--max-structures") :]]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mfcalc.train",
-            *ARGS[: ARGS.index("--epochs")],
-            "--epochs",
-            "1",
-            *ARGS[ARGS.index("--max-structures") :],
-            "--out",
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
+        [sys.executable, "-m", "mfcalc.train", *one_epoch, "--out", str(source)], check=True, capture_output=True
     )
     tune = [
         "--init-from",
@@ -111,21 +99,5 @@ def test_two_process_ddp_fine_tuning_equals_single_process(tmp_path):
         "--seed",
         "5",
     ]
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "mfcalc.train", *tune, "--out", str(single)], check=True, capture_output=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mfcalc.train"]
-        + tune
-        + ["--out", str(ddp)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    a = torch.load(single / "checkpoint.pt", weights_only=False)
-    b = torch.load(ddp / "checkpoint.pt", weights_only=False)
-    for k, v in a["finished"][0].items():
-        torch.testing.assert_close(b["finished"][0][k], v, rtol=1e-9, atol=1e-11)
-    va = [r["valid_loss"] for r in a["log_rows"]]
-    vb = [r["valid_loss"] for r in b["log_rows"]]
-    assert len(va) == 2 and max(abs(x - y) for x, y in zip(va, vb)) < 1e-8
+    a, b, _ = single_and_ddp(tune, tmp_path)
+    assert_same_training(a, b, 2)
