@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from mfcalc import export, keys
+from mfcalc.conformers.molecules import read_smiles_list
 from mfcalc.data import parse_fidelity, read_hdf5
 from mfcalc.data.fidelity import head_index
 from mfcalc.data.records import MFData
@@ -42,11 +43,6 @@ DATA = os.path.join(REPO, "data", "benchmark", "heldout.h5")
 LISTS = os.path.join(REPO, "data", "campaign")
 LEVELS = {"GFN2-xTB": "gfn2_xtb", "wB97X/6-31G*": "wb97x_dz"}
 Predict = Callable[[MFData, np.ndarray], Tuple[np.ndarray, Optional[np.ndarray]]]  # eV, eV/A (A, 3)
-
-
-def read_list(path: str) -> List[str]:
-    with open(path) as fh:
-        return [line.split()[0] for line in fh if line.strip() and not line.startswith("#")]
 
 
 def load(path: str) -> MFData:
@@ -159,8 +155,8 @@ def main(argv=None) -> int:
     data = load(args.data)
     smiles = data.group_labels("smiles")
     sets = {
-        "conformers": np.nonzero(np.isin(smiles, read_list(args.conformer_molecules)))[0],
-        "unseen small": np.nonzero(np.isin(smiles, read_list(args.small_molecules)))[0],
+        "conformers": np.nonzero(np.isin(smiles, read_smiles_list(args.conformer_molecules)))[0],
+        "unseen small": np.nonzero(np.isin(smiles, read_smiles_list(args.small_molecules)))[0],
     }
     methods: Dict[str, Tuple[Predict, List[int]]] = {}
     for path in args.model:

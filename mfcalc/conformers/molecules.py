@@ -17,6 +17,18 @@ def rdkit_chem() -> Any:
     return Chem
 
 
+def read_smiles_list(path: str) -> List[str]:
+    """The SMILES of a .smi list: the first word of each line; a word starting with '#' begins
+    a comment.  '#' inside a word is a triple bond (``C#N``), so a line is never cut at it."""
+    out: List[str] = []
+    with open(path) as fh:
+        for line in fh:
+            words = line.split()
+            if words and not words[0].startswith("#"):
+                out.append(words[0])
+    return out
+
+
 def embed_smiles(smiles: str, n_conformers: int, seed: int = 0) -> Any:
     """RDKit molecule (explicit H) with up to ``n_conformers`` ETKDGv3 conformers."""
     Chem = rdkit_chem()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mfcalc.conformers.molecules import atomic_numbers, embed_smiles, rdkit_chem, read_conformers
+from mfcalc.conformers.molecules import atomic_numbers, embed_smiles, rdkit_chem, read_conformers, read_smiles_list
 from mfcalc.elements import symbols
 from mfcalc.files import atomic_write_text
 from mfcalc.progress import stderr_line
@@ -58,16 +58,15 @@ class SampleSettings:
 
 def read_sources(sources: Sequence[str]) -> List[Tuple[str, Any]]:
     """(label, RDKit molecule with Hs) for every SMILES, SMILES-list file (.smi/.txt, one per
-    line, '#' comments), or conformer file (SDF, XYZ: one molecule, its conformers)."""
+    line, '#' comments; see ``read_smiles_list``), or conformer file (SDF, XYZ: one molecule, its conformers)."""
     Chem = rdkit_chem()
     out: List[Tuple[str, Any]] = []
     for source in sources:
         if os.path.exists(source) and source.lower().endswith((".smi", ".txt")):
-            with open(source) as fh:
-                for line in fh:
-                    text = line.split("#", 1)[0].split()
-                    if text:
-                        out.append((text[0], None))
+            for smiles in read_smiles_list(source):
+                if Chem.MolFromSmiles(smiles) is None:
+                    raise ValueError(f"{source}: {smiles!r} is not a valid SMILES")
+                out.append((smiles, None))
         elif os.path.exists(source):
             mol = read_conformers(source)
             out.append((Chem.MolToSmiles(Chem.RemoveHs(mol)), mol))

@@ -102,6 +102,21 @@ def test_filters_skip_with_a_reason_and_bad_input_is_a_clear_error(tmp_path, cap
     assert "neither a file nor a valid SMILES" in capsys.readouterr().err
     assert sample_main(["C", "--out", str(out)]) == 2
     assert "nothing to sample" in capsys.readouterr().err
+    bad_list = tmp_path / "bad.smi"
+    bad_list.write_text("C\nC1CC\n")
+    assert sample_main([str(bad_list), "--out", str(out), "--conformers"]) == 2
+    assert "bad.smi: 'C1CC' is not a valid SMILES" in capsys.readouterr().err
+
+
+def test_a_smiles_list_keeps_its_triple_bonds(tmp_path, capsys):
+    """A list file once lost everything after '#': HCN was sampled as methane, acetonitrile as ethane."""
+    smi = tmp_path / "nitriles.smi"
+    smi.write_text("# two nitriles\nC#N\nCC#N  # acetonitrile\n")
+    out = tmp_path / "n.extxyz"
+    assert sample_main([str(smi), "--out", str(out), "--conformers"]) == 0
+    frames = ase.io.read(out, index=":")
+    assert {a.info["smiles"] for a in frames} == {"C#N", "CC#N"}
+    assert sorted({a.get_chemical_formula() for a in frames}) == ["C2H3N", "CHN"]
 
 
 def test_one_minimum_where_there_is_one(tmp_path):
