@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -30,3 +30,21 @@ def check_elements(numbers: Sequence[int] | np.ndarray, known: Sequence[int], ow
         raise ValueError(
             f"element(s) {', '.join(symbols(bad))} not known to {owner}; it knows {', '.join(symbols(sorted(known)))}"
         )
+
+
+def unlabelled_elements_warning(
+    numbers: Sequence[int] | np.ndarray, domain: Dict[str, Any], fidelity: str
+) -> Optional[str]:
+    """A warning when the ``fidelity`` head was trained on no energy of a structure with one of
+    these elements (``domain`` is the model file's training-domain metadata): the trunk knows
+    the element from other levels, but this head's energies for it are a transfer, untested."""
+    known = (domain.get("elements_by_fidelity") or {}).get(fidelity)
+    if known is None:
+        return None
+    missing = unknown_elements(numbers, known)
+    if not missing:
+        return None
+    return (
+        f"the {fidelity!r} head was trained on no energy of a structure containing {', '.join(symbols(missing))} "
+        f"(its labels cover {', '.join(symbols(known))}): its energies here are extrapolated from the other levels"
+    )

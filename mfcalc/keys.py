@@ -56,7 +56,8 @@ META_CREATED: Final = "created"  # ISO time
 META_RESCRIPTED: Final = "rescripted"  # mfcalc version and time of the last export.rescript
 META_DEFAULT_FIDELITY: Final = "default_fidelity"  # str, what MFCalculator uses when none is named
 META_SPREAD_WARNING: Final = "spread_warning_ev"  # float, ensemble energy spread above which users are warned
-META_DOMAIN: Final = "domain"  # what the training data covered: {"elements": [Z], "heavy_atoms": [min, max], ...}
+META_DOMAIN: Final = "domain"  # what the training data covered: {"elements": [Z], "heavy_atoms": [min, max],
+# "elements_by_fidelity": {name: [Z with an energy label of that level]}, ...}
 
 MODEL_FORMAT: Final = "mfcalc-model"
 # 1: forward, energy_and_forces, energy_forces_spread; 2: adds compute (one call for

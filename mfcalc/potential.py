@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
@@ -25,7 +26,7 @@ import torch
 from mfcalc import export, keys
 from mfcalc.data.fidelity import head_index
 from mfcalc.device import resolve_device
-from mfcalc.elements import check_elements
+from mfcalc.elements import check_elements, unlabelled_elements_warning
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.models import default_model_path
@@ -125,12 +126,16 @@ class Potential:
     @fidelity.setter
     def fidelity(self, name: str) -> None:
         self.fidelity_index = head_index(list(self.fidelities), name)
+        self._static_key = None  # the elements are checked again against the new head
 
     # ---- tensors that change only with the numbers, cell or periodicity ---------------------
     def _static(self, numbers: np.ndarray, cell: Optional[np.ndarray], pbc: np.ndarray):
         key = (numbers.tobytes(), None if cell is None else cell.tobytes(), pbc.tobytes())
         if key != self._static_key:
             check_elements(numbers, self.species)
+            unlabelled = unlabelled_elements_warning(numbers, self.metadata.get(keys.META_DOMAIN) or {}, self.fidelity)
+            if unlabelled:
+                warnings.warn(unlabelled, stacklevel=3)
             if pbc.any() and (cell is None or abs(np.linalg.det(cell)) < 1e-9):
                 raise ValueError("a periodic structure needs a cell with non-zero volume")
             self._numbers = torch.as_tensor(numbers, dtype=torch.long, device=self.device)

@@ -31,7 +31,7 @@ from mfcalc.conformers.molecules import (
 from mfcalc.conformers.optimize import STALL_STEPS, model_evaluator, optimize
 from mfcalc.data.fidelity import head_index
 from mfcalc.device import resolve_device
-from mfcalc.elements import check_elements
+from mfcalc.elements import check_elements, unlabelled_elements_warning
 from mfcalc.progress import ProgressLines, stderr_line
 from mfcalc.units import KCAL_MOL_EV
 
@@ -148,7 +148,7 @@ def rank(
     smiles = rdkit_chem().MolToSmiles(rdkit_chem().RemoveHs(mol))
     evaluate = model_evaluator(job.net, numbers, job.index, job.device)
     initial_spread = evaluate(coords)[2]
-    found = domain_warnings(job.meta, numbers, initial_spread)
+    found = domain_warnings(job.meta, numbers, initial_spread, job.fidelity)
     for text in found:
         say(f"WARNING: {text}")
         warnings.warn(f"{smiles}: {text}", stacklevel=2)
@@ -198,10 +198,14 @@ def _load_model(model: Optional[str], fidelity: Optional[str], device: str) -> _
     return _Model(export.freeze(net.to(torch.float64)), meta, path, name, index, dev)
 
 
-def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarray) -> List[str]:
-    """Reasons to doubt the model on this molecule, checked before any optimisation: more
-    heavy atoms than in its training data, and ensemble spreads above its warning threshold."""
+def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarray, fidelity: str) -> List[str]:
+    """Reasons to doubt the model on this molecule, checked before any optimisation: an element
+    the head never had a label for, more heavy atoms than in its training data, and ensemble
+    spreads above its warning threshold."""
     found: List[str] = []
+    unlabelled = unlabelled_elements_warning(numbers, meta.get(keys.META_DOMAIN) or {}, fidelity)
+    if unlabelled:
+        found.append(unlabelled)
     heavy = int((np.asarray(numbers) > 1).sum())
     span = (meta.get(keys.META_DOMAIN) or {}).get("heavy_atoms")
     if span and heavy > int(span[1]):

@@ -223,6 +223,16 @@ def species_counts(data: MFData, species: Sequence[int], structures: Optional[np
     return counts
 
 
+def _nearest_scale(refs: np.ndarray, present: np.ndarray, k: int, donors: np.ndarray) -> int:
+    """The donor level whose atom references differ least (mean |difference|) from level
+    ``k``'s on the elements both have; the first donor when none shares an element."""
+    gaps = [
+        np.abs(refs[k, both] - refs[d, both]).mean() if (both := present[k] & present[d]).any() else np.inf
+        for d in donors
+    ]
+    return int(donors[int(np.argmin(gaps))]) if np.isfinite(min(gaps, default=np.inf)) else int(donors[0])
+
+
 def fit_reference_energies(
     data: MFData,
     species: Sequence[int],
@@ -232,11 +242,13 @@ def fit_reference_energies(
     """(F, n_species) per-fidelity atom reference energies (eV) by least squares on counts.
 
     Each fidelity uses only the structures that carry its energy.  A species that none of
-    them contains (an expensive level that never saw nitrogen, say) borrows the reference
-    of the first fidelity that has it, with a warning, rather than 0 eV, which would be
-    off by thousands of eV.  ``fallback`` names a better donor per fidelity, ``{name: (what,
-    {Z: eV})}`` (a fine-tuned head starts from its source head's references).  Computed in
-    float64: the subtraction it feeds is large.
+    them contains (an expensive level that never saw fluorine, say) borrows the reference of
+    the level whose references agree best with its own on the elements both have, with a
+    warning, rather than 0 eV, which would be off by thousands of eV.  Levels live on different
+    scales (GFN2-xTB's valence-only atoms are hundreds of eV above all-electron DFT or CCSD(T)
+    ones), so the nearest scale, not the first level, is the donor.  ``fallback`` names a
+    better donor per fidelity, ``{name: (what, {Z: eV})}`` (a fine-tuned head starts from its
+    source head's references).  Computed in float64: the subtraction it feeds is large.
     """
     structures = np.arange(len(data)) if structures is None else np.asarray(structures, dtype=np.int64)
     counts = species_counts(data, species, structures)
@@ -257,8 +269,9 @@ def fit_reference_energies(
             what, given = (fallback or {}).get(name, ("", {}))
             z = int(species[int(s)])
             if z in given or len(donors):
-                out[k, s] = given[z] if z in given else out[donors[0], s]
-                donor = what if z in given else repr(data.fidelities[donors[0]])
+                d = _nearest_scale(out, present, k, donors)
+                out[k, s] = given[z] if z in given else out[d, s]
+                donor = what if z in given else repr(data.fidelities[d])
                 warnings.warn(
                     f"element Z={z} has no {name!r} energy label; its reference energy is taken from {donor}",
                     stacklevel=2,

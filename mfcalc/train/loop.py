@@ -290,8 +290,14 @@ def training_domain(run: RunData) -> Dict[str, Any]:
     atoms = data.atom_index(rows)
     owner = np.repeat(np.arange(len(rows)), data.n_atoms[rows])
     heavy = np.bincount(owner, weights=np.asarray(data.numbers[atoms]) > 1, minlength=len(rows)).astype(int)
+
+    def elements(structures: np.ndarray) -> List[int]:
+        return sorted(int(z) for z in np.unique(np.asarray(data.numbers[data.atom_index(structures)])))
+
+    labelled = {name: elements(rows[np.isfinite(data.energy[rows, k])]) for k, name in enumerate(data.fidelities)}
     return {
-        "elements": sorted(int(z) for z in np.unique(np.asarray(data.numbers[atoms]))),
+        "elements": elements(rows),
+        "elements_by_fidelity": labelled,  # a head knows an element only through the others when it is missing here
         "heavy_atoms": [int(heavy.min()), int(heavy.max())] if len(heavy) else [0, 0],
         "n_structures": int(len(rows)),
     }

@@ -281,3 +281,47 @@ def test_resolved_config_reproduces_the_run(run_dir, tmp_path):
     assert [r["valid_loss"] for r in a["log_rows"]] == [r["valid_loss"] for r in b["log_rows"]]
     for k, v in a["finished"][0].items():
         assert torch.equal(v, b["finished"][0][k]), k
+
+
+def test_a_level_that_never_saw_an_element_borrows_the_nearest_scale_and_its_head_warns(tmp_path):
+    """Three levels, CCSD(T) never on a nitrogen molecule: the cc head's N reference comes from
+    wB97X (all-electron), not GFN2-xTB (the first level, ~1,400 eV away per N), the model file
+    records which elements each head had labels for, and the calculator warns on the cc head."""
+    import h5py
+    from ase import Atoms
+
+    from mfcalc.calculator import MFCalculator
+
+    data = tmp_path / "no_cc_nitrogen.h5"
+    with h5py.File(REFERENCE_H5) as src, h5py.File(data, "w") as dst:
+        for name, group in src.items():
+            src.copy(group, dst, name)
+            if 7 in group["atomic_numbers"][()]:
+                dst[name]["ccsd(t)_dz.energy"][...] = np.nan
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--fidelity", "xtb=gfn2_xtb.energy,gfn2_xtb.forces", "--fidelity", DFT]
+    args += ["--fidelity", CC, "--out", str(out), *SMALL, "--epochs", "1", "--seed", "0"]
+    with pytest.warns(UserWarning, match="Z=7 has no 'cc' energy label; its reference energy is taken from 'dft'"):
+        assert train_main(args) == 0
+    domain = export.load(str(out / "model.pt"))[1][keys.META_DOMAIN]
+    assert domain["elements_by_fidelity"]["cc"] == [1, 6, 8]
+    assert domain["elements_by_fidelity"]["xtb"] == [1, 6, 7, 8]
+
+    methylamine = Atoms(
+        "CNH5",
+        positions=[
+            [0, 0, 0],
+            [1.47, 0, 0],
+            [-0.36, 1.03, 0],
+            [-0.36, -0.51, 0.89],
+            [-0.36, -0.51, -0.89],
+            [1.8, -0.47, 0.82],
+            [1.8, -0.47, -0.82],
+        ],
+    )
+    methylamine.calc = MFCalculator(str(out / "model.pt"), fidelity="cc", device="cpu")
+    with pytest.warns(UserWarning, match=r"'cc' head was trained on no energy of a structure containing N\b"):
+        e_cc = methylamine.get_potential_energy()
+    methylamine.calc.fidelity = "dft"
+    e_dft = methylamine.get_potential_energy()
+    assert abs(e_cc - e_dft) < 50.0  # same scale; with xTB's N reference they differed by ~1,400 eV

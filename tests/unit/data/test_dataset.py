@@ -128,3 +128,20 @@ def test_species_missing_from_a_fidelity_borrows_another_reference(ref):
     with pytest.warns(UserWarning, match="Z=7 has no 'cc' energy label"):
         fit = fit_reference_energies(sub, [1, 6, 7, 8])
     assert fit[1, 2] == fit[0, 2] and fit[1, 2] < -1000
+
+
+def test_a_missing_species_borrows_from_the_level_on_the_nearest_energy_scale(reference_h5):
+    """GFN2-xTB's atoms sit hundreds of eV above all-electron ones: a cc head that never saw
+    nitrogen once took xTB's reference (the first level's) and predicted every N-containing
+    molecule ~1,400 eV off.  The donor is now the level whose references agree with cc's."""
+    three = read_hdf5(
+        str(reference_h5),
+        [parse_fidelity("xtb=gfn2_xtb.energy,gfn2_xtb.forces"), *SPECS],
+    )
+    assert three.fidelities == ("xtb", "dft", "cc")
+    has_n = np.bincount(np.repeat(np.arange(len(three)), three.n_atoms), weights=three.numbers == 7) > 0
+    three.energy[has_n, 2] = np.nan
+    with pytest.warns(UserWarning, match="Z=7 has no 'cc' energy label; its reference energy is taken from 'dft'"):
+        fit = fit_reference_energies(three, [1, 6, 7, 8])
+    assert fit[2, 2] == fit[1, 2]
+    assert abs(fit[0, 2] - fit[1, 2]) > 100.0  # the xTB scale really is far away
