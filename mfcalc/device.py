@@ -1,7 +1,10 @@
-"""Device and dtype names -> torch objects, with clear errors (one place for every command)."""
+"""Device and dtype names -> torch objects, with clear errors (one place for every command);
+and the one process setting that large CPU systems need (``keep_freed_memory``)."""
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from typing import Optional, Union
 
 import torch
@@ -33,3 +36,30 @@ def resolve_dtype(name: Optional[str], default: torch.dtype = torch.float32) -> 
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+LARGE_SYSTEM_ATOMS = 1000  # from this size on, a CPU call's tensors are tens of MiB each
+_freed_memory_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of giving it back to the system.
+
+    glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it when freed,
+    so each energy+forces call on a large system page-faults its tables in again: on 20,577
+    atoms of water that was half of the call (``tools/BENCHMARKS.md``).  With ``mmap`` off and
+    trimming raised, freed blocks are reused; the price is that the process keeps its peak
+    memory until it exits.  Process-wide and idempotent; returns whether it is in effect
+    (False off glibc Linux, where nothing is changed).
+    """
+    global _freed_memory_kept
+    if _freed_memory_kept or not sys.platform.startswith("linux"):
+        return _freed_memory_kept
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    _freed_memory_kept = mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 2**31 - 1) == 1
+    return _freed_memory_kept

@@ -25,7 +25,7 @@ import torch
 
 from mfcalc import export, keys
 from mfcalc.data.fidelity import head_index
-from mfcalc.device import resolve_device
+from mfcalc.device import LARGE_SYSTEM_ATOMS, keep_freed_memory, resolve_device
 from mfcalc.elements import check_elements, unlabelled_elements_warning
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
@@ -133,6 +133,8 @@ class Potential:
         key = (numbers.tobytes(), None if cell is None else cell.tobytes(), pbc.tobytes())
         if key != self._static_key:
             check_elements(numbers, self.species)
+            if self.device.type == "cpu" and len(numbers) >= LARGE_SYSTEM_ATOMS:
+                keep_freed_memory()  # large tables would be page-faulted in again on every call
             unlabelled = unlabelled_elements_warning(numbers, self.metadata.get(keys.META_DOMAIN) or {}, self.fidelity)
             if unlabelled:
                 warnings.warn(unlabelled, stacklevel=3)

@@ -276,3 +276,22 @@ def test_frozen_model_gives_the_same_energy_forces_and_stress_as_unfrozen(traine
         a, b = ethanol_atoms(), ethanol_atoms()
         a.calc, b.calc = frozen, plain
         assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
+
+
+def test_large_cpu_systems_keep_freed_memory_and_small_ones_leave_the_process_alone(trained_model, monkeypatch):
+    import mfcalc.potential
+
+    calls = []
+    monkeypatch.setattr(mfcalc.potential, "keep_freed_memory", lambda: calls.append(1) or True)
+    calc = MFCalculator(str(trained_model), fidelity="cc", device="cpu")
+    small = Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    small.calc = calc
+    small.get_potential_energy()
+    assert calls == []
+    side = 8  # 512 waters (1,536 atoms) on a 3.1 A lattice
+    grid = 3.1 * np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    pos = np.concatenate([grid, grid + [0.96, 0, 0], grid + [-0.24, 0.93, 0]])
+    big = Atoms(["O"] * len(grid) + ["H"] * 2 * len(grid), positions=pos, cell=[3.1 * side] * 3, pbc=True)
+    big.calc = MFCalculator(str(trained_model), fidelity="cc", device="cpu")
+    big.get_potential_energy()
+    assert calls == [1]
