@@ -6,7 +6,7 @@ any model saw these molecules) holds
 * (a) every conformer within 5 kcal/mol of 10 molecules with 4-6 heavy atoms
   (``data/campaign/heldout_conformers.smi``), GFN2-xTB minima, CCSD(T) single points;
 * (b) thermal snapshots of 12 unseen small molecules (``heldout_small.smi``), CCSD(T)
-  energies, and CCSD(T) forces on every fourth snapshot.
+  energies, and CCSD(T) forces on every second snapshot.
 
 Every method is scored on the same structures: relative energies (each molecule's mean error
 removed, as data/README.md defines relE) and forces where CCSD(T) forces exist.  GFN2-xTB and
