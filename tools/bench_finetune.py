@@ -140,6 +140,10 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget of every run")
     p.add_argument("--epochs", type=int, default=10000, help="epoch cap (the budget normally ends a run first)")
     p.add_argument("--max-dft", type=int, help="use at most this many DFT-only structures (quick runs)")
+    p.add_argument("--trunk-lr", type=float, default=1e-4, help="fine-tuned runs: learning rate of the shared trunk")
+    p.add_argument(
+        "--train-params", default="all", choices=["all", "heads", "last-block"], help="fine-tuned runs: what trains"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir")
     p.add_argument("--json")
@@ -170,7 +174,8 @@ def main(argv=None) -> int:
         cfg.model = dataclasses.replace(shipped.settings, species=None)
         t.ensemble = shipped.ensemble.n_members
         if how["init"]:
-            t.init_from, t.replay, t.trunk_lr, t.lr = default_model_path(), REFERENCE, 1e-4, 1e-3
+            t.init_from, t.replay, t.trunk_lr, t.lr = default_model_path(), REFERENCE, args.trunk_lr, 1e-3
+            t.train_params = args.train_params
             t.new_head = ["caspt2=cc"] + (["dft_g16=dft"] if how["with_dft"] else [])
         run_data, run_split = restrict(data, split, [f.name for f in cfg.fidelities])
         print(f"{name}: training for {args.minutes} min", file=sys.stderr, flush=True)
@@ -184,6 +189,10 @@ def main(argv=None) -> int:
     before = old_cc_error(default_model_path())
     # no training at all: how far the shipped model's own heads are from CASPT2 on these geometries
     zero_shot = {h: caspt2_rmse(default_model_path(), data, split["test"], h) for h in shipped.fidelities}
+    print(
+        f"fine-tuned runs: head lr 1e-3, trunk lr {args.trunk_lr:g}, training {args.train_params}, replay of "
+        "data/mf_reference.h5\n"
+    )
     print(
         f"| run ({args.minutes} min each) | CASPT2 relE RMSE, held-out (kcal/mol) | old cc head, shipped test "
         f"split (before {before:.2f}) |"

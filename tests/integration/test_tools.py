@@ -170,8 +170,10 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
     tool = load_tool("bench_finetune")
     out = tmp_path / "ft.json"
     argv = ["--minutes", "0.01", "--epochs", "1", "--max-dft", "100", "--workdir", str(tmp_path / "w")]
+    argv += ["--trunk-lr", "0.002", "--train-params", "last-block"]
     assert tool.main(argv + ["--json", str(out)]) == 0
     table = capsys.readouterr().out
+    assert "trunk lr 0.002, training last-block" in table
     assert "| fine-tuned, DFT + CASPT2 |" in table and "C-C stretch" in table
     assert "| shipped model, no training: its `cc` head |" in table
     doc = json.loads(out.read_text())
