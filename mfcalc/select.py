@@ -14,6 +14,13 @@ members disagree, the most disputed are labelled, and the ensemble is retrained.
 The selection is greedy by score with diversity: no near-duplicate of a structure already
 picked (same molecule and atom order, every interatomic distance within ``min_distance_change``)
 and at most ``per_molecule`` structures per molecule.  Ties are broken by a seeded shuffle.
+
+The picks are returned (and written) in labelling order: every molecule's best pick, then
+every molecule's second best, and so on, by score within each pass.  Labelling is hours to
+days and may stop anywhere; sorted by score alone, the first 600 of 2,000 wB97X picks of the
+campaign covered 15 molecules and no fluorine, so a model trained on them borrowed F's
+reference and was off by 226 kcal/mol on difluorobenzene.  Any prefix of this order is
+itself a diverse selection.
 """
 
 from __future__ import annotations
@@ -139,7 +146,18 @@ def choose(
             continue
         mine.append(d_i)
         picked.append(int(i))
-    return np.array(picked, dtype=np.int64)
+    return labelling_order(np.array(picked, dtype=np.int64), molecule)
+
+
+def labelling_order(picked: np.ndarray, molecule: np.ndarray) -> np.ndarray:
+    """``picked`` (best score first) reordered into passes over the molecules: pass k holds
+    every molecule's k-th best pick, in score order (see the module docstring)."""
+    rank = np.empty(len(picked), dtype=np.int64)  # how many picks of the same molecule come before
+    count: Dict[str, int] = {}
+    for j, name in enumerate(molecule[picked]):
+        rank[j] = count.get(str(name), 0)
+        count[str(name)] = int(rank[j]) + 1
+    return picked[np.lexsort((np.arange(len(picked)), rank))]
 
 
 def molecule_labels(data: MFData, group: str = "smiles") -> np.ndarray:

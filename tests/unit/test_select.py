@@ -130,3 +130,14 @@ def test_structures_without_a_smiles_count_per_formula(candidates):
     data.groups["smiles"] = (codes, ["" for _ in names])  # as a file whose SMILES were lost
     picked = choose(np.arange(len(data), dtype=float), data, 10, per_molecule=3, min_distance_change=0.0)
     assert len(picked) == 3  # one formula, C2H6O: the cap still holds
+
+
+def test_picks_come_in_passes_over_the_molecules_so_any_prefix_is_diverse():
+    """Scores sorted alone put all of molecule A's picks first; labelling that stops after a
+    few then covers one molecule.  Pass k holds every molecule's k-th best, by score."""
+    from mfcalc.select import labelling_order
+
+    picked = np.array([10, 11, 12, 20, 13, 30, 21])  # best first
+    molecule = np.empty(40, dtype=object)
+    molecule[10:14], molecule[20:22], molecule[30] = "A", "B", "C"
+    assert labelling_order(picked, molecule).tolist() == [10, 20, 30, 11, 21, 12, 13]
