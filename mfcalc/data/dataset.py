@@ -269,9 +269,11 @@ def fit_reference_energies(
             what, given = (fallback or {}).get(name, ("", {}))
             z = int(species[int(s)])
             if z in given or len(donors):
-                d = _nearest_scale(out, present, k, donors)
-                out[k, s] = given[z] if z in given else out[d, s]
-                donor = what if z in given else repr(data.fidelities[d])
+                if z in given:
+                    out[k, s], donor = given[z], what
+                else:
+                    d = _nearest_scale(out, present, k, donors)
+                    out[k, s], donor = out[d, s], repr(data.fidelities[d])
                 warnings.warn(
                     f"element Z={z} has no {name!r} energy label; its reference energy is taken from {donor}",
                     stacklevel=2,
