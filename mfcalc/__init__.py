@@ -3,11 +3,12 @@
 Layers, each importing only from those before it (checked by tests/unit/test_layering.py):
 
     units, keys, files, device, progress, elements, models (shared helpers)
-    -> data -> neighbors -> model -> metrics, config -> export
-    -> train, evaluate, calculator -> conformers, label, select -> sample -> cli
+    -> data -> neighbors -> model -> metrics, config, plot -> export -> potential
+    -> train, evaluate, calculator, openmm -> conformers, label, select -> sample -> cli
 
-Training uses export to write its model file; the calculator loads that file through export
-and never imports the training code.  Importing ``mfcalc`` loads the data, model and
+Training uses export to write its model file; the calculator and the OpenMM force load that
+file through export and run it through ``potential`` (one structure in, energy and forces
+out), and never import the training code.  Importing ``mfcalc`` loads the data, model and
 calculator layers (not training, not the applications).
 """
 
