@@ -64,6 +64,9 @@ class FidelityConfig:
         return FidelitySpec(self.name, self.energy, self.forces, self.energy_unit, self.forces_unit)
 
 
+TRAIN_PARAMS = ("all", "heads", "last-block")  # what a fine-tuning run trains
+
+
 def _help(text: str, **extra: Any) -> Dict[str, Any]:
     return {"help": text, **extra}
 
@@ -138,7 +141,7 @@ class TrainSettings:
         default="all",
         metadata=_help(
             "fine-tune: what trains: all, heads, or heads and the last interaction block",
-            choices=("all", "heads", "last-block"),
+            choices=TRAIN_PARAMS,
         ),
     )
     trunk_lr: Optional[float] = field(default=None, metadata=_help("learning rate of the shared trunk (default: --lr)"))
@@ -173,7 +176,7 @@ class TrainSettings:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if self.max_structures is not None and self.max_structures < 1:
             raise ValueError(f"max_structures must be >= 1, got {self.max_structures}")
-        if self.train_params not in ("all", "heads", "last-block"):
+        if self.train_params not in TRAIN_PARAMS:
             raise ValueError(f"train_params must be all, heads or last-block, got {self.train_params!r}")
         if self.trunk_lr is not None and self.trunk_lr < 0:
             raise ValueError(f"trunk_lr must be >= 0, got {self.trunk_lr}")

@@ -126,7 +126,13 @@ class Potential:
     @fidelity.setter
     def fidelity(self, name: str) -> None:
         self.fidelity_index = head_index(list(self.fidelities), name)
-        self._static_key = None  # the elements are checked again against the new head
+        if self._static_key is not None:  # the current structure's elements, against the new head
+            self._warn_unlabelled(self._numbers.cpu().numpy())
+
+    def _warn_unlabelled(self, numbers: np.ndarray) -> None:
+        unlabelled = unlabelled_elements_warning(numbers, self.metadata.get(keys.META_DOMAIN) or {}, self.fidelity)
+        if unlabelled:
+            warnings.warn(unlabelled, stacklevel=4)
 
     # ---- tensors that change only with the numbers, cell or periodicity ---------------------
     def _static(self, numbers: np.ndarray, cell: Optional[np.ndarray], pbc: np.ndarray):
@@ -135,9 +141,7 @@ class Potential:
             check_elements(numbers, self.species)
             if self.device.type == "cpu" and len(numbers) >= LARGE_SYSTEM_ATOMS:
                 keep_freed_memory()  # large tables would be page-faulted in again on every call
-            unlabelled = unlabelled_elements_warning(numbers, self.metadata.get(keys.META_DOMAIN) or {}, self.fidelity)
-            if unlabelled:
-                warnings.warn(unlabelled, stacklevel=3)
+            self._warn_unlabelled(numbers)
             if pbc.any() and (cell is None or abs(np.linalg.det(cell)) < 1e-9):
                 raise ValueError("a periodic structure needs a cell with non-zero volume")
             self._numbers = torch.as_tensor(numbers, dtype=torch.long, device=self.device)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mfcalc import export, keys
-from mfcalc.config import FidelityConfig, RunConfig, load_run_data
+from mfcalc.config import TRAIN_PARAMS, FidelityConfig, RunConfig, load_run_data
 from mfcalc.data import parse_fidelity
 from mfcalc.data.records import MFData
 from mfcalc.evaluate import evaluate_file
@@ -47,6 +47,7 @@ from mfcalc.units import KCAL_MOL_EV
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTERNAL = os.path.join(REPO, "..", "shared", "data", "external")
 REFERENCE = os.path.join(REPO, "data", "mf_reference.h5")
+HEAD_LR = 1e-3  # learning rate of the heads in the fine-tuned runs
 STRETCH = np.array([1.3, 1.45, 1.55, 1.7, 1.9, 2.2, 2.6, 3.0])  # C-C distances, Angstrom
 
 
@@ -141,9 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10000, help="epoch cap (the budget normally ends a run first)")
     p.add_argument("--max-dft", type=int, help="use at most this many DFT-only structures (quick runs)")
     p.add_argument("--trunk-lr", type=float, default=1e-4, help="fine-tuned runs: learning rate of the shared trunk")
-    p.add_argument(
-        "--train-params", default="all", choices=["all", "heads", "last-block"], help="fine-tuned runs: what trains"
-    )
+    p.add_argument("--train-params", default="all", choices=TRAIN_PARAMS, help="fine-tuned runs: what trains")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir")
     p.add_argument("--json")
@@ -174,7 +173,7 @@ def main(argv=None) -> int:
         cfg.model = dataclasses.replace(shipped.settings, species=None)
         t.ensemble = shipped.ensemble.n_members
         if how["init"]:
-            t.init_from, t.replay, t.trunk_lr, t.lr = default_model_path(), REFERENCE, args.trunk_lr, 1e-3
+            t.init_from, t.replay, t.trunk_lr, t.lr = default_model_path(), REFERENCE, args.trunk_lr, HEAD_LR
             t.train_params = args.train_params
             t.new_head = ["caspt2=cc"] + (["dft_g16=dft"] if how["with_dft"] else [])
         run_data, run_split = restrict(data, split, [f.name for f in cfg.fidelities])
@@ -190,7 +189,7 @@ def main(argv=None) -> int:
     # no training at all: how far the shipped model's own heads are from CASPT2 on these geometries
     zero_shot = {h: caspt2_rmse(default_model_path(), data, split["test"], h) for h in shipped.fidelities}
     print(
-        f"fine-tuned runs: head lr 1e-3, trunk lr {args.trunk_lr:g}, training {args.train_params}, replay of "
+        f"fine-tuned runs: head lr {HEAD_LR:g}, trunk lr {args.trunk_lr:g}, training {args.train_params}, replay of "
         "data/mf_reference.h5\n"
     )
     print(

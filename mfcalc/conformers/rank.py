@@ -203,11 +203,12 @@ def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarr
     the head never had a label for, more heavy atoms than in its training data, and ensemble
     spreads above its warning threshold."""
     found: List[str] = []
-    unlabelled = unlabelled_elements_warning(numbers, meta.get(keys.META_DOMAIN) or {}, fidelity)
+    domain = meta.get(keys.META_DOMAIN) or {}
+    unlabelled = unlabelled_elements_warning(numbers, domain, fidelity)
     if unlabelled:
         found.append(unlabelled)
     heavy = int((np.asarray(numbers) > 1).sum())
-    span = (meta.get(keys.META_DOMAIN) or {}).get("heavy_atoms")
+    span = domain.get("heavy_atoms")
     if span and heavy > int(span[1]):
         found.append(
             f"the molecule has {heavy} heavy atoms; the model was trained on molecules with "

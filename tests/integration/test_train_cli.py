@@ -325,3 +325,5 @@ def test_a_level_that_never_saw_an_element_borrows_the_nearest_scale_and_its_hea
     methylamine.calc.fidelity = "dft"
     e_dft = methylamine.get_potential_energy()
     assert abs(e_cc - e_dft) < 50.0  # same scale; with xTB's N reference they differed by ~1,400 eV
+    with pytest.warns(UserWarning, match=r"'cc' head was trained on no energy"):  # switching back says it again
+        methylamine.calc.fidelity = "cc"
