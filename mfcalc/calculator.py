@@ -43,6 +43,8 @@ class MFCalculator(Calculator):
             takes the model file's documented threshold (``spread_warning_ev``), if any.
         freeze: TorchScript-freeze the model (weights become constants; ~1.5x faster per
             call for small molecules).  ``calc.model`` is then inference-only.
+        compile: compile the network with ``torch.compile`` (about 2x faster per call for
+            small molecules after a one-off compilation of about a minute; for long MD).
 
     Raises:
         FileNotFoundError: no such model file (or no default model shipped).
@@ -62,10 +64,13 @@ class MFCalculator(Calculator):
         neighbor_backend: str = "auto",
         spread_warning: Optional[float] = None,
         freeze: bool = True,
+        compile: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.potential = Potential(model, fidelity, device, dtype, skin, neighbor_backend, spread_warning, freeze)
+        self.potential = Potential(
+            model, fidelity, device, dtype, skin, neighbor_backend, spread_warning, freeze, compile
+        )
         p = self.potential
         self.metadata, self.fidelities, self.species, self.cutoff = p.metadata, p.fidelities, p.species, p.cutoff
         self.n_members, self.device, self.dtype, self.model = p.n_members, p.device, p.dtype, p.model

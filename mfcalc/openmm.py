@@ -92,6 +92,8 @@ class MFPotential:
         dtype: ``None`` keeps the model's dtype; ``"float64"`` for energy-conserving NVE.
         skin: Angstrom added to the cutoff for the pair list reused across steps.
         neighbor_backend: ``"auto"``, ``"torch"`` or ``"cluster"``.
+        compile: compile the network with ``torch.compile`` (faster steps for long runs after
+            a one-off compilation of about a minute; :class:`mfcalc.potential.Potential`).
     """
 
     def __init__(
@@ -102,9 +104,10 @@ class MFPotential:
         dtype: Optional[str] = None,
         skin: float = 0.5,
         neighbor_backend: str = "auto",
+        compile: bool = False,
     ):
         # loaded now: a bad model file or fidelity fails here, not at the first step
-        self.potential = Potential(model, fidelity, device, dtype, skin, neighbor_backend)
+        self.potential = Potential(model, fidelity, device, dtype, skin, neighbor_backend, compile=compile)
 
     @property
     def fidelities(self) -> Sequence[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import warnings
 from typing import Any, Dict, Optional, Union
 
@@ -52,6 +53,10 @@ class Potential:
             training domain; ``None`` takes the model file's threshold, if any.
         freeze: TorchScript-freeze the model (weights become constants; faster per call for
             small molecules).  ``model`` is then inference-only.
+        compile: run the network through ``torch.compile`` instead of TorchScript
+            (:func:`mfcalc.export.compile_for_inference`): about 2x faster per call for small
+            molecules, after a one-off compilation of about a minute at the first call.
+            Worth it for long MD; needs a C++ compiler (CPU) or Triton (CUDA).
 
     Raises:
         FileNotFoundError: no such model file (or no default model shipped).
@@ -68,6 +73,7 @@ class Potential:
         neighbor_backend: str = "auto",
         spread_warning: Optional[float] = None,
         freeze: bool = True,
+        compile: bool = False,
     ):
         self.device = resolve_device(device)
         if model is None:
@@ -99,7 +105,14 @@ class Potential:
         module = module.to(device=self.device, dtype=self.dtype).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        self.model: Any = export.freeze(module) if freeze else module  # TorchScript or eager: has ``compute``
+        self.model: Any  # TorchScript or eager: has ``compute``
+        if compile:
+            self.model = export.compile_for_inference(
+                module, meta, os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+            )
+        else:
+            self.model = export.freeze(module) if freeze else module
+        self._compiling = compile  # the first call compiles: say so, it takes a while
         self.skin = float(skin)
         if self.skin < 0:
             raise ValueError(f"skin must be >= 0 Angstrom, got {skin}")
@@ -202,6 +215,9 @@ class Potential:
             raise ValueError("stress needs a cell periodic in all three directions")
         x = torch.as_tensor(positions, dtype=self.dtype, device=self.device)
         pf, ps, shifts = self._pair_list(x, cell_t, pbc_t)
+        if self._compiling:
+            print("mfcalc: compiling the model (once per process, about a minute)...", file=sys.stderr, flush=True)
+            self._compiling = False
         out = self.model.compute(
             numbers_t,
             x,

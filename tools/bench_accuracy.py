@@ -31,6 +31,7 @@ from mfcalc import export, keys
 from mfcalc.conformers.molecules import read_smiles_list
 from mfcalc.data import parse_fidelity, read_hdf5
 from mfcalc.data.fidelity import head_index
+from mfcalc.data.hdf5 import list_keys
 from mfcalc.data.records import MFData
 from mfcalc.units import KCAL_MOL_EV
 
@@ -46,9 +47,15 @@ Predict = Callable[[MFData, np.ndarray], Tuple[np.ndarray, Optional[np.ndarray]]
 
 
 def load(path: str) -> MFData:
-    specs = [parse_fidelity("cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces")]
-    specs += [parse_fidelity(f"{lv}={lv}.energy,{lv}.forces") for lv in LEVELS.values()]
-    return read_hdf5(path, specs)
+    """The file's CCSD(T) (column 0) and comparison levels; forces only where the file has them
+    (the CCSD(T) forces are labelled last, so a growing benchmark file may have none yet)."""
+    present = set(list_keys(path))
+
+    def spec(name: str, level: str):
+        forces = f",{level}.forces" if f"{level}.forces" in present else ""
+        return parse_fidelity(f"{name}={level}.energy{forces}")
+
+    return read_hdf5(path, [spec("cc", "ccsd(t)_dz")] + [spec(lv, lv) for lv in LEVELS.values()])
 
 
 def model_predictor(path: str, fidelity: str = "cc") -> Predict:
@@ -63,7 +70,7 @@ def model_predictor(path: str, fidelity: str = "cc") -> Predict:
             z = torch.as_tensor(np.asarray(data.numbers[atoms]), dtype=torch.long)
             x = torch.as_tensor(np.asarray(data.positions[atoms]), dtype=torch.float64)
             out = model.compute(z, x, torch.zeros(len(z), dtype=torch.long), 1, head, forces_spread=False)
-            energy[k] = float(out[keys.ENERGY][0])
+            energy[k] = float(out[keys.ENERGY][0].detach())
             forces.append(out[keys.FORCES].detach().numpy())
         return energy, np.concatenate(forces)
 
@@ -117,6 +124,8 @@ def score(data: MFData, predict: Predict, sets: Dict[str, np.ndarray], species_o
     out: Dict[str, float] = {}
     for name, rows in sets.items():
         rows = rows[np.isfinite(cc_e[rows]) & species_ok[rows]]
+        if len(rows) == 0:  # nothing labelled yet in a growing benchmark file
+            continue
         energy, _ = predict(data, rows)
         ok = np.isfinite(energy)
         out[f"{name} relE"] = relative_rmse(energy[ok], cc_e[rows][ok], smiles[rows][ok])

@@ -267,6 +267,37 @@ class Mfcalc(Impl):
         return run
 
 
+class MfcalcCompiled(Mfcalc):
+    """The same weights through ``MFCalculator(compile=True)`` (torch.compile); ASE sections only."""
+
+    name = "mfcalc compiled"
+
+    def __init__(self, base: Mfcalc):
+        self.eager, self.path, self.device, self.dtype = base.eager, base.path, base.device, base.dtype
+        self._calc = None
+
+    def calculator(self, skin: float = 0.5):
+        from mfcalc import MFCalculator
+
+        calc = MFCalculator(
+            self.path,
+            fidelity="dft",
+            device=str(self.device),
+            dtype=str(self.dtype).replace("torch.", ""),
+            skin=skin,
+            compile=True,
+        )
+        for atoms in test_molecules().values():  # compile and warm up outside the timed calls
+            calc.get_forces(atoms.copy())
+        return calc
+
+    def infer(self, structs):
+        return None
+
+    def train_step(self, batches):
+        return None
+
+
 class Hippynn(Impl):
     name = "hippynn"
 
@@ -386,9 +417,17 @@ PEERS = {"hippynn": Hippynn, "torchani": TorchAni}
 
 
 def build_impls(
-    size, device, dtype, workdir, only: Optional[str] = None, peers: Sequence[str] = tuple(PEERS)
+    size,
+    device,
+    dtype,
+    workdir,
+    only: Optional[str] = None,
+    peers: Sequence[str] = tuple(PEERS),
+    compiled: bool = False,
 ) -> Tuple[List[Impl], List[str]]:
     impls: List[Impl] = [Mfcalc(size, device, dtype, workdir)] if only in (None, "mfcalc") else []
+    if compiled and impls:
+        impls.append(MfcalcCompiled(impls[0]))
     missing = []
     for module, cls in PEERS.items():
         if only not in (None, module) or (only is None and module not in peers):
@@ -699,6 +738,8 @@ def section_shipped(impls, table, args, device):
         "ASE EMT": EMT,
         "mfcalc shipped (4 members)": lambda: MFCalculator(device=str(device)),
     }
+    if args.compile:
+        makers["mfcalc shipped, compiled"] = lambda: MFCalculator(device=str(device), compile=True)
     if args.before:  # a model file saved by an older mfcalc, run with the code it carries
         makers["mfcalc shipped, --before file"] = lambda: MFCalculator(
             torch.jit.load(args.before, map_location=device), fidelity="cc", device=str(device)
@@ -739,6 +780,16 @@ def section_shipped(impls, table, args, device):
             "| --before file / shipped (> 1: faster now) | "
             + " | ".join(f"{old[n] / times['mfcalc shipped (4 members)'][n]:.2f}x" for n in mols)
             + " |"
+        )
+    if args.compile:
+        comp = times["mfcalc shipped, compiled"]
+        lines.append(
+            "| shipped / shipped compiled (> 1: compiled faster) | "
+            + " | ".join(f"{times['mfcalc shipped (4 members)'][n] / comp[n]:.2f}x" for n in mols)
+            + " |"
+        )
+        lines.append(
+            "| shipped compiled / EMT | " + " | ".join(f"{comp[n] / times['ASE EMT'][n]:.2f}x" for n in mols) + " |"
         )
     lines.append(
         "| mfcalc shipped / EMT | "
@@ -793,6 +844,11 @@ def main(argv=None) -> int:
     p.add_argument("--tensor-order", type=int, default=defaults.tensor_order)
     p.add_argument("--cutoff", type=float, default=defaults.cutoff)
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="sections 1, 2 and 7: also time MFCalculator(compile=True) (torch.compile; compiled before timing)",
+    )
+    p.add_argument(
         "--before",
         metavar="MODEL.pt",
         help="section 7: also time a model file saved by an older mfcalc, with the code it was saved with "
@@ -820,7 +876,7 @@ def main(argv=None) -> int:
     if args.probe_memory:
         return probe_memory(args.probe_memory, args, device, dtype, size)
     with tempfile.TemporaryDirectory() as workdir:
-        impls, missing = build_impls(size, device, dtype, workdir, peers=args.peers)
+        impls, missing = build_impls(size, device, dtype, workdir, peers=args.peers, compiled=args.compile)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
         print(f"# mfcalc speed benchmark, {time.strftime('%Y-%m-%d')}\n")
         print(

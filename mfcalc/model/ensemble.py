@@ -290,33 +290,66 @@ class Ensemble(nn.Module):
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Per-member outputs for positions (K, A, 3): energy levels (K, B, L, F), atom
         energies (K, A, L, F) and the hierarchicality (K, B, F)."""
+        z, layout = self.inputs(numbers, positions, pair_first, pair_second)
+        mol_levels, atom_levels = self.levels(
+            z, positions, mol_index, n_mol, pair_first, pair_second, shifts, cell, layout
+        )
+        sq = atom_levels**2
+        ratio = sq[:, :, 1:] / (sq[:, :, 1:] + sq[:, :, :-1] + 1e-12)
+        hier = torch.zeros(
+            mol_levels.shape[0], n_mol, mol_levels.shape[3], dtype=positions.dtype, device=positions.device
+        )
+        hier = hier.index_add(1, mol_index, ratio.sum(dim=2))
+        return mol_levels, atom_levels, hier
+
+    def inputs(
+        self, numbers: Tensor, positions: Tensor, pair_first: Tensor, pair_second: Tensor
+    ) -> Tuple[Tensor, PairLayout]:
+        """The checked, data-dependent part of a pass: species one-hot (K, A, S) and the pair
+        layout.  Everything after it (:meth:`levels`) is fixed-shape tensor algebra."""
         if not bool(torch.isfinite(positions).all()):
             raise ValueError("positions contain NaN or infinite values")
-        k = self.n_members
         species = self._species_index(numbers)
+        z = nn.functional.one_hot(species, len(self.species)).to(positions.dtype)
+        z = z[None].expand(self.n_members, z.shape[0], z.shape[1])
+        return z, pair_layout(pair_first, pair_second, positions.shape[1])
+
+    def levels(
+        self,
+        z: Tensor,
+        positions: Tensor,
+        mol_index: Tensor,
+        n_mol: int,
+        pair_first: Tensor,
+        pair_second: Tensor,
+        shifts: Tensor,
+        cell: Optional[Tensor],
+        layout: PairLayout,
+    ) -> Tuple[Tensor, Tensor]:
+        """The network proper: energy levels per structure (K, B, L, F) and per atom
+        (K, A, L, F).  No checks, no data-dependent shapes, no host synchronisation, so
+        ``torch.compile`` can take it whole (:func:`mfcalc.export.compile_for_inference`)."""
         vec = positions[:, pair_second] - positions[:, pair_first]  # (K, P, 3)
         if cell is not None and shifts.shape[0] > 0:
             offset = torch.bmm(shifts.to(positions.dtype)[:, None, :], cell.to(positions.dtype)[mol_index[pair_first]])
             vec = vec + offset.squeeze(1)[None]
         r = torch.linalg.norm(vec, dim=2)
         rhat = vec / r[:, :, None]
-        z = nn.functional.one_hot(species, len(self.species)).to(positions.dtype)
-        z = z[None].expand(k, z.shape[0], z.shape[1])
         levels: List[Tensor] = [self.reference(z)]
-        layout = pair_layout(pair_first, pair_second, positions.shape[1])
         r_table, rhat_table = pair_tables(layout, r, rhat, self.cutoff)
         for block in self.blocks:
             z, level = block(z, layout, r_table, rhat_table)
             levels.append(level)
         atom_levels = torch.stack(levels, dim=2)  # (K, A, L, F)
-        n_levels, n_fid = atom_levels.shape[2], atom_levels.shape[3]
-        mol_levels = torch.zeros(k, n_mol, n_levels, n_fid, dtype=positions.dtype, device=positions.device)
-        mol_levels = mol_levels.index_add(1, mol_index, atom_levels)
-        sq = atom_levels**2
-        ratio = sq[:, :, 1:] / (sq[:, :, 1:] + sq[:, :, :-1] + 1e-12)
-        hier = torch.zeros(k, n_mol, n_fid, dtype=positions.dtype, device=positions.device)
-        hier = hier.index_add(1, mol_index, ratio.sum(dim=2))
-        return mol_levels, atom_levels, hier
+        mol_levels = torch.zeros(
+            atom_levels.shape[0],
+            n_mol,
+            atom_levels.shape[2],
+            atom_levels.shape[3],
+            dtype=positions.dtype,
+            device=positions.device,
+        )
+        return mol_levels.index_add(1, mol_index, atom_levels), atom_levels
 
     def _pairs(
         self,
@@ -398,7 +431,8 @@ class Ensemble(nn.Module):
                 raise ValueError("the stress needs a periodic cell")
             flat, used_cell, strain = grad.strained(replicas.reshape(-1, 3), cell, mol_index.repeat(k))
             used = flat.reshape(k, -1, 3)
-        mol_levels, _, _ = self.members_forward(numbers, used, mol_index, n_mol, pf, ps, sh, used_cell)
+        z, layout = self.inputs(numbers, used, pf, ps)
+        mol_levels, _ = self.levels(z, used, mol_index, n_mol, pf, ps, sh, used_cell, layout)
         e = mol_levels.sum(dim=2)[:, :, fidelity]  # (K, B)
         if stress:
             f_all, virial = grad.forces_and_virial(e, replicas, strain, create_graph)

@@ -295,3 +295,51 @@ def test_large_cpu_systems_keep_freed_memory_and_small_ones_leave_the_process_al
     big.calc = MFCalculator(str(trained_model), fidelity="cc", device="cpu")
     big.get_potential_energy()
     assert calls == [1]
+
+
+def tiny_ensemble_file(tmp_path) -> str:
+    torch.manual_seed(0)
+    members = [
+        MultiFidelityHipnn([1, 6, 8], ["dft", "cc"], n_features=6, n_sensitivities=4, n_atom_layers=1) for _ in range(3)
+    ]
+    ens = Ensemble(members)
+    path = tmp_path / "ens.pt"
+    export.save(ens, str(path), export.build_metadata(ens))
+    return str(path)
+
+
+def test_compiled_model_gives_the_same_numbers_as_torchscript(tmp_path, capsys):
+    """compile=True (torch.compile) only changes speed: same energy, forces, member spreads and
+    stress as the TorchScript model, on a molecule, another molecule (dynamic shapes) and a
+    periodic cell, and after a head switch."""
+    path = tiny_ensemble_file(tmp_path)
+    compiled = MFCalculator(path, fidelity="cc", dtype="float64", device="cpu", compile=True)
+    scripted = MFCalculator(path, fidelity="cc", dtype="float64", device="cpu")
+    water = Atoms("OH2", positions=[[0, 0, 0.12], [0, 0.76, -0.48], [0, -0.76, -0.48]], cell=[4.5] * 3, pbc=True)
+    methanol = Atoms(
+        "COH4",
+        positions=[[0, 0, 0], [1.42, 0, 0], [-0.36, 1.03, 0], [-0.36, -0.5, 0.9], [-0.36, -0.5, -0.9], [1.7, 0.9, 0]],
+    )
+    for atoms in (ethanol_atoms(), methanol, water):
+        results = []
+        for calc in (compiled, scripted):
+            a = atoms.copy()
+            a.calc = calc
+            stress = a.get_stress() if a.pbc.all() else np.zeros(6)
+            results.append((a.get_potential_energy(), a.get_forces(), calc.results["forces_std"], stress))
+        assert results[0][0] == pytest.approx(results[1][0], abs=1e-10)
+        for got, want in zip(results[0][1:], results[1][1:]):
+            np.testing.assert_allclose(got, want, atol=1e-10)
+    compiled.fidelity = scripted.fidelity = "dft"
+    a, b = ethanol_atoms(), ethanol_atoms()
+    a.calc, b.calc = compiled, scripted
+    assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-10)
+    assert "compiling the model" in capsys.readouterr().err  # the one-off wait is announced
+
+
+def test_compile_without_a_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+        MFCalculator(tiny_ensemble_file(tmp_path), fidelity="cc", device="cpu", compile=True)

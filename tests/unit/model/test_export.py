@@ -52,7 +52,7 @@ def test_a_format_3_file_runs_with_todays_kernels_and_gives_its_own_numbers():
     upgraded, meta = export.load(path)
     assert meta[keys.META_FORMAT_VERSION] == 3
     assert "pair_layout" not in as_saved.members_forward.code
-    assert "pair_layout" in upgraded.members_forward.code
+    assert "pair_layout" in upgraded.inputs.code
     z, pos = ethanol()
     pos = pos.float()
     mol = torch.zeros(len(z), dtype=torch.long)
