@@ -263,3 +263,14 @@ def test_bad_input_gives_clear_errors(trained_model):
         chloro.addAtom(el, app.Element.getBySymbol(el), res)
     with pytest.raises(ValueError, match="element.*Cl not known to this mfcalc model; it knows H, C, N, O"):
         potential.createSystem(chloro)
+
+
+def test_compile_reaches_the_openmm_potential(trained_model):
+    """compile=True is passed through to the Potential (the compiled numbers themselves are
+    tested against TorchScript in test_calculator.py); nothing compiles before the first step."""
+    from mfcalc.model.ensemble import Ensemble
+
+    compiled = MFPotential(str(trained_model), fidelity="cc", device="cpu", compile=True)
+    plain = MFPotential(str(trained_model), fidelity="cc", device="cpu")
+    assert isinstance(compiled.potential.model, Ensemble)
+    assert not isinstance(plain.potential.model, Ensemble)  # frozen TorchScript
