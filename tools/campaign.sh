@@ -29,13 +29,15 @@ case $stage in
     # (a) every conformer within 5 kcal/mol (searched at GFN2-xTB with a 6 kcal/mol margin) of the
     #     4-6-heavy-atom molecules; (b) thermal snapshots of the unseen small molecules
     mfcalc-sample $C/heldout_conformers.smi --out $B/conformers.extxyz --conformers --window 6 --n-embed 50 --seed 0
-    mfcalc-sample $C/heldout_small.smi --out $B/small.extxyz --md 500 --per-temperature 8 --seed 0
-    mfcalc-label $B/conformers.extxyz $B/small.extxyz --levels gfn2_xtb,wb97x_dz,ccsd\(t\)_dz \
-        --out $B/heldout.h5 --workers "$W"
-    # CCSD(T) forces on every second snapshot (88, with the 20 of mf_reference.h5 over the 100 the
-    # campaign needs), for measuring forces only
-    python tools/pick_frames.py $B/small.extxyz --every 2 --out $B/small_forces.extxyz
-    mfcalc-label $B/small_forces.extxyz --levels ccsd\(t\)_dz --forces ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W" ;;
+    #     (from each molecule's lowest minimum only, so that every molecule weighs the same)
+    mfcalc-sample $C/heldout_small.smi --out $B/small.extxyz --md 500 --md-minima 1 --per-temperature 8 --seed 0
+    # the comparison levels first (minutes; drops rows of structures no longer sampled), then
+    # CCSD(T) on the conformers, then CCSD(T) energies and forces on every small-molecule
+    # snapshot (96 with forces, plus the 20 of mf_reference.h5: over the 100 the campaign needs)
+    mfcalc-label $B/conformers.extxyz $B/small.extxyz --levels gfn2_xtb,wb97x_dz --out $B/heldout.h5 \
+        --workers "$W" --drop-unlabelled
+    mfcalc-label $B/conformers.extxyz --levels ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W"
+    mfcalc-label $B/small.extxyz --levels ccsd\(t\)_dz --forces ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W" ;;
   committee)
     r=${2:?round}
     resume=(); [[ -f runs/committee$r/checkpoint.pt && ! -f runs/committee$r/model.pt ]] && resume=(--resume)

@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write finished results into the HDF5 file this often (they are journaled at once)",
     )
     p.add_argument("--retry-failed", action="store_true", help="compute again what failed in an earlier run")
+    p.add_argument(
+        "--drop-unlabelled",
+        action="store_true",
+        help="remove from --out the structures that are in no input and have no label at all "
+        "(taken out of an input list before they were computed); labels are never removed",
+    )
     return p
 
 
@@ -67,6 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             multiplicity=args.multiplicity,
             merge_seconds=args.merge_seconds,
             retry_failed=args.retry_failed,
+            drop_unlabelled=args.drop_unlabelled,
         )
         return 0
 

@@ -128,6 +128,7 @@ def label(
     multiplicity: Optional[int] = None,
     merge_seconds: float = 300.0,
     retry_failed: bool = False,
+    drop_unlabelled: bool = False,
     say: Callable[[str], None] = stderr_line,
 ) -> Dict[str, Dict[str, float]]:
     """Label every structure of ``inputs`` at ``levels`` into the HDF5 file ``out``.
@@ -141,6 +142,8 @@ def label(
         charge, multiplicity: for every structure (default: what the file records, else 0 and 1).
         merge_seconds: how often finished results are written into ``out``.
         retry_failed: compute again what failed before (otherwise failures are final).
+        drop_unlabelled: remove from ``out`` the structures that are in none of ``inputs``
+            and have no label at all (taken out of a list before they were computed).
 
     Returns:
         per level: energies, forces, failed and CPU hours in the whole file.
@@ -160,7 +163,18 @@ def label(
     restore = set_threads(threads)
     try:
         return _label(
-            inputs, chosen, want_forces, out, workers, threads, charge, multiplicity, merge_seconds, retry_failed, say
+            inputs,
+            chosen,
+            want_forces,
+            out,
+            workers,
+            threads,
+            charge,
+            multiplicity,
+            merge_seconds,
+            retry_failed,
+            drop_unlabelled,
+            say,
         )
     finally:
         restore()
@@ -177,12 +191,15 @@ def _label(
     multiplicity: Optional[int],
     merge_seconds: float,
     retry_failed: bool,
+    drop_unlabelled: bool,
     say: Callable[[str], None],
 ) -> Dict[str, Dict[str, float]]:
     store = LabelStore(out, merge_seconds=merge_seconds)
     if retry_failed:
         store.failures.clear()
-    tasks = _plan(inputs, chosen, want_forces, store, charge, multiplicity, say)
+    tasks, planned = _plan(inputs, chosen, want_forces, store, charge, multiplicity, say)
+    if drop_unlabelled:
+        say(f"{out}: dropped {store.drop_unlabelled(planned)} unlabelled structure(s) that are in no input")
     n_jobs = sum(len(t.jobs) for t in tasks)
     what = ", ".join(lv.name + (" with forces" if want_forces[lv.name] else "") for lv in chosen)
     say(
@@ -210,7 +227,8 @@ def _plan(
     charge: Optional[int],
     multiplicity: Optional[int],
     say: Callable[[str], None],
-) -> List[Task]:
+) -> Tuple[List[Task], Set[str]]:
+    """The calculations still to do for the inputs, and the keys of every input structure."""
     tasks: List[Task] = []
     planned: Set[str] = set()
     for path in inputs:
@@ -243,7 +261,7 @@ def _plan(
                 jobs.append((lv.name, want_forces[lv.name]))
             if jobs:
                 tasks.append(Task(key, s.numbers, s.positions, s.charge, s.multiplicity, jobs))
-    return tasks
+    return tasks, planned
 
 
 def _store_outcomes(store: LabelStore, key: str, outcomes: List[Outcome], say: Callable[[str], None]) -> int:

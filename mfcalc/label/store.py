@@ -101,6 +101,22 @@ class LabelStore:
             found += [lv for lv in s.labels if lv not in found]
         return found
 
+    def drop_unlabelled(self, keep: Iterable[str]) -> int:
+        """Forget structures that have no label at any level, no recorded failure and are not in
+        ``keep`` (structures taken out of the input lists before any calculation); returns how
+        many.  Nothing computed is ever dropped.  Written at the next merge."""
+        keep = set(keep)
+        failed = {key for key, _ in self.failures}
+        gone = [
+            key
+            for key, s in self.structures.items()
+            if key not in keep and key not in failed and not any(np.isfinite(lab.energy) for lab in s.labels.values())
+        ]
+        for key in gone:
+            del self.structures[key]
+        self._dirty = self._dirty or bool(gone)
+        return len(gone)
+
     # ---- updates (journal first) ---------------------------------------------------------------
     def add(
         self, numbers: np.ndarray, positions: np.ndarray, smiles: str = "", charge: int = 0, multiplicity: int = 1

@@ -16,6 +16,7 @@ from conftest import REFERENCE_H5
 pytest.importorskip("tblite")
 
 from mfcalc.cli.label import main as label_main  # noqa: E402
+from mfcalc.label.store import LabelStore  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,25 @@ def test_a_calculation_that_fails_is_recorded_and_the_batch_goes_on(tmp_path, ca
     # failures are final: a rerun does not try again unless asked
     assert label_main([str(path), "--levels", "wb97x_dz", "--no-forces", "wb97x_dz", "--out", str(out)]) == 0
     assert "0 need labels" in capsys.readouterr().err
+
+
+def test_drop_unlabelled_removes_structures_taken_out_of_the_inputs_before_any_label(inputs, tmp_path, capsys):
+    """A structure listed once and then removed from the input list before it was computed
+    leaves no empty row behind with --drop-unlabelled; a labelled one stays."""
+    frames = ase.io.read(inputs, ":")
+    out = tmp_path / "out.h5"
+    first = tmp_path / "first.extxyz"
+    ase.io.write(first, frames[:2])
+    assert label_main([str(first), "--levels", "gfn2_xtb", "--out", str(out)]) == 0
+    store = LabelStore(str(out))
+    store.add(frames[2].numbers, frames[2].positions + 0.05)  # listed, never computed
+    store.close()
+    assert len(LabelStore(str(out))) == 3
+    second = tmp_path / "second.extxyz"
+    ase.io.write(second, frames[1:2])  # the first structure is labelled, the placeholder is not
+    assert label_main([str(second), "--levels", "gfn2_xtb", "--out", str(out), "--drop-unlabelled"]) == 0
+    assert "dropped 1 unlabelled structure(s)" in capsys.readouterr().err
+    with h5py.File(out) as f:
+        n = sum(int(np.isfinite(f[g]["gfn2_xtb.energy"][()]).sum()) for g in f if g != "failures")
+        rows = sum(len(f[g]["coordinates"]) for g in f if g != "failures")
+    assert n == 2 and rows == 2

@@ -103,3 +103,20 @@ def test_a_smiles_learnt_later_fills_an_empty_one_and_survives_a_kill(tmp_path):
     again.close()
     with h5py.File(path) as f:
         assert f["H2O1/smiles"][0] == b"O" and f["H2O1/gfn2_xtb.energy"][0] == -5.0
+
+
+def test_dropping_unlabelled_structures_never_drops_a_label_or_a_failure(tmp_path):
+    path = tmp_path / "w.h5"
+    store = LabelStore(str(path))
+    z, x = WATER
+    labelled = store.add(z, x)
+    store.record(labelled, "gfn2_xtb", -5.0, None, 0.1)
+    failed = store.add(z, x + 0.01)
+    store.record_failure(failed, "ccsd(t)_dz", "did not converge")
+    kept = store.add(z, x + 0.02)
+    stale = store.add(z, x + 0.03)
+    assert store.drop_unlabelled(keep={kept}) == 1
+    store.close()
+    again = LabelStore(str(path))
+    assert set(again.structures) == {labelled, failed, kept}
+    assert again.drop_unlabelled(keep=set()) == 1 and stale not in again.structures
