@@ -77,6 +77,10 @@ def model_predictor(path: str, fidelity: str = "cc") -> Predict:
     return predict
 
 
+def constant_predictor(data: MFData, rows: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    return np.zeros(len(rows)), None
+
+
 def label_predictor(column: int) -> Predict:
     def predict(data: MFData, rows: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         name = data.fidelities[column]
@@ -102,7 +106,7 @@ def ani_predictor(peers: str) -> Optional[Predict]:
             z = torch.as_tensor(np.asarray(data.numbers[atoms])[None], dtype=torch.long)
             x = torch.as_tensor(np.asarray(data.positions[atoms])[None], dtype=torch.float64).requires_grad_(True)
             e = ani((z, x)).energies.sum()
-            energy[k] = float(e) * Hartree
+            energy[k] = float(e.detach()) * Hartree
             forces.append(-torch.autograd.grad(e, x)[0][0].numpy() * Hartree)
         return energy, np.concatenate(forces)
 
@@ -170,9 +174,12 @@ def main(argv=None) -> int:
     methods: Dict[str, Tuple[Predict, List[int]]] = {}
     for path in args.model:
         meta = export.load(path)[1]
-        methods[f"mfcalc {os.path.basename(path)} (cc head)"] = (model_predictor(path), meta[keys.META_SPECIES])
+        methods[f"mfcalc {os.path.relpath(path)} (cc head)"] = (model_predictor(path), meta[keys.META_SPECIES])
     for label, level in LEVELS.items():
         methods[label] = (label_predictor(data.fidelities.index(level)), list(range(1, 119)))
+    # the floor every method must beat: the same energy for every structure of a molecule
+    # (its relE RMSE is the spread of the CCSD(T) relative energies themselves)
+    methods["no method: a constant per molecule"] = (constant_predictor, list(range(1, 119)))
     ani = ani_predictor(args.peers)
     if ani is not None:
         methods["ANI-1ccx (TorchANI)"] = (ani, [1, 6, 7, 8])
