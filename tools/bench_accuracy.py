@@ -134,6 +134,10 @@ def score(data: MFData, predict: Predict, sets: Dict[str, np.ndarray], species_o
         ok = np.isfinite(energy)
         out[f"{name} relE"] = relative_rmse(energy[ok], cc_e[rows][ok], smiles[rows][ok])
         out[f"{name} n"] = int(ok.sum())
+        for mol in np.unique(smiles[rows][ok]):  # per molecule, for the --per-molecule table
+            m = smiles[rows][ok] == mol
+            out[f"{name}: {mol}"] = relative_rmse(energy[ok][m], cc_e[rows][ok][m], smiles[rows][ok][m])
+            out[f"{name}: {mol} n"] = int(m.sum())
     fmask = data.forces_mask()[:, 0] & species_ok
     rows = np.nonzero(fmask & np.isin(np.arange(len(data)), sets["unseen small"]))[0]
     if len(rows):
@@ -160,6 +164,7 @@ def main(argv=None) -> int:
         default=os.path.join(LISTS, "heldout_small.smi"),
         help="SMILES list of the unseen-small-molecule set (b)",
     )
+    p.add_argument("--per-molecule", action="store_true", help="also print relE RMSE per molecule and method")
     p.add_argument("--json")
     args = p.parse_args(argv)
     if not os.path.exists(args.data):
@@ -201,6 +206,15 @@ def main(argv=None) -> int:
         "\nkcal/mol and kcal/mol/A against CCSD(T)/cc-pVDZ; each molecule's mean error removed; methods are scored "
         "only on molecules whose elements they know (ANI-1ccx: H, C, N, O)."
     )
+    if args.per_molecule:
+        names = list(rows)
+        mols = sorted({k for r in rows.values() for k in r if ": " in k and not k.endswith(" n")})
+        print("\n| molecule | structures | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for key in mols:
+            n = max(r.get(key + " n", 0) for r in rows.values())
+            cells = [f"{rows[m][key]:.2f}" if key in rows[m] else "-" for m in names]
+            print(f"| {key} | {n} | " + " | ".join(cells) + " |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

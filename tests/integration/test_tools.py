@@ -157,9 +157,13 @@ def test_bench_accuracy_scores_every_method_on_the_same_structures(tmp_path, cap
     table = capsys.readouterr().out
     assert "| GFN2-xTB |" in table and "| wB97X/6-31G* |" in table and "default.pt (cc head)" in table
     rows = json.loads(out.read_text())
+    floor = rows.pop("no method: a constant per molecule")  # the spread of the CCSD(T) relative energies
+    assert "forces" not in floor and floor["conformers n"] > 10
     for name, row in rows.items():
         assert row["conformers n"] > 10 and row["unseen small n"] > 10 and row["forces n"] == 4, name
         assert 0 < row["conformers relE"] < 5 and 0 < row["forces"] < 20, name
+    assert rows["wB97X/6-31G*"]["conformers relE"] < floor["conformers relE"]
+    assert rows["wB97X/6-31G*"]["conformers: CCO"] == pytest.approx(rows["wB97X/6-31G*"]["conformers relE"])
 
 
 @pytest.mark.slow
