@@ -166,7 +166,9 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
     if not isinstance(module, torch.jit.ScriptModule):
         return module
     methods = [
-        m for m in ("compute", "energy_and_forces", "energy_forces_spread", "fidelity_index") if hasattr(module, m)
+        m
+        for m in ("compute", "energy_and_forces", "energy_forces_spread", "fidelity_index", "inputs")
+        if hasattr(module, m)
     ]
     return torch.jit.freeze(module.eval(), preserved_attrs=methods)
 

@@ -113,6 +113,9 @@ class Potential:
         else:
             self.model = export.freeze(module) if freeze else module
         self._compiling = compile  # the first call compiles: say so, it takes a while
+        # models written by this mfcalc take the species check and pair layout once per pair
+        # list (``compute(prepared=...)``); older files redo them every call
+        self._prepares = _accepts_prepared(self.model)
         self.skin = float(skin)
         if self.skin < 0:
             raise ValueError(f"skin must be >= 0 Angstrom, got {skin}")
@@ -124,6 +127,7 @@ class Potential:
         self.fidelity_index = head_index(list(self.fidelities), str(fidelity if fidelity is not None else default))
         self._static_key: Optional[tuple] = None
         self._pairs: Optional[tuple] = None
+        self._prepared: Optional[tuple] = None  # model.inputs() for the current pair list
 
     def fresh(self) -> Potential:
         """A copy that shares the model but keeps its own pair list and cached tensors (one
@@ -182,7 +186,9 @@ class Potential:
             pbc if periodic else None,
             backend=self.neighbor_backend,
         )
+        prepared = self.model.inputs(self._numbers, positions[None], pf, ps) if self._prepares else None
         self._pairs = (pf, ps, sh.to(self.dtype), positions.detach().clone())
+        self._prepared = prepared
         return self._pairs[:3]
 
     # ---- evaluation ---------------------------------------------------------------------------
@@ -231,6 +237,7 @@ class Potential:
             shifts,
             True,
             stress,
+            **({"prepared": self._prepared} if self._prepares else {}),
         )
         results: Dict[str, Any] = {
             "energy": float(out[keys.ENERGY][0].detach()),
@@ -250,3 +257,17 @@ class Potential:
                 "this structure is outside the model's training domain"
             )
         return None
+
+
+def _accepts_prepared(model: Any) -> bool:
+    """Whether ``model.compute`` takes ``prepared`` and the model has ``inputs`` (TorchScript
+    files carry the code they were saved with, so older ones do not)."""
+    if not hasattr(model, "inputs"):
+        return False
+    compute = model.compute
+    schema = getattr(compute, "schema", None)
+    if schema is not None:  # a TorchScript method
+        return any(a.name == "prepared" for a in schema.arguments)
+    import inspect
+
+    return "prepared" in inspect.signature(compute).parameters

@@ -414,9 +414,15 @@ class Ensemble(nn.Module):
         forces_spread: bool = True,
         stress: bool = False,
         create_graph: bool = False,
+        prepared: Optional[Tuple[Tensor, PairLayout]] = None,
     ) -> Dict[str, Tensor]:
         """As :meth:`Ensemble.compute`, in one forward and one backward pass for all members
-        (the member forces, and so their spread, come with the mean at no extra cost)."""
+        (the member forces, and so their spread, come with the mean at no extra cost).
+
+        ``prepared``: what :meth:`inputs` returned for these atomic numbers and this pair list,
+        kept by a caller that reuses the pair list over many steps (MD), so that the species
+        check and the pair layout are not redone every step; the caller then checks that
+        the positions are finite."""
         if fidelity < 0 or fidelity >= len(self.fidelities):
             raise ValueError("fidelity index " + str(fidelity) + " out of range for " + ", ".join(self.fidelities))
         if positions.dim() != 2 or positions.shape[1] != 3:
@@ -431,7 +437,10 @@ class Ensemble(nn.Module):
                 raise ValueError("the stress needs a periodic cell")
             flat, used_cell, strain = grad.strained(replicas.reshape(-1, 3), cell, mol_index.repeat(k))
             used = flat.reshape(k, -1, 3)
-        z, layout = self.inputs(numbers, used, pf, ps)
+        if prepared is None:
+            z, layout = self.inputs(numbers, used, pf, ps)
+        else:
+            z, layout = prepared
         mol_levels, _ = self.levels(z, used, mol_index, n_mol, pf, ps, sh, used_cell, layout)
         e = mol_levels.sum(dim=2)[:, :, fidelity]  # (K, B)
         if stress:
@@ -479,6 +488,7 @@ class Ensemble(nn.Module):
             False,
             False,
             create_graph,
+            None,
         )
         return out[keys.ENERGY], out[keys.FORCES]
 
@@ -512,5 +522,6 @@ class Ensemble(nn.Module):
             True,
             False,
             create_graph,
+            None,
         )
         return out[keys.ENERGY], out[keys.FORCES], out[keys.ENERGY_STD], out[keys.FORCES_STD]

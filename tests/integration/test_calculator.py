@@ -343,3 +343,21 @@ def test_compile_without_a_compiler_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
         MFCalculator(tiny_ensemble_file(tmp_path), fidelity="cc", device="cpu", compile=True)
+
+
+def test_inputs_prepared_once_per_pair_list_give_the_same_numbers(trained_model):
+    """A model written by this mfcalc gets the species check and pair layout once per pair
+    list; the same steps with them redone every call (as for older files) agree exactly,
+    through a pair-list rebuild and a change of molecule."""
+    fast = MFCalculator(str(trained_model), fidelity="cc", dtype="float64")
+    slow = MFCalculator(str(trained_model), fidelity="cc", dtype="float64")
+    assert fast.potential._prepares
+    slow.potential._prepares = False
+    rng = np.random.default_rng(0)
+    water = Atoms("OH2", positions=[[0, 0, 0.12], [0, 0.76, -0.48], [0, -0.76, -0.48]])
+    for atoms, scale in [(ethanol_atoms(), 0.01), (ethanol_atoms(), 0.4), (water, 0.02)]:  # 0.4: past the skin
+        atoms.positions += rng.normal(scale=scale, size=atoms.positions.shape)
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = fast, slow
+        assert a.get_potential_energy() == b.get_potential_energy()
+        np.testing.assert_array_equal(a.get_forces(), b.get_forces())
