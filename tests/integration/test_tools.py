@@ -209,3 +209,24 @@ def test_bench_rank_times_today_against_an_older_model_file(capsys):
     assert tool.main(argv) == 0
     out = capsys.readouterr().out
     assert "| today |" in out and "| --before file |" in out and "before / today" in out
+
+
+def test_campaign_status_counts_labels_and_journal_lines_against_the_minimums(tmp_path, capsys):
+    """A dft file with one merged label and one still in the journal (a running job) counts 2."""
+    import numpy as np
+
+    from mfcalc.label.store import LabelStore
+
+    (tmp_path / "data" / "campaign").mkdir(parents=True)
+    store = LabelStore(str(tmp_path / "data" / "campaign" / "dft.h5"), merge_seconds=1e9)
+    water = np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.1], [0.76, 0.0, -0.47], [-0.76, 0.0, -0.47]])
+    first = store.add(*water, smiles="O")
+    store.record(first, "wb97x_dz", -76.0, np.zeros((3, 3)), 3600.0)
+    store.merge()
+    second = store.add(water[0], water[1] + 0.01, smiles="O")
+    store.record(second, "wb97x_dz", -76.0, np.zeros((3, 3)), 3600.0)  # journal only: not merged
+    tool = load_tool("campaign_status")
+    assert tool.main(["--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| data/campaign/dft.h5 | wb97x_dz | 2 | 2 | 0 | 1 | H O | 2.0 |" in out
+    assert "| wB97X energies and forces chosen by committee | 2 | 4000 | 0 % |" in out

@@ -1,0 +1,88 @@
+"""How far the data campaign is against the minimums of data/README.md, from the files themselves.
+
+Reads every labelled file (its HDF5 and any journal lines not yet merged, so a running
+labelling job is counted up to its last finished calculation) and prints, per file and
+level: structures with an energy, with forces, failed calculations, molecules, elements and
+CPU hours; then the campaign's minimums with what is there.
+
+    python tools/campaign_status.py [--root .]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Dict, List, Set
+
+import numpy as np
+
+from mfcalc.label.store import LabelStore
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FILES = ["data/mf_reference.h5", "data/campaign/campaign.h5", "data/campaign/dft.h5", "data/campaign/cc.h5"]
+HELDOUT = "data/benchmark/heldout.h5"
+SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F", 16: "S", 17: "Cl"}
+
+
+def level_rows(store: LabelStore) -> Dict[str, Dict[str, Any]]:
+    """Per level: energies, forces, failed, molecules (SMILES), elements and CPU hours."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    for level, counts in store.summary().items():
+        done = [s for s in store.structures.values() if level in s.labels and np.isfinite(s.labels[level].energy)]
+        elements: Set[int] = set()
+        for s in done:
+            elements.update(int(z) for z in s.numbers)
+        rows[level] = dict(
+            counts,
+            energies=len(done),
+            molecules=len({s.smiles for s in done if s.smiles}),
+            elements=" ".join(SYMBOLS.get(z, str(z)) for z in sorted(elements)),
+        )
+    return rows
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=os.path.dirname(HERE), help="the repository (default: this one)")
+    args = p.parse_args(argv)
+    totals: Dict[str, Dict[str, Any]] = {}
+    print("| file | level | energies | with forces | failed | molecules | elements | CPU hours |")
+    print("|---|---|---|---|---|---|---|---|")
+    for rel in FILES + [HELDOUT]:
+        path = os.path.join(args.root, rel)
+        if not os.path.exists(path):
+            continue
+        for level, row in level_rows(LabelStore(path)).items():
+            print(
+                f"| {rel} | {level} | {row['energies']} | {row['forces']} | {row['failed']} | "
+                f"{row['molecules']} | {row['elements']} | {float(row['hours']):.1f} |"
+            )
+            totals[f"{rel}:{level}"] = row
+
+    def count(rel: str, level: str, what: str = "energies") -> int:
+        return int(totals.get(f"{rel}:{level}", {}).get(what, 0))
+
+    xtb = count(FILES[1], "gfn2_xtb")
+    minimums = [
+        ("GFN2-xTB energies and forces (campaign)", xtb, 30000),
+        ("molecules with GFN2-xTB labels (campaign)", count(FILES[1], "gfn2_xtb", "molecules"), 250),
+        ("wB97X energies and forces chosen by committee", count(FILES[2], "wb97x_dz"), 4000),
+        ("CCSD(T) energies chosen by committee", count(FILES[3], "ccsd(t)_dz"), 2000),
+        (
+            "CCSD(T) forces (reference data and held-out set)",
+            count(FILES[0], "ccsd(t)_dz", "forces") + count(HELDOUT, "ccsd(t)_dz", "forces"),
+            100,
+        ),
+        ("held-out structures with CCSD(T) energies", count(HELDOUT, "ccsd(t)_dz"), None),
+    ]
+    print("\n| campaign minimum | now | needed | |")
+    print("|---|---|---|---|")
+    for name, now, need in minimums:
+        mark = "" if need is None else ("met" if now >= need else f"{100 * now / need:.0f} %")
+        print(f"| {name} | {now} | {need if need is not None else '-'} | {mark} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
