@@ -198,7 +198,8 @@ def test_stress_is_refused_without_a_periodic_cell(calc64):
         atoms.get_stress()
 
 
-def test_ensemble_reports_the_member_spread(tmp_path):
+def tiny_ensemble_file(tmp_path) -> str:
+    """A 3-member ensemble of tiny random models, saved as a model file."""
     torch.manual_seed(0)
     members = [
         MultiFidelityHipnn([1, 6, 8], ["dft", "cc"], n_features=6, n_sensitivities=4, n_atom_layers=1) for _ in range(3)
@@ -206,7 +207,11 @@ def test_ensemble_reports_the_member_spread(tmp_path):
     ens = Ensemble(members)
     path = tmp_path / "ens.pt"
     export.save(ens, str(path), export.build_metadata(ens))
-    calc = MFCalculator(str(path), fidelity="cc", dtype="float64", device="cpu", spread_warning=1e-9)
+    return str(path)
+
+
+def test_ensemble_reports_the_member_spread(tmp_path):
+    calc = MFCalculator(tiny_ensemble_file(tmp_path), fidelity="cc", dtype="float64", device="cpu", spread_warning=1e-9)
     atoms = ethanol_atoms()
     atoms.calc = calc
     with pytest.warns(UserWarning, match="outside the model's training domain"):
@@ -295,17 +300,6 @@ def test_large_cpu_systems_keep_freed_memory_and_small_ones_leave_the_process_al
     big.calc = MFCalculator(str(trained_model), fidelity="cc", device="cpu")
     big.get_potential_energy()
     assert calls == [1]
-
-
-def tiny_ensemble_file(tmp_path) -> str:
-    torch.manual_seed(0)
-    members = [
-        MultiFidelityHipnn([1, 6, 8], ["dft", "cc"], n_features=6, n_sensitivities=4, n_atom_layers=1) for _ in range(3)
-    ]
-    ens = Ensemble(members)
-    path = tmp_path / "ens.pt"
-    export.save(ens, str(path), export.build_metadata(ens))
-    return str(path)
 
 
 def test_compiled_model_gives_the_same_numbers_as_torchscript(tmp_path, capsys):
