@@ -7,6 +7,7 @@ cutoff, units, reference energies, training summary, metrics) rides in the file'
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import os
@@ -197,7 +198,7 @@ def compile_for_inference(module: torch.nn.Module, meta: Dict[str, Any], path: s
         if importlib.util.find_spec("triton") is None:
             raise RuntimeError("compiling the model on CUDA needs Triton (pip install triton)")
     if isinstance(module, Ensemble):
-        eager = module
+        eager = copy.deepcopy(module)  # the caller's module keeps its own, uncompiled levels
     else:
         meta = dict(meta)
         recorded: Any = module  # a scripted Ensemble keeps its attributes
