@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="MODEL.pt", help="move atoms with this model instead of GFN2-xTB")
     p.add_argument("--fidelity", help="the model's head (default: its default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads of the engine that moves the atoms (default 1: with more, GFN2-xTB's parallel sums "
+        "change order from run to run and MD samples are no longer reproducible)",
+    )
     return p
 
 
@@ -75,6 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        from mfcalc.device import set_threads
         from mfcalc.sample.run import ANI2X_ELEMENTS, SampleSettings, sample
 
         if args.per_temperature < 1 or args.n_embed < 1 or args.window < 0 or not 0 < args.scan_step < 360:
@@ -94,7 +102,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             max_heavy_atoms=args.max_heavy_atoms,
             seed=args.seed,
         )
-        sample(args.sources, args.out, settings, model=args.model, fidelity=args.fidelity)
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        restore = set_threads(args.threads)
+        try:
+            sample(args.sources, args.out, settings, model=args.model, fidelity=args.fidelity)
+        finally:
+            restore()
         return 0
 
     return run_cli(PROG, body)

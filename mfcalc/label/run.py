@@ -19,13 +19,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from mfcalc.data.dataset import read_structures
+from mfcalc.device import set_threads
 from mfcalc.elements import symbols
 from mfcalc.label.levels import LabelError, Level, check_available, get_level
 from mfcalc.label.store import LabelStore
 from mfcalc.progress import ProgressLines, stderr_line
 
 MIN_DISTANCE = 0.5  # Angstrom: closer atoms make a structure no method should be asked about
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass
@@ -39,38 +39,6 @@ class Task:
 
 
 Outcome = Tuple[str, Optional[float], Optional[np.ndarray], float, str]  # level, energy, forces, seconds, error
-
-
-def set_threads(threads: int) -> Callable[[], None]:
-    """Threads of the numerical libraries in this process (before they are first used); returns
-    a function that restores the previous settings (torch shares the OpenMP runtime)."""
-    import torch
-
-    saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
-    torch_threads = torch.get_num_threads()
-    for var in THREAD_VARIABLES:
-        os.environ[var] = str(threads)
-    try:
-        from pyscf import lib
-
-        pyscf_threads = lib.num_threads()
-        lib.num_threads(threads)
-    except ImportError:
-        pyscf_threads = None
-
-    def restore() -> None:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-        if pyscf_threads is not None:
-            from pyscf import lib
-
-            lib.num_threads(pyscf_threads)
-        torch.set_num_threads(torch_threads)
-
-    return restore
 
 
 def _init_worker(threads: int) -> None:

@@ -126,3 +126,35 @@ def test_one_minimum_where_there_is_one(tmp_path):
     out = tmp_path / "few.extxyz"
     assert sample_main(["C", "N", "CCF", "--out", str(out), "--conformers"]) == 0
     assert kinds(out).count("minimum") == 3
+
+
+def test_sampling_runs_on_one_thread_by_default_so_md_is_reproducible(tmp_path, monkeypatch):
+    """GFN2-xTB's OpenMP sums change order between runs on several threads and MD amplifies it
+    (0.09 A apart after a few hundred steps, measured). mfcalc-sample therefore runs the engine
+    on one thread unless told otherwise, even in a process already running two, and restores
+    the process's setting afterwards."""
+    import torch
+
+    import mfcalc.sample.run as run
+
+    seen = []
+    real = run.sample
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "sample", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outs = []
+        for k, extra in enumerate([[], [], ["--threads", "2"]]):
+            outs.append(tmp_path / f"md{k}.extxyz")
+            argv = ["CC", "--out", str(outs[-1]), "--md", "900", "--per-temperature", "4", "--seed", "1"]
+            assert sample_main(argv + extra) == 0
+            assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1, 2]
+    assert outs[0].read_bytes() == outs[1].read_bytes()
