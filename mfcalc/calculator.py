@@ -43,8 +43,9 @@ class MFCalculator(Calculator):
             takes the model file's documented threshold (``spread_warning_ev``), if any.
         freeze: TorchScript-freeze the model (weights become constants; ~1.5x faster per
             call for small molecules).  ``calc.model`` is then inference-only.
-        compile: compile the network with ``torch.compile`` (about 2x faster per call for
-            small molecules after a one-off compilation of about a minute; for long MD).
+        compile: compile the network with ``torch.compile``: for one model and a small
+            molecule 1.3-2.3x faster per call, after a one-off compilation of about a minute;
+            for long MD.  No consistent gain for a 4-member ensemble.
 
     Raises:
         FileNotFoundError: no such model file (or no default model shipped).

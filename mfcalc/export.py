@@ -178,9 +178,9 @@ def compile_for_inference(module: torch.nn.Module, meta: Dict[str, Any], path: s
     """The eager ensemble of a loaded model with its network (:meth:`Ensemble.levels`) compiled
     by ``torch.compile`` into fused kernels, for inference.
 
-    Two to three times faster per call than the frozen TorchScript model for small molecules
-    on CPU (tools/BENCHMARKS.md), at a one-off compilation of about a minute on the first
-    call (cached on disk by PyTorch for later processes).  Shapes are dynamic, so MD, new
+    For one model, 1.3-2.3x faster per call than the frozen TorchScript model on CPU; no
+    consistent gain for a 4-member ensemble (tools/BENCHMARKS.md).  The first call compiles,
+    about a minute (cached on disk by PyTorch for later processes).  Shapes are dynamic, so MD, new
     molecules and changing pair counts do not recompile.  The checks and the pair layout
     stay outside the compiled part; forces are still ``-dE/dx`` by autograd through it.
 

@@ -54,8 +54,9 @@ class Potential:
         freeze: TorchScript-freeze the model (weights become constants; faster per call for
             small molecules).  ``model`` is then inference-only.
         compile: run the network through ``torch.compile`` instead of TorchScript
-            (:func:`mfcalc.export.compile_for_inference`): about 2x faster per call for small
-            molecules, after a one-off compilation of about a minute at the first call.
+            (:func:`mfcalc.export.compile_for_inference`): for one model and a small molecule
+            1.3-2.3x faster per call, after a one-off compilation of about a minute at the
+            first call; no consistent gain for a 4-member ensemble.
             Worth it for long MD; needs a C++ compiler (CPU) or Triton (CUDA).
 
     Raises:
