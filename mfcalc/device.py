@@ -16,8 +16,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 def set_threads(threads: int) -> Callable[[], None]:
-    """Threads of the numerical libraries in this process; returns a function that restores
-    the previous settings.
+    """Threads of the numerical libraries in this process (at least 1); returns a function that
+    restores the previous settings.
 
     GFN2-xTB (tblite), PySCF and torch share one OpenMP runtime here, so ``torch.set_num_threads``
     sets the threads of all three, even after the runtime has started; the environment
@@ -25,6 +25,8 @@ def set_threads(threads: int) -> Callable[[], None]:
     makes GFN2-xTB MD reproducible: with more, its parallel sums change order from run to run,
     and a trajectory amplifies the difference (0.09 A after a few hundred steps, measured).
     """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
     torch_threads = torch.get_num_threads()
     for var in THREAD_VARIABLES:

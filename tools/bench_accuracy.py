@@ -132,11 +132,12 @@ def score(data: MFData, predict: Predict, sets: Dict[str, np.ndarray], species_o
             continue
         energy, _ = predict(data, rows)
         ok = np.isfinite(energy)
-        out[f"{name} relE"] = relative_rmse(energy[ok], cc_e[rows][ok], smiles[rows][ok])
+        pred, ref, mols = energy[ok], cc_e[rows][ok], smiles[rows][ok]
+        out[f"{name} relE"] = relative_rmse(pred, ref, mols)
         out[f"{name} n"] = int(ok.sum())
-        for mol in np.unique(smiles[rows][ok]):  # per molecule, for the --per-molecule table
-            m = smiles[rows][ok] == mol
-            out[f"{name}: {mol}"] = relative_rmse(energy[ok][m], cc_e[rows][ok][m], smiles[rows][ok][m])
+        for mol in np.unique(mols):  # per molecule, for the --per-molecule table
+            m = mols == mol
+            out[f"{name}: {mol}"] = relative_rmse(pred[m], ref[m], mols[m])
             out[f"{name}: {mol} n"] = int(m.sum())
     fmask = data.forces_mask()[:, 0] & species_ok
     rows = np.nonzero(fmask & np.isin(np.arange(len(data)), sets["unseen small"]))[0]

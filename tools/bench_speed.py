@@ -223,11 +223,16 @@ class Mfcalc(Impl):
     def n_params(self):
         return sum(p.numel() for p in self.eager.parameters())
 
-    def calculator(self, skin: float = 0.5):
+    def calculator(self, skin: float = 0.5, **options):
         from mfcalc import MFCalculator
 
         return MFCalculator(
-            self.path, fidelity="dft", device=str(self.device), dtype=str(self.dtype).replace("torch.", ""), skin=skin
+            self.path,
+            fidelity="dft",
+            device=str(self.device),
+            dtype=str(self.dtype).replace("torch.", ""),
+            skin=skin,
+            **options,
         )
 
     def infer(self, structs):
@@ -274,19 +279,9 @@ class MfcalcCompiled(Mfcalc):
 
     def __init__(self, base: Mfcalc):
         self.eager, self.path, self.device, self.dtype = base.eager, base.path, base.device, base.dtype
-        self._calc = None
 
-    def calculator(self, skin: float = 0.5):
-        from mfcalc import MFCalculator
-
-        calc = MFCalculator(
-            self.path,
-            fidelity="dft",
-            device=str(self.device),
-            dtype=str(self.dtype).replace("torch.", ""),
-            skin=skin,
-            compile=True,
-        )
+    def calculator(self, skin: float = 0.5, **options):
+        calc = super().calculator(skin, compile=True, **options)
         for atoms in test_molecules().values():  # compile and warm up outside the timed calls
             calc.get_forces(atoms.copy())
         return calc
@@ -773,35 +768,22 @@ def section_shipped(impls, table, args, device):
     ]
     for name, row in times.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[n]:.3g}" for n in mols) + " |")
+    ship = times["mfcalc shipped (4 members)"]
+
+    def ratio_row(label: str, top: Dict[int, float], bottom: Dict[int, float]) -> str:
+        return f"| {label} | " + " | ".join(f"{top[n] / bottom[n]:.2f}x" for n in mols) + " |"
+
     if ani is not None:
-        ship, peer = times["mfcalc shipped (4 members)"], times["ANI-1ccx (8 members)"]
-        lines.append(
-            "| ANI-1ccx / mfcalc shipped (> 1: mfcalc faster) | "
-            + " | ".join(f"{peer[n] / ship[n]:.2f}x" for n in mols)
-            + " |"
-        )
+        lines.append(ratio_row("ANI-1ccx / mfcalc shipped (> 1: mfcalc faster)", times["ANI-1ccx (8 members)"], ship))
     if args.before:
-        old = times["mfcalc shipped, --before file"]
         lines.append(
-            "| --before file / shipped (> 1: faster now) | "
-            + " | ".join(f"{old[n] / times['mfcalc shipped (4 members)'][n]:.2f}x" for n in mols)
-            + " |"
+            ratio_row("--before file / shipped (> 1: faster now)", times["mfcalc shipped, --before file"], ship)
         )
     if args.compile:
         comp = times["mfcalc shipped, compiled"]
-        lines.append(
-            "| shipped / shipped compiled (> 1: compiled faster) | "
-            + " | ".join(f"{times['mfcalc shipped (4 members)'][n] / comp[n]:.2f}x" for n in mols)
-            + " |"
-        )
-        lines.append(
-            "| shipped compiled / EMT | " + " | ".join(f"{comp[n] / times['ASE EMT'][n]:.2f}x" for n in mols) + " |"
-        )
-    lines.append(
-        "| mfcalc shipped / EMT | "
-        + " | ".join(f"{times['mfcalc shipped (4 members)'][n] / times['ASE EMT'][n]:.2f}x" for n in mols)
-        + " |"
-    )
+        lines.append(ratio_row("shipped / shipped compiled (> 1: compiled faster)", ship, comp))
+        lines.append(ratio_row("shipped compiled / EMT", comp, times["ASE EMT"]))
+    lines.append(ratio_row("mfcalc shipped / EMT", ship, times["ASE EMT"]))
     table.extra.append("\n".join(lines))
 
 

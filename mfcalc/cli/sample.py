@@ -102,9 +102,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             max_heavy_atoms=args.max_heavy_atoms,
             seed=args.seed,
         )
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        restore = set_threads(args.threads)
+        restore = set_threads(args.threads)  # refuses fewer than 1
         try:
             sample(args.sources, args.out, settings, model=args.model, fidelity=args.fidelity)
         finally:

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from mfcalc.device import resolve_device, resolve_dtype
+from mfcalc.device import resolve_device, resolve_dtype, set_threads
 
 
 def test_device_and_dtype_names():
@@ -57,3 +57,13 @@ def test_keep_freed_memory_serves_large_tensors_from_the_heap():
     assert out.returncode == 0, out.stderr
     before, after = map(int, out.stdout.split())
     assert before >= 1 and after == before - 1
+
+
+def test_set_threads_refuses_fewer_than_one_and_restores_torch_threads():
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        set_threads(0)
+    before = torch.get_num_threads()
+    restore = set_threads(1)
+    assert torch.get_num_threads() == 1
+    restore()
+    assert torch.get_num_threads() == before
