@@ -32,11 +32,12 @@ case $stage in
     #     (from each molecule's lowest minimum only, so that every molecule weighs the same)
     mfcalc-sample $C/heldout_small.smi --out $B/small.extxyz --md 500 --md-minima 1 --per-temperature 8 --seed 0
     # the comparison levels first (minutes; drops rows of structures no longer sampled), then
-    # CCSD(T) on the conformers, then CCSD(T) energies and forces on every small-molecule
-    # snapshot (96 with forces, plus the 20 of mf_reference.h5: over the 100 the campaign needs)
+    # CCSD(T) energies on the conformers and on the small-molecule snapshots (the benchmark
+    # itself, an hour), then CCSD(T) forces on every small-molecule snapshot (hours: 96 with
+    # forces, plus the 20 of mf_reference.h5, over the 100 the campaign needs to measure forces)
     mfcalc-label $B/conformers.extxyz $B/small.extxyz --levels gfn2_xtb,wb97x_dz --out $B/heldout.h5 \
         --workers "$W" --drop-unlabelled
-    mfcalc-label $B/conformers.extxyz --levels ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W"
+    mfcalc-label $B/conformers.extxyz $B/small.extxyz --levels ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W"
     mfcalc-label $B/small.extxyz --levels ccsd\(t\)_dz --forces ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W" ;;
   committee)
     r=${2:?round}

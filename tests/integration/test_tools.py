@@ -230,3 +230,51 @@ def test_campaign_status_counts_labels_and_journal_lines_against_the_minimums(tm
     out = capsys.readouterr().out
     assert "| data/campaign/dft.h5 | wb97x_dz | 2 | 2 | 0 | 1 | H O | 2.0 |" in out
     assert "| wB97X energies and forces chosen by committee | 2 | 4000 | 0 % |" in out
+
+
+def test_freeze_split_writes_the_runs_structures_and_labels_in_file_units(tmp_path):
+    import numpy as np
+
+    from conftest import REFERENCE_H5
+    from mfcalc.config import RunConfig, load_run_data
+    from mfcalc.data.identity import geometry_key, sort_atoms
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = RunConfig.from_dict(
+        {
+            "data": [str(REFERENCE_H5)],
+            "fidelity": {
+                "xtb": {"energy": "gfn2_xtb.energy", "forces": "gfn2_xtb.forces"},
+                "cc": {"energy": "ccsd(t)_dz.energy"},
+            },
+        }
+    )
+    (run / "config.toml").write_text(cfg.to_toml())
+    source = load_run_data(cfg, say=lambda m: None)
+    without_cc = np.flatnonzero(np.isnan(source.energy[:, 1]))  # 4 heavy atoms: xTB and DFT only
+    rows = np.array([3, 40, 500, without_cc[0], without_cc[-1]])
+    np.savez(run / "split.npz", test=rows, train=np.array([0, 1]))
+    out = tmp_path / "frozen.h5"
+    load_tool("freeze_split").main([str(run), "--out", str(out)])
+
+    frozen_cfg = RunConfig.from_dict({**cfg.to_dict(), "data": [str(out)]})
+    frozen = load_run_data(frozen_cfg, say=lambda m: None)
+    assert len(frozen) == len(rows)
+    by_key = {}
+    for j in range(len(frozen)):
+        a0, a1 = frozen.offsets[j], frozen.offsets[j + 1]
+        by_key[geometry_key(frozen.numbers[a0:a1], frozen.positions[a0:a1])] = j
+    for i in rows:
+        a0, a1 = source.offsets[i], source.offsets[i + 1]
+        z, x, order = sort_atoms(source.numbers[a0:a1], source.positions[a0:a1])
+        j = by_key[geometry_key(z, x)]
+        b0, b1 = frozen.offsets[j], frozen.offsets[j + 1]
+        np.testing.assert_array_equal(frozen.numbers[b0:b1], z)
+        np.testing.assert_allclose(frozen.positions[b0:b1], x, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(frozen.energy[j], source.energy[i], rtol=1e-13)  # NaN where absent, too
+        xtb = source.forces["xtb"][a0:a1][order]
+        np.testing.assert_allclose(frozen.forces["xtb"][b0:b1], xtb, rtol=1e-13, atol=1e-13)
+    assert np.isnan(frozen.energy[:, 1]).sum() == 2  # and the two rows without CCSD(T) stay so
+    with pytest.raises(SystemExit, match="exists"):
+        load_tool("freeze_split").main([str(run), "--out", str(out)])

@@ -1,0 +1,78 @@
+"""Freeze one split of a training run into its own HDF5 file, so that the numbers measured on
+it can be reproduced after the data files have grown.
+
+A run's ``split.npz`` holds rows of its data *as read* (several files, identical geometries
+merged).  Once a campaign file gains labels, the same rows name other structures.  The frozen
+file holds the split's structures and labels themselves, in the label store's ANI layout and
+the files' own units (Hartree, Hartree/Angstrom), under the keys the run bound.
+
+    python tools/freeze_split.py RUN_DIR --split test --out models/default_test.h5
+"""
+
+import argparse
+import os
+
+import numpy as np
+
+from mfcalc import units
+from mfcalc.config import RunConfig, load_run_data
+from mfcalc.label.store import LabelStore
+from mfcalc.progress import ProgressLines
+
+SUFFIX_ENERGY, SUFFIX_FORCES = ".energy", ".forces"
+
+
+def level_names(cfg: RunConfig) -> dict:
+    """fidelity -> the label-store level its keys name (``gfn2_xtb`` for ``gfn2_xtb.energy``)."""
+    levels = {}
+    for b in cfg.fidelities:
+        name = b.name
+        level = b.energy[: -len(SUFFIX_ENERGY)] if b.energy.endswith(SUFFIX_ENERGY) else None
+        if level is None or (b.forces is not None and b.forces != level + SUFFIX_FORCES):
+            raise SystemExit(
+                f"fidelity {name!r} is bound to {b.energy!r}, {b.forces!r}: only LEVEL.energy[, LEVEL.forces] "
+                "bindings can be written in the label store's layout"
+            )
+        if b.energy_unit not in (None, "hartree") or b.forces_unit not in (None, "hartree/angstrom"):
+            raise SystemExit(f"fidelity {name!r} is read in {b.energy_unit}, {b.forces_unit}: expected the defaults")
+        levels[name] = level
+    return levels
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", help="the training run's directory (config.toml and split.npz)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="a new .h5 file (an existing one is an error)")
+    args = p.parse_args(argv)
+    if os.path.exists(args.out) or os.path.exists(args.out + ".journal"):
+        raise SystemExit(f"{args.out} exists: remove it first (a frozen split is written once)")
+    cfg = RunConfig.from_toml(os.path.join(args.run, "config.toml"))
+    levels = level_names(cfg)
+    data = load_run_data(cfg, say=print)
+    rows = np.load(os.path.join(args.run, "split.npz"))[args.split]
+    hartree = units.energy_factor("hartree")  # eV per Hartree
+    smiles = data.group_labels("smiles") if "smiles" in data.groups else None
+    store = LabelStore(args.out)
+    progress = ProgressLines(print, interval=10.0)
+    for n, i in enumerate(rows):
+        a0, a1 = data.offsets[i], data.offsets[i + 1]
+        numbers, positions = data.numbers[a0:a1], data.positions[a0:a1]
+        order = np.argsort(numbers, kind="stable")  # the store keeps atoms sorted by atomic number
+        key = store.add(numbers, positions, smiles="" if smiles is None else str(smiles[i]))
+        for k, name in enumerate(data.fidelities):
+            energy = data.energy[i, k]
+            if not np.isfinite(energy):
+                continue
+            forces = data.forces.get(name)
+            f = None
+            if forces is not None and np.isfinite(forces[a0:a1]).all():
+                f = forces[a0:a1][order] / hartree
+            store.record(key, levels[name], energy / hartree, f, float("nan"))
+        progress(f"{n + 1}/{len(rows)} structures of split {args.split!r} written")
+    store.close()
+    print(f"{args.out}: {len(store)} structures of split {args.split!r} ({len(rows)} rows) of {args.run}")
+
+
+if __name__ == "__main__":
+    main()
