@@ -43,10 +43,9 @@ case $stage in
     r=${2:?round}
     resume=(); [[ -f runs/committee$r/checkpoint.pt && ! -f runs/committee$r/model.pt ]] && resume=(--resume)
     [[ -f runs/committee$r/model.pt ]] && { echo "runs/committee$r/model.pt exists"; cp runs/committee$r/model.pt $C/committee$r.pt; exit 0; }
-    labelled=(data/mf_reference.h5 $C/campaign.h5); for f in $C/dft.h5 $C/cc.h5; do [[ -f $f ]] && labelled+=("$f"); done
-    mfcalc-train "${resume[@]}" --data "${labelled[@]}" \
-        --fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" \
-        --fidelity "cc=ccsd(t)_dz.energy" --out runs/committee$r --ensemble 4 --n-features 24 \
+    source tools/campaign_data.sh
+    mfcalc-train "${resume[@]}" --data "${LABELLED_FILES[@]}" "${FIDELITY_BINDINGS[@]}" \
+        --out runs/committee$r --ensemble 4 --n-features 24 \
         --max-structures "${STRUCTURES:-8000}" --epochs "${EPOCHS:-30}" --min-epochs 20 --batch-size 64 --lr 2e-3 \
         --device cpu --seed "$r" --split-by random
     cp runs/committee$r/model.pt $C/committee$r.pt ;;  # kept in git: the picks of round R come from it
