@@ -41,6 +41,7 @@ case $stage in
     mfcalc-label $B/small.extxyz --levels ccsd\(t\)_dz --forces ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W" ;;
   committee)
     r=${2:?round}
+    [[ -f $C/committee$r.pt ]] && { echo "$C/committee$r.pt exists (remove it to train round $r's committee again)"; exit 0; }
     resume=(); [[ -f runs/committee$r/checkpoint.pt && ! -f runs/committee$r/model.pt ]] && resume=(--resume)
     [[ -f runs/committee$r/model.pt ]] && { echo "runs/committee$r/model.pt exists"; cp runs/committee$r/model.pt $C/committee$r.pt; exit 0; }
     source tools/campaign_data.sh
