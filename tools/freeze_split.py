@@ -16,6 +16,7 @@ import numpy as np
 
 from mfcalc import units
 from mfcalc.config import RunConfig, load_run_data
+from mfcalc.data.identity import sort_atoms
 from mfcalc.label.store import LabelStore
 from mfcalc.progress import ProgressLines
 
@@ -51,14 +52,15 @@ def main(argv=None) -> None:
     levels = level_names(cfg)
     data = load_run_data(cfg, say=print)
     rows = np.load(os.path.join(args.run, "split.npz"))[args.split]
-    hartree = units.energy_factor("hartree")  # eV per Hartree
+    ev_per_hartree = units.energy_factor("hartree")  # back to the files' own units, once
+    ev_a_per_hartree_a = units.forces_factor("hartree/angstrom")
     smiles = data.group_labels("smiles") if "smiles" in data.groups else None
     store = LabelStore(args.out)
     progress = ProgressLines(print, interval=10.0)
     for n, i in enumerate(rows):
         a0, a1 = data.offsets[i], data.offsets[i + 1]
         numbers, positions = data.numbers[a0:a1], data.positions[a0:a1]
-        order = np.argsort(numbers, kind="stable")  # the store keeps atoms sorted by atomic number
+        _, _, order = sort_atoms(numbers, positions)  # the store's atom order, for the forces
         key = store.add(numbers, positions, smiles="" if smiles is None else str(smiles[i]))
         for k, name in enumerate(data.fidelities):
             energy = data.energy[i, k]
@@ -67,8 +69,8 @@ def main(argv=None) -> None:
             forces = data.forces.get(name)
             f = None
             if forces is not None and np.isfinite(forces[a0:a1]).all():
-                f = forces[a0:a1][order] / hartree
-            store.record(key, levels[name], energy / hartree, f, float("nan"))
+                f = forces[a0:a1][order] / ev_a_per_hartree_a
+            store.record(key, levels[name], energy / ev_per_hartree, f, float("nan"))
         progress(f"{n + 1}/{len(rows)} structures of split {args.split!r} written")
     store.close()
     print(f"{args.out}: {len(store)} structures of split {args.split!r} ({len(rows)} rows) of {args.run}")
