@@ -65,6 +65,7 @@ class FidelityConfig:
 
 
 TRAIN_PARAMS = ("all", "heads", "last-block")  # what a fine-tuning run trains
+LR_SCHEDULES = ("plateau", "cosine")  # mfcalc.train.schedule
 
 
 def _help(text: str, **extra: Any) -> Dict[str, Any]:
@@ -100,6 +101,14 @@ class TrainSettings:
             "random, or a group column (smiles, formula, source) so that test molecules are unseen", metavar="KEY"
         ),
     )
+    lr_schedule: str = field(
+        default="plateau",
+        metadata=_help(
+            "plateau: decay by lr_factor after lr_patience epochs without improvement; cosine: decay from lr "
+            "to min_lr over the epochs, or over those that fit each member's share of max_minutes",
+            choices=LR_SCHEDULES,
+        ),
+    )
     lr_patience: int = field(default=5, metadata=_help("epochs without improvement before the learning rate decays"))
     lr_factor: float = field(default=0.5, metadata=_help("learning-rate decay factor on a plateau"))
     early_stopping: int = field(
@@ -111,7 +120,10 @@ class TrainSettings:
         metadata=_help("no early stop (patience or min_lr) before this epoch: early validation losses are noisy"),
     )
     min_lr: float = field(
-        default=1e-5, metadata=_help("stop once the plateau schedule has decayed the learning rate below this")
+        default=1e-5,
+        metadata=_help(
+            "the cosine schedule's final rate; the plateau schedule stops once it decays the rate below this"
+        ),
     )
     grad_clip: float = field(default=10.0, metadata=_help("gradient-norm clipping (0: off)"))
     energy_loss: str = field(
@@ -168,6 +180,10 @@ class TrainSettings:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"the cosine schedule needs 0 < min_lr <= lr, got min_lr {self.min_lr}, lr {self.lr}")
         if self.energy_loss not in ("structure", "atom"):
             raise ValueError(f"energy_loss must be 'structure' or 'atom', got {self.energy_loss!r}")
         if self.dtype not in ("float32", "float64"):

@@ -8,20 +8,35 @@
 #   tools/build_default_model.sh [OUT]            # OUT defaults to runs/default
 #
 # Settings by environment: DATA (all: the reference data and every campaign file; reference:
-# data/mf_reference.h5 only, as the model shipped before the campaign was built), EPOCHS (400),
-# MINUTES (wall-clock budget of the whole training run, shared by the members; 0: none),
-# MEMBERS (4), FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for a
-# trial build).  Planning figure: about 80 s per epoch and member on one core for 47k
-# structures, so budget MINUTES rather than EPOCHS for the grown data.
+# data/mf_reference.h5 only, as the model shipped before the campaign was built), SCHEDULE
+# (cosine: the rate decays from 1e-3 to 1e-5 over EPOCHS; plateau: halved on a stall, as the
+# model shipped before the campaign was built with EPOCHS=400), EPOCHS (40 per member), MINUTES
+# (wall-clock budget of each start of the run, shared by the members still to train; 0: none;
+# leave it 0 for a build that spans several starts, so that every member follows the same
+# plan), MEMBERS (4), FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for
+# a trial build).  Planning figure: about 85 s per epoch and member on one core for 47k
+# structures.
+#
+# The run trains on a snapshot of the labelled files taken at its first start (OUT/data/):
+# the campaign's labelling jobs keep writing to data/campaign/, and a resumed run must see
+# the structures its split was drawn from (mfcalc-train refuses other data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/default}
 source tools/campaign_data.sh  # LABELLED_FILES, FIDELITY_BINDINGS
 case ${DATA:-all} in
-  all) data=("${LABELLED_FILES[@]}") ;;
-  reference) data=(data/mf_reference.h5) ;;
+  all) sources=("${LABELLED_FILES[@]}") ;;
+  reference) sources=(data/mf_reference.h5) ;;
   *) echo "DATA must be 'all' or 'reference', got '$DATA'" >&2; exit 2 ;;
 esac
+if [[ ! -d $out/data ]]; then  # snapshot, written whole or not at all
+    mkdir -p "$out"
+    rm -rf "$out/data.partial" && mkdir "$out/data.partial"
+    cp "${sources[@]}" "$out/data.partial/"
+    mv "$out/data.partial" "$out/data"
+fi
+data=()
+for f in "${sources[@]}"; do data+=("$out/data/$(basename "$f")"); done
 fid=("${FIDELITY_BINDINGS[@]}")
 opt=()
 [[ ${MINUTES:-0} != 0 ]] && opt+=(--max-minutes "$MINUTES")
@@ -29,7 +44,8 @@ opt=()
 if [[ ! -f $out/model.pt ]]; then
     [[ -f $out/checkpoint.pt ]] && opt+=(--resume)
     mfcalc-train --data "${data[@]}" "${fid[@]}" --out "$out" --split-by random \
-        --ensemble "${MEMBERS:-4}" --epochs "${EPOCHS:-400}" --batch-size 32 --lr 1e-3 --seed 0 \
+        --ensemble "${MEMBERS:-4}" --epochs "${EPOCHS:-40}" --lr-schedule "${SCHEDULE:-cosine}" \
+        --batch-size 32 --lr 1e-3 --min-lr 1e-5 --seed 0 \
         --n-features "${FEATURES:-40}" --cusp-reg 1e-2 --device cpu "${opt[@]}"
 fi
 # test split of the run, as it bound the data (CCSD(T) energies only: the CCSD(T) forces are
@@ -49,4 +65,6 @@ if [[ ${INSTALL:-1} == 1 ]]; then
     rm -f models/default_test.h5 models/default_split.npz
     python tools/freeze_split.py "$out" --split test --out models/default_test.h5
     mfcalc-eval --model models/default.pt --data models/default_test.h5 "${fid[@]}" --json models/default_metrics.json
+    # the frozen file must hold the same structures and labels as the run's test rows
+    python tools/same_metrics.py "$out/eval_test.json" models/default_metrics.json
 fi

@@ -24,6 +24,7 @@ groups[key]   (S,) + names    int32    integer codes into a list of labels (form
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -99,6 +100,22 @@ class MFData:
             bad_atoms = np.bincount(owner, weights=~np.isfinite(f).all(axis=1), minlength=len(self))
             mask[:, k] = (bad_atoms == 0) & (self.n_atoms > 0)
         return mask
+
+    def fingerprint(self) -> str:
+        """A hash of the structures and their labels: a resumed run checks that its split's
+        row numbers still name the same structures (data files that grew or were relabelled
+        reorder them)."""
+        h = hashlib.sha256()
+        for a in (
+            self.offsets,
+            self.numbers,
+            self.positions,
+            self.energy,
+            *(self.forces[k] for k in sorted(self.forces)),
+        ):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(repr((self.fidelities, sorted(self.forces))).encode())
+        return h.hexdigest()[:16]
 
     def summary(self) -> str:
         em, fm = self.energy_mask, self.forces_mask()

@@ -28,8 +28,7 @@ from mfcalc.train.distributed import DistContext
 from mfcalc.train.finetune import trainable_groups
 from mfcalc.train.loss import LossWeights, total_loss
 from mfcalc.train.prepare import RunData
-
-IMPROVEMENT = 1e-4  # relative fall of the validation loss that counts as progress
+from mfcalc.train.schedule import IMPROVEMENT, Schedule
 
 
 class TrainStep(nn.Module):
@@ -99,7 +98,7 @@ class EarlyStopping:
             return None
         if self.bad_epochs >= self.patience:
             return f"no relative improvement of {IMPROVEMENT:g} in the validation loss for {self.patience} epochs"
-        if lr < settings.min_lr:
+        if settings.lr_schedule == "plateau" and lr < settings.min_lr:
             return f"the learning rate fell below min_lr {settings.min_lr:g}"
         return None
 
@@ -251,9 +250,7 @@ def fit_member(
     groups = trainable_groups(model, settings.train_params, settings.lr, settings.trunk_lr)
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.Adam(groups, lr=settings.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, factor=settings.lr_factor, patience=settings.lr_patience, threshold=IMPROVEMENT
-    )
+    sched = Schedule(settings, opt)
     rng = np.random.default_rng([settings.seed, member])
     stopping = EarlyStopping(settings.early_stopping, settings.min_epochs)
     epoch = 0
@@ -269,10 +266,12 @@ def fit_member(
         best_state = resume["best_state"]
         say(f"resumed member {member + 1} after epoch {epoch}")
     tag = f"[{member + 1}/{settings.ensemble}]" if settings.ensemble > 1 else ""
-    reason = stopping.stop_reason(epoch, opt.param_groups[0]["lr"], settings)
+    reason = sched.stop_reason(epoch) or stopping.stop_reason(epoch, opt.param_groups[0]["lr"], settings)
     out_of_time = False
     while reason is None:
         t0 = time.perf_counter()
+        sched.start_epoch(epoch)
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch ran at (the plateau rule may lower it after)
         model.train()
         train_loss, out_of_time = _train_epoch(
             step,
@@ -302,15 +301,16 @@ def fit_member(
             )
         )
         vloss = validation_loss(vstats, run.weights)
-        sched.step(vloss)
         improved = stopping.update(epoch, vloss)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
+        seconds = time.perf_counter() - t0
+        sched.end_epoch(epoch, vloss, seconds, None if deadline is None else deadline - time.monotonic())
         row = _log_row(
             member,
             epoch,
-            time.perf_counter() - t0,
-            opt.param_groups[0]["lr"],
+            seconds,
+            lr,
             train_loss,
             vloss,
             stats_to_metrics(vstats, fid_names),
@@ -335,7 +335,7 @@ def fit_member(
             reason = f"--max-minutes {settings.max_minutes} reached"
             say(f"--max-minutes {settings.max_minutes} reached: stopping and exporting the best weights so far")
             break
-        reason = stopping.stop_reason(epoch, opt.param_groups[0]["lr"], settings)
+        reason = sched.stop_reason(epoch) or stopping.stop_reason(epoch, opt.param_groups[0]["lr"], settings)
     return MemberResult(
         best_state=best_state,
         best_epoch=stopping.best_epoch,

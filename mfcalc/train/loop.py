@@ -95,7 +95,13 @@ def _run(
     summaries: List[Dict[str, Any]] = list(state.get("summaries", [])) if state else []
     log_rows: List[Dict[str, Any]] = list(state["log_rows"]) if state else []
     end = time.monotonic() + 60.0 * settings.max_minutes if settings.max_minutes is not None else None
-    fixed = {"config": cfg.to_dict(), "split": run.split, "species": run.species, "reference": run.reference}
+    fixed = {
+        "config": cfg.to_dict(),
+        "split": run.split,
+        "species": run.species,
+        "reference": run.reference,
+        "data_fingerprint": run.data.fingerprint(),
+    }
     t_run = time.perf_counter()
     out_of_time = False
 

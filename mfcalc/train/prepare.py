@@ -80,6 +80,21 @@ def check_labels(data: MFData, split: Dict[str, np.ndarray], bound: List[str]) -
             raise ValueError(f"no structure in the training split carries an energy for fidelity {name!r}")
 
 
+def check_same_data(state: Dict[str, Any], data: MFData) -> None:
+    """A checkpoint's split is row numbers of the data it was written with: refuse to resume on
+    other data (a labelling job that kept writing to the files), which would silently train
+    on test structures.  Checkpoints from before the fingerprint was recorded are not checked."""
+    recorded = state.get("data_fingerprint")
+    if recorded is not None and recorded != data.fingerprint():
+        n_then = sum(len(v) for v in state["split"].values())
+        raise ValueError(
+            f"the data changed since the checkpoint was written ({n_then} structures then, {len(data)} now, or "
+            "the same number with other structures or labels): the split's rows would name other structures. "
+            "Resume with the files as they were, or start a new run (train on a copy of files that are still "
+            "being labelled)"
+        )
+
+
 def prepare_run(
     cfg: RunConfig,
     data: Optional[MFData] = None,
@@ -127,6 +142,7 @@ def prepare_run(
     say(f"data: {data.summary()}")
     reference: Optional[np.ndarray] = None
     if state is not None:
+        check_same_data(state, data)
         split = {k: np.asarray(v) for k, v in state["split"].items()}
         species = list(state["species"])
         reference = np.asarray(state["reference"])

@@ -278,3 +278,35 @@ def test_freeze_split_writes_the_runs_structures_and_labels_in_file_units(tmp_pa
     assert np.isnan(frozen.energy[:, 1]).sum() == 2  # and the two rows without CCSD(T) stay so
     with pytest.raises(SystemExit, match="exists"):
         load_tool("freeze_split").main([str(run), "--out", str(out)])
+
+
+def test_install_path_frozen_test_split_reproduces_the_runs_test_metrics(trained_model, tmp_path, capsys):
+    """What build_default_model.sh does on INSTALL: the card measured on the frozen file equals
+    the run's own test metrics (same_metrics.py agrees), and a changed number is named."""
+    from mfcalc.cli.eval import main as eval_main
+
+    run = trained_model.parent
+    bindings = [
+        "--fidelity",
+        "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
+        "--fidelity",
+        "dft=wb97x_dz.energy,wb97x_dz.forces",
+        "--fidelity",
+        "cc=ccsd(t)_dz.energy",
+    ]
+    run_json, frozen_json, frozen = tmp_path / "run.json", tmp_path / "frozen.json", tmp_path / "test.h5"
+    args = ["--model", str(trained_model), "--config", str(run / "config.toml")]
+    assert eval_main([*args, "--split", f"{run / 'split.npz'}:test", "--json", str(run_json)]) == 0
+    load_tool("freeze_split").main([str(run), "--split", "test", "--out", str(frozen)])
+    assert eval_main(["--model", str(trained_model), "--data", str(frozen), *bindings, "--json", str(frozen_json)]) == 0
+    same = load_tool("same_metrics")
+    assert same.main([str(run_json), str(frozen_json)]) == 0
+    assert json.loads(run_json.read_text())["cc"]["n_energy"] > 0
+
+    changed = json.loads(frozen_json.read_text())
+    changed["cc"]["energy_rmse_kcal_mol"] *= 1.01
+    changed_json = tmp_path / "changed.json"
+    changed_json.write_text(json.dumps(changed))
+    capsys.readouterr()
+    assert same.main([str(run_json), str(changed_json)]) == 1
+    assert "cc energy_rmse_kcal_mol" in capsys.readouterr().err

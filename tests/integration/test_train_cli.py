@@ -210,11 +210,12 @@ def test_max_minutes_is_shared_so_every_ensemble_member_trains(tmp_path):
     assert all(m["stopped"].startswith("--max-minutes") and m["epochs_run"] >= 1 for m in metrics["members"])
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, schedule):
     import mfcalc.train.loop as loop
 
     full, part = tmp_path / "full", tmp_path / "part"
-    common = ["--epochs", "4", "--seed", "3", "--dtype", "float64", "--ensemble", "2"]
+    common = ["--epochs", "4", "--seed", "3", "--dtype", "float64", "--ensemble", "2", "--lr-schedule", schedule]
     assert train_main(train_args(full, *common)) == 0
 
     real_save = loop.save_checkpoint
@@ -244,6 +245,33 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     z, pos = ethanol()
     out = model.double()(z, pos, torch.zeros(len(z), dtype=torch.long), 1)
     assert (out["energy_std"] > 0).all()
+
+
+def test_cosine_schedule_decays_from_lr_to_min_lr_over_the_epochs(tmp_path):
+    out = tmp_path / "cosine"
+    args = ["--epochs", "5", "--lr", "2e-3", "--min-lr", "2e-5", "--lr-schedule", "cosine"]
+    assert train_main(train_args(out, *args)) == 0
+    lrs = [float(r.split(",")[3]) for r in (out / "log.csv").read_text().strip().splitlines()[1:]]
+    assert len(lrs) == 5 and lrs[0] == pytest.approx(2e-3) and lrs[-1] == pytest.approx(2e-5)
+    assert all(b < a for a, b in zip(lrs, lrs[1:]))
+    assert json.loads((out / "metrics.json").read_text())["members"][0]["stopped"] == "reached 5 epochs"
+
+
+def test_resume_on_changed_data_is_refused(tmp_path, capsys):
+    import shutil
+
+    import h5py
+
+    data = tmp_path / "copy.h5"
+    shutil.copy(REFERENCE_H5, data)
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--fidelity", DFT, "--out", str(out), *SMALL]
+    assert train_main([*args, "--epochs", "1"]) == 0
+    with h5py.File(data, "r+") as f:  # relabelled meanwhile, as by a labelling job writing to the file
+        for group in f.values():
+            group["wb97x_dz.energy"][0] += 0.01
+    assert train_main([*args, "--epochs", "2", "--resume"]) == 2
+    assert "the data changed since the checkpoint was written" in capsys.readouterr().err
 
 
 def test_killed_process_leaves_a_readable_checkpoint_to_resume(tmp_path):
