@@ -5,6 +5,9 @@ atoms) to the same fmax both ways and prints the median wall time of several rep
 the ratio, measured side by side in one process.
 
     python tools/bench_conformers.py [--smiles CCC=O] [--n 50] [--repeats 3] [--model PATH]
+
+``--save-geometries FILE`` keeps the embedded conformers (extxyz) and ``--geometries FILE``
+optimises those instead of embedding: the same start on a machine without RDKit (a GPU one).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import time
 import numpy as np
 import torch
 from ase import Atoms
+from ase.io import read as ase_read
+from ase.io import write as ase_write
 from ase.optimize import BFGS
 
 from mfcalc import MFCalculator, conformers, export
@@ -33,12 +38,30 @@ def main() -> None:
     p.add_argument("--model", default=default_model_path())
     p.add_argument("--fidelity", default="cc")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the batched optimisers and the calculator)")
+    p.add_argument("--geometries", metavar="FILE", help="start from these conformers (extxyz) instead of embedding")
+    p.add_argument("--save-geometries", metavar="FILE", help="write the embedded conformers here (extxyz)")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     device = resolve_device(args.device)
 
-    mol = conformers.embed_smiles(args.smiles, args.n, seed=0)
-    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
-    coords = np.stack([c.GetPositions() for c in mol.GetConformers()])
+    if args.geometries:
+        frames = ase_read(args.geometries, index=":")
+        numbers = frames[0].numbers
+        if any(len(f) != len(numbers) or (f.numbers != numbers).any() for f in frames):
+            sys.exit(f"{args.geometries}: the conformers must be of one molecule, atoms in the same order")
+        coords = np.stack([f.positions for f in frames])
+        args.smiles = frames[0].info.get("smiles", args.geometries)
+    else:
+        mol = conformers.embed_smiles(args.smiles, args.n, seed=0)
+        numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+        coords = np.stack([c.GetPositions() for c in mol.GetConformers()])
+    if args.save_geometries:
+        ase_write(
+            args.save_geometries,
+            [Atoms(numbers=numbers, positions=c, info={"smiles": args.smiles}) for c in coords],
+            format="extxyz",
+        )
     model, meta = export.load(args.model, device=device)
     model = export.freeze(model.double())  # as rank() runs it
     fid = meta["fidelities"].index(args.fidelity)

@@ -310,3 +310,37 @@ def test_install_path_frozen_test_split_reproduces_the_runs_test_metrics(trained
     capsys.readouterr()
     assert same.main([str(run_json), str(changed_json)]) == 1
     assert "cc energy_rmse_kcal_mol" in capsys.readouterr().err
+
+
+def test_bench_speed_stored_geometries_are_what_rdkit_embeds():
+    """The committed benchmark molecules cover every SMILES the sections use and equal the
+    RDKit embedding they replace (so a machine without RDKit times the same structures)."""
+    import numpy as np
+
+    pytest.importorskip("rdkit")
+    tool = load_tool("bench_speed")
+    stored = tool.stored_geometries()
+    assert set(stored) == set(tool.BENCH_SMILES)
+    for smiles in ("CCCCCCO", "CCCCCCC"):
+        embedded = tool.embed(smiles)
+        np.testing.assert_array_equal(stored[smiles].numbers, embedded.numbers)
+        np.testing.assert_allclose(stored[smiles].positions, embedded.positions, atol=1e-6)
+
+
+def test_bench_conformers_runs_from_saved_geometries(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("rdkit")
+    tool = load_tool("bench_conformers")
+    saved = tmp_path / "propanal.extxyz"
+    monkeypatch.setattr(
+        sys, "argv", ["x", "--n", "2", "--fmax", "0.05", "--repeats", "1", "--save-geometries", str(saved)]
+    )
+    tool.main()
+    first = capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["x", "--geometries", str(saved), "--fmax", "0.05", "--repeats", "1"])
+    tool.main()
+    second = capsys.readouterr().out
+    assert first.splitlines()[0] == second.splitlines()[0]  # "2 conformers of CCC=O (10 atoms), ..."
+    # every method converges every conformer from the saved starts (rounded to 1e-8 A in the
+    # file: the step counts may differ by a few)
+    rows = [r for r in second.splitlines() if r.startswith("| ") and "converged" in r]
+    assert len(rows) == 3 and all(" 2 converged" in r for r in rows), second
