@@ -12,6 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE_H5 = REPO / "data" / "mf_reference.h5"
 SHARED = REPO.parent / "shared"
 EXTERNAL = SHARED / "data" / "external"
+# the reference data's three levels, as mfcalc-train and mfcalc-eval bind them
+REFERENCE_FIDELITY_ARGS = [
+    "--fidelity",
+    "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
+    "--fidelity",
+    "dft=wb97x_dz.energy,wb97x_dz.forces",
+    "--fidelity",
+    "cc=ccsd(t)_dz.energy",
+]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -67,12 +76,7 @@ def trained_model(tmp_path_factory) -> Path:
         [
             "--data",
             str(REFERENCE_H5),
-            "--fidelity",
-            "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
-            "--fidelity",
-            "dft=wb97x_dz.energy,wb97x_dz.forces",
-            "--fidelity",
-            "cc=ccsd(t)_dz.energy",
+            *REFERENCE_FIDELITY_ARGS,
             "--out",
             str(out),
             "--epochs",

@@ -286,14 +286,8 @@ def test_install_path_frozen_test_split_reproduces_the_runs_test_metrics(trained
     from mfcalc.cli.eval import main as eval_main
 
     run = trained_model.parent
-    bindings = [
-        "--fidelity",
-        "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
-        "--fidelity",
-        "dft=wb97x_dz.energy,wb97x_dz.forces",
-        "--fidelity",
-        "cc=ccsd(t)_dz.energy",
-    ]
+    from conftest import REFERENCE_FIDELITY_ARGS as bindings
+
     run_json, frozen_json, frozen = tmp_path / "run.json", tmp_path / "frozen.json", tmp_path / "test.h5"
     args = ["--model", str(trained_model), "--config", str(run / "config.toml")]
     assert eval_main([*args, "--split", f"{run / 'split.npz'}:test", "--json", str(run_json)]) == 0
