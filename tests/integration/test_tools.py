@@ -338,3 +338,49 @@ def test_bench_conformers_runs_from_saved_geometries(tmp_path, monkeypatch, caps
     # file: the step counts may differ by a few)
     rows = [r for r in second.splitlines() if r.startswith("| ") and "converged" in r]
     assert len(rows) == 3 and all(" 2 converged" in r for r in rows), second
+
+
+def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tmp_path):
+    """build_default_model.sh records the commit of the labelled files at its first start and
+    takes its copies out of git, so a resumed build (even in a fresh clone, after the files
+    grew) sees the same data; uncommitted labelled files are refused."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    for script in ("build_default_model.sh", "campaign_data.sh"):  # the scripts under test, as they are here
+        shutil.copy(REPO / "tools" / script, clone / "tools" / script)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mfcalc-train").write_text('#!/bin/sh\necho "train $*"\nexit 3\n')  # stop the script here
+    (fake / "mfcalc-train").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "DATA": "reference"}
+
+    def build():
+        return subprocess.run(
+            ["bash", "tools/build_default_model.sh", "runs/b"], cwd=clone, env=env, capture_output=True, text=True
+        )
+
+    committed = (clone / "data" / "mf_reference.h5").read_bytes()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    res = build()
+    assert res.returncode == 3 and "--data runs/b/data/mf_reference.h5" in res.stdout, res.stderr
+    out = clone / "runs" / "b"
+    assert (out / "data_source").read_text().split() == [head, "data/mf_reference.h5"]
+    assert (out / "data" / "mf_reference.h5").read_bytes() == committed
+
+    # the labelled file grows; the copy is lost (a fresh clone): it comes back as committed
+    with open(clone / "data" / "mf_reference.h5", "ab") as fh:
+        fh.write(b"grown")
+    shutil.rmtree(out / "data")
+    assert build().returncode == 3
+    assert (out / "data" / "mf_reference.h5").read_bytes() == committed
+
+    # a new build on uncommitted labelled files is refused, naming the file
+    shutil.rmtree(out)
+    res = build()
+    assert res.returncode == 2 and "data/mf_reference.h5 has changes that are not committed" in res.stderr
