@@ -157,6 +157,13 @@ class TrainSettings:
         ),
     )
     trunk_lr: Optional[float] = field(default=None, metadata=_help("learning rate of the shared trunk (default: --lr)"))
+    trunk_anchor: float = field(
+        default=0.0,
+        metadata=_help(
+            "fine-tune: pull the trainable trunk weights towards those of --init-from (L2-SP): this weight "
+            "times their summed squared change is added to the loss (kcal/mol); 0: off",
+        ),
+    )
     replay: Optional[str] = field(
         default=None,
         metadata=_help(
@@ -196,11 +203,14 @@ class TrainSettings:
             raise ValueError(f"train_params must be all, heads or last-block, got {self.train_params!r}")
         if self.trunk_lr is not None and self.trunk_lr < 0:
             raise ValueError(f"trunk_lr must be >= 0, got {self.trunk_lr}")
+        if self.trunk_anchor < 0:
+            raise ValueError(f"trunk_anchor must be >= 0, got {self.trunk_anchor}")
         if not 0 <= self.replay_fraction < 1:
             raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
-        if (self.new_head or self.replay or self.train_params != "all") and not self.init_from:
+        if (self.new_head or self.replay or self.train_params != "all" or self.trunk_anchor) and not self.init_from:
             raise ValueError(
-                "new_head, replay and train_params other than 'all' need init_from (a model to start from)"
+                "new_head, replay, trunk_anchor and train_params other than 'all' need init_from "
+                "(a model to start from)"
             )
         for text in self.new_head or []:
             new, sep, old = text.partition("=")

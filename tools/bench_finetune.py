@@ -143,6 +143,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-dft", type=int, help="use at most this many DFT-only structures (quick runs)")
     p.add_argument("--trunk-lr", type=float, default=1e-4, help="fine-tuned runs: learning rate of the shared trunk")
     p.add_argument("--train-params", default="all", choices=TRAIN_PARAMS, help="fine-tuned runs: what trains")
+    p.add_argument(
+        "--trunk-anchor",
+        type=float,
+        default=0.0,
+        help="also fine-tune with this L2-SP pull of the trunk towards the shipped model (two more runs)",
+    )
+    p.add_argument("--only", nargs="*", help="run only these rows (names as in the table, e.g. 'scratch, CASPT2 only')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir")
     p.add_argument("--json")
@@ -161,6 +168,14 @@ def main(argv=None) -> int:
         "fine-tuned, CASPT2 only": dict(with_dft=False, init=True),
         "fine-tuned, DFT + CASPT2": dict(with_dft=True, init=True),
     }
+    if args.trunk_anchor > 0:
+        runs["fine-tuned, CASPT2 only, anchored"] = dict(with_dft=False, init=True, anchor=True)
+        runs["fine-tuned, DFT + CASPT2, anchored"] = dict(with_dft=True, init=True, anchor=True)
+    if args.only:
+        unknown = set(args.only) - set(runs)
+        if unknown:
+            p.error(f"--only: no run named {sorted(unknown)}; the runs are {list(runs)}")
+        runs = {k: v for k, v in runs.items() if k in args.only}
     rows: Dict[str, Dict[str, object]] = {}
     for name, how in runs.items():
         cfg = RunConfig(
@@ -176,6 +191,7 @@ def main(argv=None) -> int:
             t.init_from, t.replay, t.trunk_lr, t.lr = default_model_path(), REFERENCE, args.trunk_lr, HEAD_LR
             t.train_params = args.train_params
             t.new_head = ["caspt2=cc"] + (["dft_g16=dft"] if how["with_dft"] else [])
+            t.trunk_anchor = args.trunk_anchor if how.get("anchor") else 0.0
         run_data, run_split = restrict(data, split, [f.name for f in cfg.fidelities])
         print(f"{name}: training for {args.minutes} min", file=sys.stderr, flush=True)
         train(cfg, log=lambda _m: None, data=run_data, split=run_split)
@@ -190,7 +206,7 @@ def main(argv=None) -> int:
     zero_shot = {h: caspt2_rmse(default_model_path(), data, split["test"], h) for h in shipped.fidelities}
     print(
         f"fine-tuned runs: head lr {HEAD_LR:g}, trunk lr {args.trunk_lr:g}, training {args.train_params}, replay of "
-        "data/mf_reference.h5\n"
+        f"data/mf_reference.h5; anchored runs: trunk anchor {args.trunk_anchor:g}\n"
     )
     print(
         f"| run ({args.minutes} min each) | CASPT2 relE RMSE, held-out (kcal/mol) | old cc head, shipped test "
@@ -209,7 +225,16 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(
-                {"minutes": args.minutes, "old_cc_before": before, "zero_shot": zero_shot, "runs": rows}, fh, indent=1
+                {
+                    "minutes": args.minutes,
+                    "trunk_lr": args.trunk_lr,
+                    "trunk_anchor": args.trunk_anchor,
+                    "old_cc_before": before,
+                    "zero_shot": zero_shot,
+                    "runs": rows,
+                },
+                fh,
+                indent=1,
             )
     return 0
 

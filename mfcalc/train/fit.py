@@ -158,6 +158,21 @@ def epoch_batches(run: RunData, settings: TrainSettings, rng: np.random.Generato
     return [np.concatenate([new[b : b + n_new], rng.choice(old, n_old)]) for b in range(0, len(new), n_new)]
 
 
+class TrunkAnchor:
+    """L2-SP for fine-tuning: ``weight * sum((w - w_start)**2)`` over the trainable trunk
+    weights, so that a few new labels move the shared representation only as far as they must
+    and the old heads keep their accuracy.  ``w_start`` is the model fine-tuning starts from
+    (rebuilt the same way on resume)."""
+
+    def __init__(self, params: List[nn.Parameter], weight: float):
+        self.params = params
+        self.start = [p.detach().clone() for p in params]
+        self.weight = weight
+
+    def penalty(self) -> Tensor:
+        return self.weight * torch.stack([((p - p0) ** 2).sum() for p, p0 in zip(self.params, self.start)]).sum()
+
+
 def _train_epoch(
     step: nn.Module,
     opt: torch.optim.Optimizer,
@@ -170,8 +185,10 @@ def _train_epoch(
     dtype: torch.dtype,
     label: str,
     deadline: Optional[float],
+    anchor: Optional[TrunkAnchor] = None,
 ) -> Tuple[float, bool]:
-    """One pass over ``batches`` (global batches of structure indices); returns (mean loss, out of time)."""
+    """One pass over ``batches`` (global batches of structure indices); returns (mean loss, out of
+    time).  The mean is of the data loss: an anchor's pull is trained on but not reported."""
     n_batches = len(batches)
     bar = ProgressBar(n_batches, label, ctx.is_main)
     loss_sum, done, out_of_time = 0.0, 0, False
@@ -206,7 +223,7 @@ def _train_epoch(
         n_f = stats.numel()
         loss = total_loss(packed[:n_f].reshape(stats.shape), packed[n_f:-1], packed[-1], run.weights)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if anchor is None else loss + anchor.penalty()).backward()
         if settings.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         opt.step()
@@ -249,6 +266,10 @@ def fit_member(
         step = nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     groups = trainable_groups(model, settings.train_params, settings.lr, settings.trunk_lr)
     params = [p for g in groups for p in g["params"]]
+    anchor = None
+    if settings.trunk_anchor > 0:  # before a resume loads later weights: the start is the source's
+        trainable = {id(p) for p in params}
+        anchor = TrunkAnchor([p for p in model.blocks.parameters() if id(p) in trainable], settings.trunk_anchor)
     opt = torch.optim.Adam(groups, lr=settings.lr)
     sched = Schedule(settings, opt)
     rng = np.random.default_rng([settings.seed, member])
@@ -285,6 +306,7 @@ def fit_member(
             dtype,
             f"{tag}epoch {epoch + 1}",
             deadline,
+            anchor,
         )
         epoch += 1
         model.eval()

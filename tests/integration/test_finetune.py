@@ -240,3 +240,25 @@ def test_every_member_is_fine_tuned_unless_the_ensemble_size_is_given(source, tm
     assert json.loads((tmp_path / "all" / "metrics.json").read_text())["ensemble_size"] == 2
     assert fine_tune(source, tmp_path / "one", "--ensemble", "1") == 0
     assert json.loads((tmp_path / "one" / "metrics.json").read_text())["ensemble_size"] == 1
+
+
+def test_trunk_anchor_holds_the_trunk_near_the_source_model(source, tmp_path):
+    """L2-SP (--trunk-anchor): the same fine-tuning with a strong pull moves the trunk weights
+    much less than without; the heads still train.  Without --init-from it is an error."""
+    hco = source.parent.parent / "hco.h5"
+    src = export.eager_model(*export.load(str(source)), str(source)).member(0).state_dict()
+
+    def trunk_change(out, *extra):
+        assert (
+            fine_tune(source, out, "--epochs", "3", "--min-epochs", "0", *extra, fidelities=(XTB, DFT), data=hco) == 0
+        )
+        tuned = torch.load(out / "checkpoint.pt", weights_only=False)["finished"][0]
+        trunk = [k for k in tuned if k.startswith("blocks.")]
+        heads = [k for k in tuned if k.startswith("heads.levels.1")]
+        assert any(not torch.equal(tuned[k], src[k]) for k in heads)
+        return sum(float(((tuned[k] - src[k]) ** 2).sum()) for k in trunk)
+
+    free = trunk_change(tmp_path / "free")
+    held = trunk_change(tmp_path / "held", "--trunk-anchor", "1000")
+    assert free > 0 and held < 0.1 * free, (held, free)
+    assert train_main(["--data", str(hco), "--fidelity", XTB, "--out", str(tmp_path / "x"), "--trunk-anchor", "1"]) == 2

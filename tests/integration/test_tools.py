@@ -174,7 +174,7 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
     tool = load_tool("bench_finetune")
     out = tmp_path / "ft.json"
     argv = ["--minutes", "0.01", "--epochs", "1", "--max-dft", "100", "--workdir", str(tmp_path / "w")]
-    argv += ["--trunk-lr", "0.002", "--train-params", "last-block"]
+    argv += ["--trunk-lr", "0.002", "--train-params", "last-block", "--trunk-anchor", "10"]
     assert tool.main(argv + ["--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "trunk lr 0.002, training last-block" in table
@@ -187,7 +187,10 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
         "scratch, DFT + CASPT2",
         "fine-tuned, CASPT2 only",
         "fine-tuned, DFT + CASPT2",
+        "fine-tuned, CASPT2 only, anchored",
+        "fine-tuned, DFT + CASPT2, anchored",
     }
+    assert doc["trunk_anchor"] == 10
     for name, run in doc["runs"].items():
         assert run["caspt2 relE RMSE"] > 0 and len(run["stretch"]) == len(tool.STRETCH), name
         assert min(run["stretch"]) == 0.0, name
