@@ -79,7 +79,7 @@ fi
 # measured on that file (tests/integration/test_default_model.py reproduces them)
 if [[ ${INSTALL:-1} == 1 ]]; then
     cp "$out/model.pt" models/default.pt
-    rm -f models/default_test.h5 models/default_split.npz
+    rm -f models/default_test.h5
     python tools/freeze_split.py "$out" --split test --out models/default_test.h5
     mfcalc-eval --model models/default.pt --data models/default_test.h5 "${fid[@]}" --json models/default_metrics.json
     # the frozen file must hold the same structures and labels as the run's test rows

@@ -7,7 +7,7 @@ F=docs/figures
 mkdir -p "$F"
 tmp=$(mktemp -d)
 # 1. parity plots: the shipped model on its own test split (CCSD(T) forces it never trained on)
-mfcalc-eval --model models/default.pt --data data/mf_reference.h5 --split models/default_split.npz:test \
+mfcalc-eval --model models/default.pt --data models/default_test.h5 \
     --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces" --fidelity "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces" \
     --plot "$tmp/eval"
 cp "$tmp/eval/parity_cc.png" "$F/parity_cc.png"

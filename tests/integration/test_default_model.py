@@ -3,22 +3,33 @@
 import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 from ase.build import molecule
+from ase.data import chemical_symbols
 
-from conftest import REFERENCE_H5, REPO
+from conftest import REPO
 from mfcalc import MFCalculator, keys
 from mfcalc.data import parse_fidelity
 from mfcalc.evaluate import evaluate_file
 from mfcalc.models import default_model_path
 
 CARD = REPO / "models"
-BINDINGS = [
-    "xtb=gfn2_xtb.energy,gfn2_xtb.forces",
-    "dft=wb97x_dz.energy,wb97x_dz.forces",
-    "cc=ccsd(t)_dz.energy,ccsd(t)_dz.forces",
-]
+# the elements a default model may know (ANI-2x's set, the campaign's domain), and those it must
+DOMAIN, CORE = {1, 6, 7, 8, 9, 16, 17}, {1, 6, 7, 8}
+
+
+def card_bindings(meta, frozen) -> list:
+    """The model's own fidelity bindings, each with the forces its frozen test file holds (the card
+    measures every label in that file: the CCSD(T) forces there were never trained on)."""
+    with h5py.File(frozen, "r") as f:
+        present = {name for group in f.values() for name in group}
+    bindings = []
+    for name, b in meta[keys.META_TRAINING]["fidelities"].items():
+        forces = b["energy"].rsplit(".", 1)[0] + ".forces"
+        bindings.append(parse_fidelity(f"{name}={b['energy']}" + (f",{forces}" if forces in present else "")))
+    return bindings
 
 
 def test_default_model_ships_inside_the_package_and_loads_without_arguments():
@@ -27,7 +38,7 @@ def test_default_model_ships_inside_the_package_and_loads_without_arguments():
     calc = MFCalculator(device="cpu")
     assert calc.fidelities == ("xtb", "dft", "cc") and calc.fidelity == "cc"
     meta = calc.metadata
-    assert meta[keys.META_ENSEMBLE_SIZE] >= 4 and meta[keys.META_SPECIES] == [1, 6, 7, 8]
+    assert meta[keys.META_ENSEMBLE_SIZE] >= 4 and CORE <= set(meta[keys.META_SPECIES]) <= DOMAIN
     assert meta[keys.META_SPREAD_WARNING] > 0
     atoms = molecule("CH3CH2OH")
     atoms.calc = calc
@@ -41,18 +52,21 @@ def test_out_of_domain_structure_warns_and_unknown_element_raises():
     atoms.calc = calc
     with pytest.warns(UserWarning, match="outside the model's training domain"):
         atoms.get_potential_energy()
-    s = molecule("CH3SH")
-    s.calc = calc
-    with pytest.raises(ValueError, match="S not known to this model"):
-        s.get_potential_energy()
+    bromide = molecule("CH3Cl")
+    bromide[1].symbol = "Br"  # outside every default model's domain
+    bromide.calc = calc
+    with pytest.raises(ValueError, match="Br not known to this model") as err:
+        bromide.get_potential_energy()
+    known = {chemical_symbols[z] for z in calc.metadata[keys.META_SPECIES]}
+    assert all(symbol in str(err.value) for symbol in known)  # and the message names what it knows
 
 
-def test_mfcalc_eval_on_the_held_out_split_reproduces_the_card():
+def test_mfcalc_eval_on_the_frozen_test_structures_reproduces_the_card():
     card = json.loads((CARD / "default_metrics.json").read_text())
-    split = np.load(CARD / "default_split.npz")["test"]
-    metrics = evaluate_file(
-        default_model_path(), [str(REFERENCE_H5)], [parse_fidelity(b) for b in BINDINGS], structures=split
-    )
+    frozen = CARD / "default_test.h5"
+    meta = MFCalculator(device="cpu").metadata
+    metrics = evaluate_file(default_model_path(), [str(frozen)], card_bindings(meta, frozen))
+    assert set(metrics) == set(card)
     for fid, m in card.items():
         for key in ("energy_rmse_kcal_mol", "forces_rmse_kcal_mol_a", "n_energy", "n_force_components"):
             if m[key] is None:
