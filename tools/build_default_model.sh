@@ -14,8 +14,8 @@
 # (wall-clock budget of each start of the run, shared by the members still to train; 0: none;
 # leave it 0 for a build that spans several starts, so that every member follows the same
 # plan), MEMBERS (4), FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for
-# a trial build).  Planning figure: about 85 s per epoch and member on one core for 47k
-# structures.
+# a trial build).  Planning figure: about 150 s per epoch and member on one core for 47k
+# structures (measured for default_v3, with or without a labelling job on the other core).
 #
 # The run trains on a snapshot of the labelled files as committed when it first started:
 # the campaign's labelling jobs keep writing to data/campaign/, and a resumed run must see

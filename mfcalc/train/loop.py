@@ -100,7 +100,7 @@ def _run(
         "split": run.split,
         "species": run.species,
         "reference": run.reference,
-        "data_fingerprint": run.data.fingerprint(),
+        "data_fingerprint": run.fingerprint,
     }
     t_run = time.perf_counter()
     out_of_time = False

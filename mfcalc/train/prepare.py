@@ -33,6 +33,7 @@ class RunData:
         residual: ``data`` with the reference energies subtracted (what the network fits).
         weights: loss weights per fidelity (forces weight 0 where a fidelity has none).
         forces_mask: (S, F) structures carrying complete forces, computed once.
+        fingerprint: ``data.fingerprint()``, computed once (checked on resume, stored in checkpoints).
         force_columns: fidelities whose forces enter the loss.
         fidelities: the model's heads, in order: the bound fidelities, or for fine-tuning the
             file's heads followed by the new ones.
@@ -50,6 +51,7 @@ class RunData:
     weights: LossWeights
     forces_mask: np.ndarray
     force_columns: List[int]
+    fingerprint: str
     fidelities: List[str] = field(default_factory=list)
     initial: Optional[List[MultiFidelityHipnn]] = None
     replay: Optional[np.ndarray] = None
@@ -80,15 +82,15 @@ def check_labels(data: MFData, split: Dict[str, np.ndarray], bound: List[str]) -
             raise ValueError(f"no structure in the training split carries an energy for fidelity {name!r}")
 
 
-def check_same_data(state: Dict[str, Any], data: MFData) -> None:
+def check_same_data(state: Dict[str, Any], fingerprint: str, n_structures: int) -> None:
     """A checkpoint's split is row numbers of the data it was written with: refuse to resume on
     other data (a labelling job that kept writing to the files), which would silently train
     on test structures.  Checkpoints from before the fingerprint was recorded are not checked."""
     recorded = state.get("data_fingerprint")
-    if recorded is not None and recorded != data.fingerprint():
+    if recorded is not None and recorded != fingerprint:
         n_then = sum(len(v) for v in state["split"].values())
         raise ValueError(
-            f"the data changed since the checkpoint was written ({n_then} structures then, {len(data)} now, or "
+            f"the data changed since the checkpoint was written ({n_then} structures then, {n_structures} now, or "
             "the same number with other structures or labels): the split's rows would name other structures. "
             "Resume with the files as they were, or start a new run (train on a copy of files that are still "
             "being labelled)"
@@ -140,9 +142,10 @@ def prepare_run(
         data = concatenate([data, old])
         replay = np.arange(n_new, len(data))
     say(f"data: {data.summary()}")
+    fingerprint = data.fingerprint()
     reference: Optional[np.ndarray] = None
     if state is not None:
-        check_same_data(state, data)
+        check_same_data(state, fingerprint, len(data))
         split = {k: np.asarray(v) for k, v in state["split"].items()}
         species = list(state["species"])
         reference = np.asarray(state["reference"])
@@ -193,6 +196,7 @@ def prepare_run(
         weights=weights,
         forces_mask=residual.forces_mask(),
         force_columns=[k for k, w in enumerate(weights.forces) if w > 0],
+        fingerprint=fingerprint,
         fidelities=names,
         initial=initial,
         replay=replay,
