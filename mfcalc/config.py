@@ -93,6 +93,14 @@ class TrainSettings:
         default="float32", metadata=_help("floating-point precision of training", choices=("float32", "float64"))
     )
     ensemble: int = field(default=1, metadata=_help("train K members, export their mean and spread", metavar="K"))
+    member_workers: int = field(
+        default=1,
+        metadata=_help(
+            "train up to N ensemble members at once, one process each with an equal share of the CPU threads "
+            "(the same ensemble as one at a time)",
+            metavar="N",
+        ),
+    )
     valid_fraction: float = field(default=0.1, metadata=_help("fraction of structures (or groups) for validation"))
     test_fraction: float = field(default=0.1, metadata=_help("fraction of structures (or groups) for testing"))
     split_by: str = field(
@@ -181,6 +189,8 @@ class TrainSettings:
         """Raises ValueError naming the first setting out of range."""
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.ensemble < 1:
             raise ValueError("train settings need epochs >= 0, batch_size >= 1, lr > 0, ensemble >= 1")
+        if self.member_workers < 1:
+            raise ValueError(f"member_workers must be >= 1, got {self.member_workers}")
         if self.min_epochs < 0 or self.early_stopping < 1 or self.lr_patience < 0:
             raise ValueError("train settings need min_epochs >= 0, early_stopping >= 1, lr_patience >= 0")
         if not 0 < self.lr_factor < 1:

@@ -13,9 +13,11 @@
 # model shipped before the campaign was built with EPOCHS=400), EPOCHS (40 per member), MINUTES
 # (wall-clock budget of each start of the run, shared by the members still to train; 0: none;
 # leave it 0 for a build that spans several starts, so that every member follows the same
-# plan), MEMBERS (4), FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for
-# a trial build).  Planning figure: about 150 s per epoch and member on one core for 47k
-# structures (measured for default_v3, with or without a labelling job on the other core).
+# plan), MEMBERS (4), MEMBER_WORKERS (members trained at once, one process and core each; 1),
+# FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for a trial build).
+# Planning figure: about 150 s per epoch and member on one core for 47k structures (measured
+# for default_v3, with or without a labelling job on the other core).  MEMBER_WORKERS may change
+# between starts: the ensemble is the same.
 #
 # The run trains on a snapshot of the labelled files as committed when it first started:
 # the campaign's labelling jobs keep writing to data/campaign/, and a resumed run must see
@@ -61,7 +63,7 @@ opt=()
 if [[ ! -f $out/model.pt ]]; then
     [[ -f $out/checkpoint.pt ]] && opt+=(--resume)
     mfcalc-train --data "${data[@]}" "${fid[@]}" --out "$out" --split-by random \
-        --ensemble "${MEMBERS:-4}" --epochs "${EPOCHS:-40}" --lr-schedule "${SCHEDULE:-cosine}" \
+        --ensemble "${MEMBERS:-4}" --member-workers "${MEMBER_WORKERS:-1}" --epochs "${EPOCHS:-40}" --lr-schedule "${SCHEDULE:-cosine}" \
         --batch-size 32 --lr 1e-3 --min-lr 1e-5 --seed 0 \
         --n-features "${FEATURES:-40}" --cusp-reg 1e-2 --device cpu "${opt[@]}"
 fi

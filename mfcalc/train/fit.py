@@ -186,11 +186,12 @@ def _train_epoch(
     label: str,
     deadline: Optional[float],
     anchor: Optional[TrunkAnchor] = None,
+    progress: bool = True,
 ) -> Tuple[float, bool]:
     """One pass over ``batches`` (global batches of structure indices); returns (mean loss, out of
     time).  The mean is of the data loss: an anchor's pull is trained on but not reported."""
     n_batches = len(batches)
-    bar = ProgressBar(n_batches, label, ctx.is_main)
+    bar = ProgressBar(n_batches, label, ctx.is_main and progress)
     loss_sum, done, out_of_time = 0.0, 0, False
     for b in range(n_batches):
         global_batch = batches[b]
@@ -249,6 +250,7 @@ def fit_member(
     say: Callable[[str], None],
     deadline: Optional[float] = None,
     resume: Optional[Dict[str, Any]] = None,
+    progress: bool = True,
 ) -> MemberResult:
     """Train member ``member`` until a stop criterion (or the deadline); returns its best weights.
 
@@ -257,6 +259,7 @@ def fit_member(
         on_epoch: called after every epoch with the member's full state (weights,
             optimiser, scheduler, RNG, early-stopping state): the caller checkpoints it.
         resume: that state from a checkpoint, to continue bit for bit.
+        progress: draw the per-batch bar (off in worker processes, whose bars would collide).
     """
     settings = cfg.train
     fid_names = run.fidelities
@@ -307,6 +310,7 @@ def fit_member(
             f"{tag}epoch {epoch + 1}",
             deadline,
             anchor,
+            progress,
         )
         epoch += 1
         model.eval()

@@ -27,7 +27,7 @@ from mfcalc.device import resolve_device, resolve_dtype
 from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
-from mfcalc.train import outputs
+from mfcalc.train import outputs, parallel
 from mfcalc.train.checkpoint import load_checkpoint, save_checkpoint
 from mfcalc.train.distributed import DistContext
 from mfcalc.train.fit import MemberResult, fit_member
@@ -112,18 +112,41 @@ def _run(
             )
             outputs.write_log(cfg.out, log_rows)
 
-    for member in range(len(finished), settings.ensemble):
-        resume_state = (
-            state if state is not None and state.get("member") == member and state.get("model") is not None else None
+    todo = list(range(len(finished), settings.ensemble))
+    if settings.member_workers > 1 and len(todo) > 1:
+        if ctx.enabled:
+            raise ValueError("member_workers > 1 cannot be combined with torchrun (DDP): use one or the other")
+        if state is None:  # the run's split and references, for a resume (a member in progress stays)
+            checkpoint({"member": todo[0], "epoch": 0, "model": None})
+        results = parallel.fit_members_in_parallel(
+            cfg, run, todo, state, log_rows, device, dtype, end, say, lambda: outputs.write_log(cfg.out, log_rows)
         )
+        for member in todo:
+            result = results[member]
+            finished.append(result.best_state)
+            summaries.append(result.summary())
+            _report_member(result, member, settings.ensemble, say)
+            out_of_time |= result.out_of_time
+        checkpoint({"member": settings.ensemble, "epoch": 0, "model": None})
+        parallel.finish(cfg.out, todo)
+        todo = []
+    for member in todo:
+        # a member a worker process of an earlier start (member_workers > 1) trained or began
+        # continues from there, else from the run's checkpoint
+        done, resume_state = parallel.resume_member(cfg.out, member, state, log_rows)
         # the time left is shared by the members still to train: every member gets its turn
         deadline = None if end is None else time.monotonic() + (end - time.monotonic()) / (settings.ensemble - member)
-        result = fit_member(cfg, run, member, ctx, device, dtype, log_rows, checkpoint, say, deadline, resume_state)
+        if done is not None:
+            result = done
+        else:
+            result = fit_member(cfg, run, member, ctx, device, dtype, log_rows, checkpoint, say, deadline, resume_state)
         state = None
         finished.append(result.best_state)
         summaries.append(result.summary())
         _report_member(result, member, settings.ensemble, say)
         checkpoint({"member": member + 1, "epoch": 0, "model": None})
+        if ctx.is_main:
+            parallel.finish(cfg.out, [member])
         out_of_time |= result.out_of_time
 
     metrics = _export(

@@ -1,0 +1,103 @@
+"""Ensemble members trained at once in worker processes (--member-workers): the same
+ensemble as one member at a time, and resumable from any mix of the two."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_train_cli import train_args
+
+from mfcalc.cli.train import main as train_main
+from mfcalc.train.parallel import member_checkpoint
+
+COMMON = ["--epochs", "3", "--seed", "5", "--dtype", "float64", "--ensemble", "3"]
+
+
+def finished_states(out):
+    return torch.load(out / "checkpoint.pt", weights_only=False)
+
+
+def without_seconds(log_csv):
+    """log.csv's rows without the wall-clock column (the only one that may differ)."""
+    rows = [line.split(",") for line in log_csv.read_text().splitlines()]
+    col = rows[0].index("seconds")
+    return [r[:col] + r[col + 1 :] for r in rows]
+
+
+def assert_same_run(a_dir, b_dir):
+    a, b = finished_states(a_dir), finished_states(b_dir)
+    assert len(a["finished"]) == len(b["finished"]) == 3
+    for sa, sb in zip(a["finished"], b["finished"]):
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0)
+    assert [(r["member"], r["epoch"], r["valid_loss"]) for r in a["log_rows"]] == [
+        (r["member"], r["epoch"], r["valid_loss"]) for r in b["log_rows"]
+    ]
+    assert [m["best_valid_loss"] for m in a["summaries"]] == [m["best_valid_loss"] for m in b["summaries"]]
+    assert without_seconds(a_dir / "log.csv") == without_seconds(b_dir / "log.csv")
+    assert not any(os.path.exists(member_checkpoint(str(b_dir), m)) for m in range(3))
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sequential")
+    assert train_main(train_args(out, *COMMON)) == 0
+    return out
+
+
+def test_members_in_worker_processes_give_the_sequential_ensemble(sequential, tmp_path, capsys):
+    out = tmp_path / "parallel"
+    assert train_main(train_args(out, *COMMON, "--member-workers", "2")) == 0
+    assert "in 2 processes" in capsys.readouterr().out
+    assert_same_run(sequential, out)
+
+
+def test_a_sequential_run_in_progress_resumes_with_workers(sequential, tmp_path, monkeypatch):
+    import mfcalc.train.loop as loop
+
+    out = tmp_path / "switched"
+    real_save = loop.save_checkpoint
+
+    def save_then_die(state, path):  # killed after member 2's second epoch, as a long build may be
+        real_save(state, path)
+        if state["member"] == 1 and state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    assert train_main(train_args(out, *COMMON)) == 130
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert train_main(train_args(out, *COMMON, "--member-workers", "2", "--resume")) == 0
+    assert_same_run(sequential, out)
+
+
+@pytest.mark.parametrize("workers_on_resume", ["2", "1"])
+def test_killed_workers_leave_checkpoints_that_resume(sequential, tmp_path, workers_on_resume):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mfcalc.train", *train_args(out, *COMMON, "--member-workers", "2")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:  # both workers past their first epoch
+            paths = [member_checkpoint(str(out), m) for m in (0, 1)]
+            if all(os.path.exists(p) for p in paths) and all(
+                torch.load(p, weights_only=False).get("epoch", 0) >= 1 for p in paths
+            ):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the workers did not finish an epoch in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers, as a machine going down would
+        proc.wait()
+    assert not (out / "model.pt").exists()
+    assert train_main(train_args(out, *COMMON, "--member-workers", workers_on_resume, "--resume")) == 0
+    assert_same_run(sequential, out)
+
+
+def test_member_workers_must_be_positive(tmp_path, capsys):
+    assert train_main(train_args(tmp_path / "bad", *COMMON, "--member-workers", "0")) == 2
+    assert "member_workers must be >= 1" in capsys.readouterr().err
