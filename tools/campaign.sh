@@ -46,7 +46,7 @@ case $stage in
     [[ -f runs/committee$r/model.pt ]] && { echo "runs/committee$r/model.pt exists"; cp runs/committee$r/model.pt $C/committee$r.pt; exit 0; }
     source tools/campaign_data.sh
     mfcalc-train "${resume[@]}" --data "${LABELLED_FILES[@]}" "${FIDELITY_BINDINGS[@]}" \
-        --out runs/committee$r --ensemble 4 --n-features 24 \
+        --out runs/committee$r --ensemble 4 --member-workers "$W" --n-features 24 \
         --max-structures "${STRUCTURES:-8000}" --epochs "${EPOCHS:-30}" --min-epochs 20 --batch-size 64 --lr 2e-3 \
         --device cpu --seed "$r" --split-by random
     cp runs/committee$r/model.pt $C/committee$r.pt ;;  # kept in git: the picks of round R come from it
