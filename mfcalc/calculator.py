@@ -8,7 +8,10 @@ The member spread of an ensemble is in ``calc.results`` too (zeros for a single 
 which is an ensemble of one):
 
 * ``energy_std``: standard deviation of the members' energies, eV;
-* ``forces_std``: (N, 3) standard deviation of the members' forces, eV/Angstrom.
+* ``forces_std``: (N, 3) standard deviation of the members' forces, eV/Angstrom;
+* ``domain_std``: the energy spread of the head the model file sets its warning threshold
+  on (the head that saw the whole training domain; :func:`mfcalc.export.spread_check`),
+  eV: above the threshold the calculator warns that the structure is outside the domain.
 
 The work is done by :class:`mfcalc.potential.Potential` (checks once per change of
 elements or cell, a pair list reused within its skin, one ``compute`` call per step);
@@ -52,7 +55,7 @@ class MFCalculator(Calculator):
         ValueError: not an mfcalc model file, unknown fidelity (lists the known ones), bad device.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "energy_std", "forces_std"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energy_std", "forces_std", "domain_std"]
     default_parameters: Dict[str, Any] = {}
 
     def __init__(
@@ -93,7 +96,7 @@ class MFCalculator(Calculator):
         if want_stress and not atoms.pbc.all():
             raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
         results = self.potential.evaluate(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, want_stress)
-        warning = self.potential.outside_domain(results["energy_std"])
+        warning = self.potential.outside_domain(results)
         if warning:
             warnings.warn(warning, stacklevel=2)
         if want_stress:

@@ -139,6 +139,22 @@ def update_metadata(path: str, **fields: Any) -> Dict[str, Any]:
     return meta
 
 
+def spread_check(meta: Dict[str, Any]) -> Tuple[Optional[float], Optional[str]]:
+    """The ensemble-spread warning threshold (eV) of a model file and the head it applies to.
+
+    The question the warning answers is whether a structure lies in the trunk's training
+    domain.  A head trained on few small structures (CCSD(T) energies of 1-4 heavy atoms)
+    has members that agree less and less on absolute energies as molecules grow, even well
+    inside the trunk's domain (a near-constant offset per molecule, which relative energies
+    shed), so its spread would flag every larger molecule.  The threshold is therefore set on,
+    and compared with, the head that saw the whole domain (``spread_warning_fidelity``); files
+    that name none set it on their default head.
+    """
+    threshold = meta.get(keys.META_SPREAD_WARNING)
+    head = meta.get(keys.META_SPREAD_FIDELITY) or meta.get(keys.META_DEFAULT_FIDELITY)
+    return (None if threshold is None else float(threshold)), head
+
+
 def rescript(path: str, out: Optional[str] = None) -> Dict[str, Any]:
     """Re-save a model file with the installed mfcalc's code: same weights, same metadata.
 

@@ -34,6 +34,7 @@ ATOM_ENERGY: Final = "atom_energy"
 HIERARCHICALITY: Final = "hierarchicality"
 FORCES: Final = "forces"
 FORCES_STD: Final = "forces_std"
+HEAD_ENERGY_STD: Final = "head_energy_std"  # (B, F): member spread of every head's energy (compute)
 STRESS: Final = "stress"
 
 # model-file metadata (one JSON document in the TorchScript file's extra files)
@@ -56,6 +57,8 @@ META_CREATED: Final = "created"  # ISO time
 META_RESCRIPTED: Final = "rescripted"  # mfcalc version and time of the last export.rescript
 META_DEFAULT_FIDELITY: Final = "default_fidelity"  # str, what MFCalculator uses when none is named
 META_SPREAD_WARNING: Final = "spread_warning_ev"  # float, ensemble energy spread above which users are warned
+META_SPREAD_FIDELITY: Final = "spread_warning_fidelity"  # str, the head whose spread is compared with it
+# (absent: the default fidelity); see export.spread_check
 META_DOMAIN: Final = "domain"  # what the training data covered: {"elements": [Z], "heavy_atoms": [min, max],
 # "elements_by_fidelity": {name: [Z with an energy label of that level]}, ...}
 

@@ -74,7 +74,7 @@ class _Evaluate:
             cell = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(mm_unit.nanometer) * NM_TO_ANGSTROM
         out = self.potential.evaluate(self.numbers, np.asarray(x), None if cell is None else np.asarray(cell), self.pbc)
         if not self.warned:
-            text = self.potential.outside_domain(out["energy_std"])
+            text = self.potential.outside_domain(out)
             if text:
                 warnings.warn(text + " (said once per force)", stacklevel=2)
                 self.warned = True

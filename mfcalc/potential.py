@@ -121,7 +121,14 @@ class Potential:
         if self.skin < 0:
             raise ValueError(f"skin must be >= 0 Angstrom, got {skin}")
         self.neighbor_backend = neighbor_backend
-        self.spread_warning = spread_warning if spread_warning is not None else meta.get(keys.META_SPREAD_WARNING)
+        threshold, spread_head = export.spread_check(meta)
+        self.spread_warning = spread_warning if spread_warning is not None else threshold
+        # the head whose spread is compared with the threshold (None: the head in use)
+        self._spread_index: Optional[int] = (
+            head_index(list(self.fidelities), spread_head)
+            if spread_head is not None and spread_head in self.fidelities
+            else None
+        )
         default = meta.get(keys.META_DEFAULT_FIDELITY) or (self.fidelities[-1] if len(self.fidelities) == 1 else None)
         if fidelity is None and default is None:
             raise ValueError(f"this model has several fidelities; choose one: {', '.join(self.fidelities)}")
@@ -244,17 +251,29 @@ class Potential:
             "energy": float(out[keys.ENERGY][0].detach()),
             "forces": out[keys.FORCES].detach().cpu().numpy().astype(np.float64),
             "energy_std": float(out[keys.ENERGY_STD][0].detach()),
+            "domain_std": self._domain_spread(out),
             "forces_std": out[keys.FORCES_STD].detach().cpu().numpy().astype(np.float64),
         }
         if stress:
             results["stress"] = out[keys.STRESS][0].detach().cpu().numpy().astype(np.float64)
         return results
 
-    def outside_domain(self, energy_std: float) -> Optional[str]:
-        """A warning text when the ensemble spread says the structure is outside the training domain."""
-        if self.spread_warning is not None and energy_std > self.spread_warning:
+    def _domain_spread(self, out: Dict[str, torch.Tensor]) -> float:
+        """The spread the domain check uses: that of the model file's spread head
+        (:func:`mfcalc.export.spread_check`), or of the head in use for files whose code
+        reports no per-head spreads."""
+        if self._spread_index is not None and keys.HEAD_ENERGY_STD in out:
+            return float(out[keys.HEAD_ENERGY_STD][0, self._spread_index].detach())
+        return float(out[keys.ENERGY_STD][0].detach())
+
+    def outside_domain(self, results: Dict[str, Any]) -> Optional[str]:
+        """A warning text when the ensemble spread (``results["domain_std"]``, as
+        :meth:`evaluate` returns it) says the structure is outside the training domain."""
+        spread = float(results["domain_std"])
+        if self.spread_warning is not None and spread > self.spread_warning:
+            head = self.fidelities[self._spread_index] if self._spread_index is not None else self.fidelity
             return (
-                f"ensemble energy spread {energy_std:.3f} eV exceeds {self.spread_warning} eV: "
+                f"ensemble energy spread {spread:.3f} eV (head '{head}') exceeds {self.spread_warning} eV: "
                 "this structure is outside the model's training domain"
             )
         return None

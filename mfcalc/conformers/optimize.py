@@ -42,9 +42,12 @@ def model_evaluator(
     fidelity: int,
     device: torch.device = torch.device("cpu"),
     dtype: torch.dtype = torch.float64,
+    spread_fidelity: Optional[int] = None,
 ) -> Evaluator:
     """An evaluator on an mfcalc model (``compute``): all conformers in one batched call,
-    forces of the ensemble-mean energy (one backward pass)."""
+    forces of the ensemble-mean energy (one backward pass).  The spread it returns is that
+    of head ``spread_fidelity`` (default: ``fidelity``; the head in use for model files whose
+    code reports no per-head spreads)."""
     z = torch.as_tensor(np.asarray(numbers), dtype=torch.long, device=device)
     n_atoms = len(z)
 
@@ -56,8 +59,13 @@ def model_evaluator(
         return (
             out[keys.ENERGY].detach().cpu().numpy().astype(np.float64),
             out[keys.FORCES].detach().cpu().numpy().astype(np.float64).reshape(k, n_atoms, 3),
-            out[keys.ENERGY_STD].detach().cpu().numpy().astype(np.float64),
+            spread(out).detach().cpu().numpy().astype(np.float64),
         )
+
+    def spread(out: Dict[str, torch.Tensor]) -> torch.Tensor:
+        if spread_fidelity is None or spread_fidelity == fidelity or keys.HEAD_ENERGY_STD not in out:
+            return out[keys.ENERGY_STD]
+        return out[keys.HEAD_ENERGY_STD][:, spread_fidelity]
 
     return evaluate
 

@@ -49,7 +49,9 @@ class ConformerRecord:
     conformers are minima: converged, and the lowest curvature of the energy surface (rigid
     motions projected out) is above ``SADDLE_CURVATURE``.
     Energies in eV (absolute, ``energy_ev``) and kcal/mol relative to the lowest ranked one;
-    ``initial_spread_ev`` is the ensemble spread of the starting geometry,
+    ``spread_ev`` and ``initial_spread_ev`` are the ensemble energy spreads of the optimised
+    and the starting geometry, of the head the model's domain check uses
+    (:func:`mfcalc.export.spread_check`: the head that saw the whole training domain),
     ``relative_spread_kcal_mol`` the members' spread of the relative energy (each member's
     energy minus its own energy of the lowest conformer: the uncertainty of the ranking, free
     of the offset the members share), and ``outside_domain`` whether a spread exceeded the
@@ -98,6 +100,7 @@ class _Model:
     fidelity: str
     index: int
     device: torch.device
+    spread_index: Optional[int] = None  # the head of the domain check (None: ``index``)
 
     @property
     def is_ensemble(self) -> bool:
@@ -146,7 +149,7 @@ def rank(
     check_elements(numbers, job.meta[keys.META_SPECIES])
     coords = conformer_coordinates(mol)
     smiles = rdkit_chem().MolToSmiles(rdkit_chem().RemoveHs(mol))
-    evaluate = model_evaluator(job.net, numbers, job.index, job.device)
+    evaluate = model_evaluator(job.net, numbers, job.index, job.device, spread_fidelity=job.spread_index)
     initial_spread = evaluate(coords)[2]
     found = domain_warnings(job.meta, numbers, initial_spread, job.fidelity)
     for text in found:
@@ -195,7 +198,11 @@ def _load_model(model: Optional[str], fidelity: Optional[str], device: str) -> _
     fidelities = list(meta[keys.META_FIDELITIES])
     name = fidelity or meta.get(keys.META_DEFAULT_FIDELITY) or fidelities[-1]
     index = head_index(fidelities, name)
-    return _Model(export.freeze(net.to(torch.float64)), meta, path, name, index, dev)
+    spread_head = export.spread_check(meta)[1]
+    spread_index = (
+        head_index(fidelities, spread_head) if spread_head is not None and spread_head in fidelities else None
+    )
+    return _Model(export.freeze(net.to(torch.float64)), meta, path, name, index, dev, spread_index)
 
 
 def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarray, fidelity: str) -> List[str]:
@@ -214,13 +221,13 @@ def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarr
             f"the molecule has {heavy} heavy atoms; the model was trained on molecules with "
             f"{span[0]} to {span[1]}: expect errors well beyond its test metrics"
         )
-    threshold = meta.get(keys.META_SPREAD_WARNING)
+    threshold, head = export.spread_check(meta)
     if threshold is not None and int(meta.get(keys.META_ENSEMBLE_SIZE, 1)) > 1:
         above = np.asarray(spreads) > float(threshold)
         if above.any():
             found.append(
                 f"the ensemble members disagree by more than {threshold} eV (the model's warning "
-                f"threshold) on {int(above.sum())} of {len(above)} starting conformers (largest "
+                f"threshold, head '{head}') on {int(above.sum())} of {len(above)} starting conformers (largest "
                 f"{float(np.max(spreads)):.2f} eV): this chemistry is outside the training data"
             )
     return found
@@ -248,7 +255,7 @@ def _push_off_saddles(
             f"mode and re-optimising"
         )
         kick *= SADDLE_KICK / np.linalg.norm(kick, axis=2).max(axis=1)[:, None, None]
-        evaluate = model_evaluator(job.net, numbers, job.index, job.device)
+        evaluate = model_evaluator(job.net, numbers, job.index, job.device, spread_fidelity=job.spread_index)
         again = optimize(evaluate, opt["positions"][saddle] + kick, fmax, max_steps, optimizer, None, stall_steps)
         for key in ("positions", "energy", "spread", "converged", "failed"):
             opt[key][saddle] = again[key]
@@ -279,7 +286,7 @@ def _saddles(opt: Dict[str, np.ndarray], candidates: np.ndarray, job: _Model, nu
 
 
 def _records(opt: Dict[str, np.ndarray], initial_spread: np.ndarray, job: _Model) -> List[ConformerRecord]:
-    threshold = job.meta.get(keys.META_SPREAD_WARNING)
+    threshold = export.spread_check(job.meta)[0]
     records = []
     for i in range(len(opt["energy"])):
         spread = float(opt["spread"][i]) if job.is_ensemble else None

@@ -442,7 +442,8 @@ class Ensemble(nn.Module):
         else:
             z, layout = prepared
         mol_levels, _ = self.levels(z, used, mol_index, n_mol, pf, ps, sh, used_cell, layout)
-        e = mol_levels.sum(dim=2)[:, :, fidelity]  # (K, B)
+        heads = mol_levels.sum(dim=2)  # (K, B, F)
+        e = heads[:, :, fidelity]  # (K, B)
         if stress:
             f_all, virial = grad.forces_and_virial(e, replicas, strain, create_graph)
         else:
@@ -450,6 +451,7 @@ class Ensemble(nn.Module):
         result: Dict[str, Tensor] = {
             keys.ENERGY: e.mean(dim=0),
             keys.ENERGY_STD: grad.spread(e),
+            keys.HEAD_ENERGY_STD: grad.spread(heads.detach()),
             keys.FORCES: f_all.mean(dim=0),
         }
         if forces_spread:

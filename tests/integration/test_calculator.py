@@ -1,5 +1,7 @@
 """MFCalculator against ASE's own numerics, in MD, optimisation, vibrations and periodic cells."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from ase.optimize import BFGS, FIRE, LBFGS, BFGSLineSearch
 from ase.vibrations import Vibrations
 
 from conftest import ethanol, random_rotation
-from mfcalc import MFCalculator, export
+from mfcalc import MFCalculator, export, keys
 from mfcalc.model import MultiFidelityHipnn
 from mfcalc.model.ensemble import Ensemble
 
@@ -219,6 +221,29 @@ def test_ensemble_reports_the_member_spread(tmp_path):
     assert calc.results["energy_std"] > 0
     assert calc.results["forces_std"].shape == (9, 3) and (calc.results["forces_std"] > 0).any()
     np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), atol=1e-4)
+
+
+@pytest.mark.parametrize("spread_head", ["dft", "cc"])
+def test_the_domain_warning_follows_the_head_the_file_names(tmp_path, spread_head):
+    path = tiny_ensemble_file(tmp_path)
+    atoms = ethanol_atoms()
+    spreads = {}
+    for head in ("dft", "cc"):
+        atoms.calc = MFCalculator(path, fidelity=head, dtype="float64", device="cpu")
+        spreads[head] = atoms.calc.get_property("energy_std", atoms)
+    assert abs(spreads["dft"] - spreads["cc"]) > 1e-3  # the heads' spreads differ: the test can tell them apart
+    threshold = 0.5 * (spreads["dft"] + spreads["cc"])
+    export.update_metadata(path, **{keys.META_SPREAD_WARNING: threshold, keys.META_SPREAD_FIDELITY: spread_head})
+    calc = MFCalculator(path, fidelity="cc", dtype="float64", device="cpu")  # the spread of spread_head counts
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calc.get_property("energy", ethanol_atoms())
+    assert calc.results["domain_std"] == pytest.approx(spreads[spread_head], abs=1e-12)
+    assert calc.results["energy_std"] == pytest.approx(spreads["cc"], abs=1e-12)
+    warned = [str(w.message) for w in caught if "outside the model's training domain" in str(w.message)]
+    assert bool(warned) == (spreads[spread_head] > threshold)
+    if warned:
+        assert f"(head '{spread_head}')" in warned[0]
 
 
 # ---- bad input ---------------------------------------------------------------------------------

@@ -44,6 +44,9 @@ def test_one_pass_equals_members_one_by_one(order, resnet):
         torch.testing.assert_close(out[keys.ENERGY_STD].detach(), e_std, rtol=0, atol=1e-10)
         torch.testing.assert_close(out[keys.FORCES], f, rtol=0, atol=1e-10)
         torch.testing.assert_close(out[keys.FORCES_STD], f_std, rtol=0, atol=1e-10)
+        for other in (0, 1):  # every head's spread, whichever head the forces are of
+            spread = one_by_one(members, z, x, mol, other)[1]
+            torch.testing.assert_close(out[keys.HEAD_ENERGY_STD][:, other], spread, rtol=0, atol=1e-10)
     heads = torch.stack([m(z, x, mol, 1)[keys.ENERGY] for m in members]).detach()
     fwd = ens(z, x, mol, 1)
     torch.testing.assert_close(fwd[keys.ENERGY].detach(), heads.mean(0), rtol=0, atol=1e-10)
@@ -126,3 +129,19 @@ def test_uint8_atomic_numbers_are_atomic_numbers_not_a_mask():
     mol = torch.zeros(len(z), dtype=torch.long)
     ref = ens(z, x, mol, 1)[keys.ENERGY]
     torch.testing.assert_close(ens(z.to(torch.uint8), x, mol, 1)[keys.ENERGY], ref, rtol=0, atol=0)
+
+
+def test_the_conformer_evaluator_reports_the_spread_of_the_head_it_is_given():
+    from mfcalc.conformers.optimize import model_evaluator
+
+    members = perturbed_members()
+    ens = Ensemble(members)
+    z, x = ethanol()
+    coords = np.stack([x.numpy(), x.numpy() + 0.01])  # two conformers in one call
+    for spread_head in (0, 1):
+        energy, _, spread = model_evaluator(ens, z.numpy(), 1, spread_fidelity=spread_head)(coords)
+        for c in range(2):
+            xc = torch.as_tensor(coords[c])
+            mol = torch.zeros(len(z), dtype=torch.long)
+            assert energy[c] == pytest.approx(float(one_by_one(members, z, xc, mol, 1)[0]), abs=1e-10)
+            assert spread[c] == pytest.approx(float(one_by_one(members, z, xc, mol, spread_head)[1]), abs=1e-10)
