@@ -50,12 +50,13 @@ class ConformerRecord:
     motions projected out) is above ``SADDLE_CURVATURE``.
     Energies in eV (absolute, ``energy_ev``) and kcal/mol relative to the lowest ranked one;
     ``spread_ev`` and ``initial_spread_ev`` are the ensemble energy spreads of the optimised
-    and the starting geometry, of the head the model's domain check uses
-    (:func:`mfcalc.export.spread_check`: the head that saw the whole training domain),
-    ``relative_spread_kcal_mol`` the members' spread of the relative energy (each member's
-    energy minus its own energy of the lowest conformer: the uncertainty of the ranking, free
-    of the offset the members share), and ``outside_domain`` whether a spread exceeded the
-    model's warning threshold.
+    and the starting geometry at the ranking's head, ``domain_spread_ev`` and
+    ``initial_domain_spread_ev`` those of the head the model's domain check uses
+    (:func:`mfcalc.export.spread_check`: the head that saw the whole training domain; the same
+    numbers when that is the ranking's head), ``relative_spread_kcal_mol`` the members' spread
+    of the relative energy (each member's energy minus its own energy of the lowest conformer:
+    the uncertainty of the ranking, free of the offset the members share), and
+    ``outside_domain`` whether a domain spread exceeded the model's warning threshold.
     """
 
     id: int
@@ -69,6 +70,8 @@ class ConformerRecord:
     rmsd_to_lowest: Optional[float] = None
     initial_spread_ev: Optional[float] = None
     relative_spread_kcal_mol: Optional[float] = None
+    domain_spread_ev: Optional[float] = None
+    initial_domain_spread_ev: Optional[float] = None
     outside_domain: bool = False
     positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)), repr=False)
 
@@ -149,9 +152,10 @@ def rank(
     check_elements(numbers, job.meta[keys.META_SPECIES])
     coords = conformer_coordinates(mol)
     smiles = rdkit_chem().MolToSmiles(rdkit_chem().RemoveHs(mol))
-    evaluate = model_evaluator(job.net, numbers, job.index, job.device, spread_fidelity=job.spread_index)
+    evaluate = model_evaluator(job.net, numbers, job.index, job.device)
     initial_spread = evaluate(coords)[2]
-    found = domain_warnings(job.meta, numbers, initial_spread, job.fidelity)
+    initial_domain = _domain_spreads(job, numbers, coords, initial_spread)
+    found = domain_warnings(job.meta, numbers, initial_domain, job.fidelity)
     for text in found:
         say(f"WARNING: {text}")
         warnings.warn(f"{smiles}: {text}", stacklevel=2)
@@ -171,7 +175,8 @@ def rank(
     opt = optimize(evaluate, coords, fmax, max_steps, optimizer, progress, stall_steps)
     _push_off_saddles(opt, job, numbers, fmax, max_steps, optimizer, stall_steps, say)
     say(f"optimised in {time.perf_counter() - t0:.1f} s")
-    records = _records(opt, initial_spread, job)
+    final_domain = _domain_spreads(job, numbers, opt["positions"], opt["spread"])
+    records = _records(opt, initial_spread, initial_domain, final_domain, job)
     _mark_changed_bonds(records, mol, coords)
     kept = _merge_duplicates(records, mol, energy_tol, prune_rmsd)
     _assign_ranks(kept, window, mol)
@@ -255,7 +260,7 @@ def _push_off_saddles(
             f"mode and re-optimising"
         )
         kick *= SADDLE_KICK / np.linalg.norm(kick, axis=2).max(axis=1)[:, None, None]
-        evaluate = model_evaluator(job.net, numbers, job.index, job.device, spread_fidelity=job.spread_index)
+        evaluate = model_evaluator(job.net, numbers, job.index, job.device)
         again = optimize(evaluate, opt["positions"][saddle] + kick, fmax, max_steps, optimizer, None, stall_steps)
         for key in ("positions", "energy", "spread", "converged", "failed"):
             opt[key][saddle] = again[key]
@@ -285,13 +290,39 @@ def _saddles(opt: Dict[str, np.ndarray], candidates: np.ndarray, job: _Model, nu
     return suspects[curv < SADDLE_CURVATURE], modes[curv < SADDLE_CURVATURE]
 
 
-def _records(opt: Dict[str, np.ndarray], initial_spread: np.ndarray, job: _Model) -> List[ConformerRecord]:
+def _domain_spreads(job: _Model, numbers: np.ndarray, positions: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """The spreads of the domain check's head at ``positions`` (k, N, 3); ``own`` (the
+    ranking head's) when that is the same head.  Conformers with non-finite positions
+    (exploded) keep ``own``."""
+    if job.spread_index is None or job.spread_index == job.index:
+        return own
+    spreads = np.array(own, dtype=np.float64)
+    finite = np.isfinite(positions).all(axis=(1, 2))
+    if finite.any():
+        evaluate = model_evaluator(job.net, numbers, job.index, job.device, spread_fidelity=job.spread_index)
+        spreads[finite] = evaluate(positions[finite])[2]
+    return spreads
+
+
+def _records(
+    opt: Dict[str, np.ndarray],
+    initial_spread: np.ndarray,
+    initial_domain: np.ndarray,
+    final_domain: np.ndarray,
+    job: _Model,
+) -> List[ConformerRecord]:
     threshold = export.spread_check(job.meta)[0]
     records = []
     for i in range(len(opt["energy"])):
         spread = float(opt["spread"][i]) if job.is_ensemble else None
         start = float(initial_spread[i]) if job.is_ensemble else None
-        outside = threshold is not None and job.is_ensemble and max(spread or 0.0, start or 0.0) > float(threshold)
+        domain = float(final_domain[i]) if job.is_ensemble else None
+        domain_start = float(initial_domain[i]) if job.is_ensemble else None
+        outside = (
+            threshold is not None
+            and job.is_ensemble
+            and max(np.nan_to_num(domain or 0.0), domain_start or 0.0) > float(threshold)
+        )
         records.append(
             ConformerRecord(
                 id=i,
@@ -301,6 +332,8 @@ def _records(opt: Dict[str, np.ndarray], initial_spread: np.ndarray, job: _Model
                 converged=bool(opt["converged"][i]),
                 steps=int(opt["steps"][i]),
                 initial_spread_ev=start,
+                domain_spread_ev=domain,
+                initial_domain_spread_ev=domain_start,
                 outside_domain=bool(outside),
                 positions=opt["positions"][i],
             )

@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.optimize import BFGS
 
 from conftest import ethanol
-from mfcalc import MFCalculator, conformers, export
+from mfcalc import MFCalculator, conformers, export, keys
 from mfcalc.models import default_model_path
 from mfcalc.units import KCAL_MOL_EV
 
@@ -165,7 +165,7 @@ def test_bad_input_is_a_clear_error(tmp_path, case):
         )
         args, needle = [str(path)], "mixes different molecules"
     else:
-        args, needle = ["CCCl"], "Cl not known to this model"
+        args, needle = ["CCBr"], "Br not known to this model"  # outside every default model's domain
     rc, out, err = run_cli(*args, "--device", "cpu", cwd=tmp_path)
     assert rc == 2 and needle in err and "Traceback" not in err, err
 
@@ -200,23 +200,49 @@ def test_a_saddle_point_is_pushed_off_and_only_the_minimum_is_ranked(ethanol_res
 
 
 def test_a_molecule_outside_the_domain_is_warned_about_before_optimising(tmp_path):
-    """Ibuprofen (15 heavy atoms, an aromatic ring) on the shipped model (1-4 heavy atoms): the
-    warning names the reason before any optimisation step, and the JSON carries it per conformer."""
+    """Ibuprofen (15 heavy atoms, an aromatic ring) on the shipped model (trained on smaller
+    molecules): the warning names the reason before any optimisation step, and the JSON
+    carries it per conformer."""
+    span = export.load(default_model_path())[1][keys.META_DOMAIN]["heavy_atoms"]
+    assert span[1] < 15  # the precondition: the shipped model's molecules are smaller
     lines = []
     with pytest.warns(UserWarning, match="heavy atoms"):
         result = conformers.rank("CC(C)Cc1ccc(cc1)C(C)C(=O)O", n_conformers=2, max_steps=3, log=lines.append)
     first_step = next(i for i, line in enumerate(lines) if "step" in line)
-    assert any("WARNING" in line and "15 heavy atoms" in line and "1 to 4" in line for line in lines[:first_step])
+    assert any(
+        "WARNING" in line and "15 heavy atoms" in line and f"{span[0]} to {span[1]}" in line
+        for line in lines[:first_step]
+    )
     assert any("15 heavy atoms" in w for w in result.warnings)
     assert all(r.initial_spread_ev is not None and r.initial_spread_ev > 0 for r in result.records)
     path = tmp_path / "ibu.json"
     conformers.write_json(result, str(path))
     doc = json.loads(path.read_text())
     assert doc["warnings"] == result.warnings
-    assert {"initial_spread_ev", "spread_ev", "outside_domain"} <= set(doc["conformers"][0])
+    fields = {"initial_spread_ev", "spread_ev", "domain_spread_ev", "initial_domain_spread_ev", "outside_domain"}
+    assert fields <= set(doc["conformers"][0])
     assert "WARNING" in conformers.format_table(result)
 
 
 def test_an_in_domain_molecule_gets_no_domain_warning(ethanol_result):
     assert ethanol_result.warnings == []
     assert not any(r.outside_domain for r in ethanol_result.records)
+
+
+def test_the_domain_spread_is_that_of_the_head_the_model_names(ethanol_result):
+    """Ranked at `cc`, checked on the head the shipped model sets its threshold on."""
+    from mfcalc.conformers.optimize import model_evaluator
+
+    model, meta = export.load(default_model_path())
+    threshold, head = export.spread_check(meta)
+    assert head != "cc"  # the precondition: the check's head is not the ranking's
+    model = export.freeze(model.double())
+    ranked = ethanol_result.ranked
+    positions = np.stack([r.positions for r in ranked])
+    numbers = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])  # RDKit order for CCO
+    fids = meta[keys.META_FIDELITIES]
+    own = model_evaluator(model, numbers, fids.index("cc"))(positions)[2]
+    domain = model_evaluator(model, numbers, fids.index("cc"), spread_fidelity=fids.index(head))(positions)[2]
+    np.testing.assert_allclose([r.spread_ev for r in ranked], own, atol=1e-8)
+    np.testing.assert_allclose([r.domain_spread_ev for r in ranked], domain, atol=1e-8)
+    assert np.abs(own - domain).max() > 1e-6 and all(d < threshold for d in domain)
