@@ -155,6 +155,13 @@ def spread_check(meta: Dict[str, Any]) -> Tuple[Optional[float], Optional[str]]:
     return (None if threshold is None else float(threshold)), head
 
 
+def spread_head_index(meta: Dict[str, Any]) -> Optional[int]:
+    """The head index of :func:`spread_check`'s head, or None when the file names no head it has."""
+    head = spread_check(meta)[1]
+    fidelities = list(meta.get(keys.META_FIDELITIES) or [])
+    return fidelities.index(head) if head is not None and head in fidelities else None
+
+
 def rescript(path: str, out: Optional[str] = None) -> Dict[str, Any]:
     """Re-save a model file with the installed mfcalc's code: same weights, same metadata.
 

@@ -121,14 +121,10 @@ class Potential:
         if self.skin < 0:
             raise ValueError(f"skin must be >= 0 Angstrom, got {skin}")
         self.neighbor_backend = neighbor_backend
-        threshold, spread_head = export.spread_check(meta)
+        threshold = export.spread_check(meta)[0]
         self.spread_warning = spread_warning if spread_warning is not None else threshold
         # the head whose spread is compared with the threshold (None: the head in use)
-        self._spread_index: Optional[int] = (
-            head_index(list(self.fidelities), spread_head)
-            if spread_head is not None and spread_head in self.fidelities
-            else None
-        )
+        self._spread_index = export.spread_head_index(meta)
         default = meta.get(keys.META_DEFAULT_FIDELITY) or (self.fidelities[-1] if len(self.fidelities) == 1 else None)
         if fidelity is None and default is None:
             raise ValueError(f"this model has several fidelities; choose one: {', '.join(self.fidelities)}")

@@ -203,11 +203,7 @@ def _load_model(model: Optional[str], fidelity: Optional[str], device: str) -> _
     fidelities = list(meta[keys.META_FIDELITIES])
     name = fidelity or meta.get(keys.META_DEFAULT_FIDELITY) or fidelities[-1]
     index = head_index(fidelities, name)
-    spread_head = export.spread_check(meta)[1]
-    spread_index = (
-        head_index(fidelities, spread_head) if spread_head is not None and spread_head in fidelities else None
-    )
-    return _Model(export.freeze(net.to(torch.float64)), meta, path, name, index, dev, spread_index)
+    return _Model(export.freeze(net.to(torch.float64)), meta, path, name, index, dev, export.spread_head_index(meta))
 
 
 def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarray, fidelity: str) -> List[str]:
