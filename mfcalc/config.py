@@ -172,11 +172,12 @@ class TrainSettings:
             "times their summed squared change is added to the loss (kcal/mol); 0: off",
         ),
     )
-    replay: Optional[str] = field(
+    replay: Optional[List[str]] = field(
         default=None,
         metadata=_help(
-            "fine-tune: the model's original data (read with the bindings recorded in the model file); mixed "
-            "into every batch, and the old heads are scored on its held-out part before and after",
+            "fine-tune: the model's original data, one or more files (read with the bindings recorded in the "
+            "model file; files of one level each are merged by geometry); mixed into every batch, and the old "
+            "heads are scored on its held-out part before and after",
             metavar="FILE",
         ),
     )
@@ -215,6 +216,12 @@ class TrainSettings:
             raise ValueError(f"trunk_lr must be >= 0, got {self.trunk_lr}")
         if self.trunk_anchor < 0:
             raise ValueError(f"trunk_anchor must be >= 0, got {self.trunk_anchor}")
+        if isinstance(self.replay, str):  # TOML: replay = "one.h5"
+            self.replay = [self.replay]
+        if self.replay is not None and (
+            not isinstance(self.replay, list) or not all(isinstance(f, str) and f for f in self.replay)
+        ):
+            raise ValueError(f"replay must be a file name or a list of them, got {self.replay!r}")
         if not 0 <= self.replay_fraction < 1:
             raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if (self.new_head or self.replay or self.train_params != "all" or self.trunk_anchor) and not self.init_from:

@@ -95,9 +95,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg.explicit_train |= {f.name for f in dataclasses.fields(TrainSettings) if getattr(args, f.name, None) is not None}
     if cfg.train.init_from and cfg.train.init_from != "default":
         cfg.train.init_from = os.path.abspath(cfg.train.init_from)
+    cfg.validate()
     if cfg.train.replay:
-        cfg.train.replay = os.path.abspath(cfg.train.replay)
-    return cfg.validate()
+        cfg.train.replay = [os.path.abspath(f) for f in cfg.train.replay]
+    return cfg
 
 
 def main(argv: Optional[List[str]] = None) -> int:

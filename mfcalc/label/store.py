@@ -197,6 +197,20 @@ class LabelStore:
     def close(self) -> None:
         self.merge()
 
+    def write_copy(self, path: str, drop: Iterable[str] = ()) -> int:
+        """Write this store's structures, labels and failures to a new HDF5 file, leaving out the
+        structures keyed in ``drop`` (e.g. a frozen test split, so that what trains on the copy
+        never sees it); returns how many structures were written.  This store is unchanged."""
+        if os.path.exists(path) or os.path.exists(path + ".journal"):
+            raise ValueError(f"{path} exists: a copy is written to a new file")
+        drop = set(drop)
+        copy = LabelStore(path)
+        copy.structures = {k: s for k, s in self.structures.items() if k not in drop}
+        copy.failures = {k: m for k, m in self.failures.items() if k[0] not in drop}
+        copy._dirty = True
+        copy.merge()
+        return len(copy)
+
     def _groups(self) -> Dict[str, List[Tuple[str, Structure]]]:
         by_formula: Dict[str, List[Tuple[str, Structure]]] = {}
         for key, s in self.structures.items():  # insertion order: the order structures were added

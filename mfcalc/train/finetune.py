@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -105,30 +106,42 @@ def resolve_settings(cfg: RunConfig, source: Source) -> None:
         )
 
 
-def read_replay(source: Source, path: str, names: Sequence[str]) -> MFData:
+def read_replay(source: Source, paths: Sequence[str], names: Sequence[str]) -> MFData:
     """The file's original data, read with the key bindings and units the model file records
-    for its heads, in the columns of ``names``."""
-    from mfcalc.data.dataset import read_file
-    from mfcalc.data.fidelity import FidelitySpec
+    for its heads, in the columns of ``names``.  Several files are read as a training run reads
+    them: a level missing from a file is no label there, and one geometry labelled in several
+    files (one file per level of theory) becomes one structure."""
+    from mfcalc.config import FidelityConfig, load_run_data
 
+    shown = ", ".join(paths)
     recorded = (source.meta.get(keys.META_TRAINING) or {}).get("fidelities") or {}
-    specs = [
-        FidelitySpec(name, b["energy"], b.get("forces"), b.get("energy_unit"), b.get("forces_unit"))
+    heads = [
+        FidelityConfig(
+            name,
+            b["energy"],
+            b.get("forces"),
+            files=list(paths),
+            energy_unit=b.get("energy_unit"),
+            forces_unit=b.get("forces_unit"),
+        )
         for name, b in recorded.items()
         if name in source.fidelities
     ]
-    if not specs:
+    if not heads:
         raise ValueError(
-            f"--replay: {source.path} records no key bindings of its heads, so {path} cannot be read "
+            f"--replay: {source.path} records no key bindings of its heads, so {shown} cannot be read "
             "as its original data"
         )
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise ValueError(f"--replay: data file not found: {', '.join(missing)}")
     try:
-        data = read_file(path, specs)
-    except FileNotFoundError:
-        raise ValueError(f"--replay: data file not found: {path}") from None
+        data = load_run_data(RunConfig(fidelities=heads), say=lambda _m: None)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"--replay {shown}: not the original data of {source.path}: {exc}") from None
     unknown = sorted(set(np.unique(np.asarray(data.numbers)).tolist()) - set(source.species))
     if unknown:
-        raise ValueError(f"--replay: {path} holds elements {unknown} that {source.path} never knew")
+        raise ValueError(f"--replay: {shown} holds elements {unknown} that {source.path} never knew")
     return data.with_fidelities(names)
 
 

@@ -228,6 +228,37 @@ def test_replay_keeps_the_old_heads_and_reports_forgetting(source, tmp_path):
         TrainSettings(replay="x.h5").validate()
 
 
+def test_replay_from_files_of_one_level_each_is_the_same_data_as_from_one_file(source, tmp_path):
+    """A model trained on several files (one per level of theory) replays them all: read as a
+    training run reads them, a geometry labelled in two files is one structure with both labels."""
+    import h5py
+    import numpy as np
+
+    from mfcalc.config import TrainSettings
+    from mfcalc.train.finetune import load_source, read_replay
+
+    hco = source.parent.parent / "hco.h5"
+    split = {"xtb.h5": "gfn2_xtb", "dft.h5": "wb97x_dz"}
+    for name, level in split.items():  # each file keeps its geometries and one level's labels
+        with h5py.File(hco) as f, h5py.File(tmp_path / name, "w") as g:
+            for group in f:
+                out = g.create_group(group)
+                for key in f[group]:
+                    if "." not in key or key.startswith(level + "."):
+                        f[group].copy(key, out)
+    loaded = load_source(str(source))
+    one = read_replay(loaded, [str(hco)], ["xtb", "dft"])
+    two = read_replay(loaded, [str(tmp_path / n) for n in split], ["xtb", "dft"])
+    assert len(two) == len(one) and np.isfinite(two.energy).all()
+    order_one, order_two = np.lexsort(one.energy.T[::-1]), np.lexsort(two.energy.T[::-1])
+    np.testing.assert_allclose(two.energy[order_two], one.energy[order_one], rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="not found: .*missing.h5"):
+        read_replay(loaded, [str(hco), str(tmp_path / "missing.h5")], ["xtb"])
+    assert TrainSettings(init_from="m.pt", replay="one.h5").validate().replay == ["one.h5"]  # a TOML string
+    with pytest.raises(ValueError, match="replay must be"):
+        TrainSettings(init_from="m.pt", replay=["a.h5", 3]).validate()
+
+
 def test_default_names_the_shipped_model():
     from mfcalc.train.finetune import load_source
 

@@ -67,7 +67,8 @@ def test_two_process_ddp_equals_single_process(tmp_path):
 
 
 def test_two_process_ddp_fine_tuning_equals_single_process(tmp_path):
-    """--init-from with a new head and replay: the DDP run equals the one-process run."""
+    """--init-from with a new head, replay and the L2-SP trunk anchor: the DDP run equals the
+    one-process run (the anchor term is the same on every rank, and its gradient is averaged)."""
     source = tmp_path / "source"
     one_epoch = [*ARGS[: ARGS.index("--epochs")], "--epochs", "1", *ARGS[ARGS.index("--max-structures") :]]
     subprocess.run(
@@ -86,6 +87,8 @@ def test_two_process_ddp_fine_tuning_equals_single_process(tmp_path):
         "cc_again=cc",
         "--replay",
         str(REFERENCE_H5),
+        "--trunk-anchor",
+        "0.5",
         "--epochs",
         "2",
         "--max-structures",

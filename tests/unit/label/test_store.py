@@ -82,6 +82,28 @@ def test_the_reference_file_round_trips_through_the_store(tmp_path):
             np.testing.assert_array_equal(np.sort(f["C1H4O1"][key][()]), np.sort(r["C1H4O1"][key][()]))
 
 
+def test_a_copy_without_some_structures_keeps_every_other_label(tmp_path):
+    """write_copy: the dropped keys are gone, every other label (forces included) is as it was,
+    the source is unchanged, and an existing target is refused."""
+    source = LabelStore(str(REFERENCE_H5))
+    keys = list(source.structures)
+    drop = set(keys[::3])
+    n = source.write_copy(str(tmp_path / "copy.h5"), drop=drop)
+    assert n == len(keys) - len(drop) and len(source) == len(keys)
+    copy = LabelStore(str(tmp_path / "copy.h5"))
+    assert set(copy.structures) == set(keys) - drop
+    for key, s in copy.structures.items():
+        old = source.structures[key]
+        assert set(s.labels) == set(old.labels)
+        for level, lab in s.labels.items():
+            assert lab.energy == old.labels[level].energy
+            assert (lab.forces is None) == (old.labels[level].forces is None)
+            if lab.forces is not None:
+                np.testing.assert_array_equal(lab.forces, old.labels[level].forces)
+    with pytest.raises(ValueError, match="exists"):
+        source.write_copy(str(tmp_path / "copy.h5"))
+
+
 def test_a_truncated_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(REFERENCE_H5.read_bytes()[:5000])
