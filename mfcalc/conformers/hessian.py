@@ -7,7 +7,7 @@ with rigid motions projected out, tells them apart.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,9 +32,14 @@ def internal_curvatures(hessian: np.ndarray, positions: np.ndarray) -> Tuple[np.
     return vals[internal], vecs[:, internal]
 
 
-def hessians(evaluate: Evaluator, positions: np.ndarray, step: float = 5e-3) -> np.ndarray:
+def hessians(
+    evaluate: Evaluator,
+    positions: np.ndarray,
+    step: float = 5e-3,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> np.ndarray:
     """Cartesian Hessians (K, 3N, 3N) eV/A^2 of K geometries by central differences of the
-    forces: 3N evaluations of 2K displaced geometries each."""
+    forces: 3N evaluations of 2K displaced geometries each (``progress(done, 3N)`` after each)."""
     k, n = positions.shape[:2]
     dof = 3 * n
     hess = np.zeros((k, dof, dof))
@@ -46,6 +51,8 @@ def hessians(evaluate: Evaluator, positions: np.ndarray, step: float = 5e-3) -> 
         _, f, _ = evaluate(shifted.reshape(2 * k, n, 3))
         f = f.reshape(2 * k, dof)
         hess[:, :, d] = -(f[:k] - f[k:]) / (2 * step)
+        if progress is not None:
+            progress(d + 1, dof)
     return hess
 
 
@@ -57,6 +64,7 @@ def lowest_curvature(
     step: float = 5e-3,
     device: torch.device = torch.device("cpu"),
     dtype: torch.dtype = torch.float64,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Lowest curvature (eV/A^2) of each geometry's energy surface, rigid motions projected out.
 
@@ -67,7 +75,7 @@ def lowest_curvature(
         ``(curvature (K,), mode (K, N, 3))``: the lowest eigenvalue and its unit eigenvector.
     """
     k, n = positions.shape[:2]
-    hess = hessians(model_evaluator(model, numbers, fidelity, device, dtype), positions, step)
+    hess = hessians(model_evaluator(model, numbers, fidelity, device, dtype), positions, step, progress)
     curvature, modes = np.zeros(k), np.zeros((k, n, 3))
     for c in range(k):
         vals, vecs = internal_curvatures(hess[c], positions[c])

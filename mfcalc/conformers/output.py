@@ -9,16 +9,20 @@ from typing import Dict
 from mfcalc.conformers.molecules import rdkit_chem
 from mfcalc.conformers.rank import RankResult
 from mfcalc.files import atomic_write_text
-from mfcalc.units import KCAL_MOL_EV
 
 
 def format_table(result: RankResult) -> str:
-    """Rank, id, relative energy, ensemble spread ("!" above the model's warning threshold),
-    heavy-atom RMSD to the lowest, convergence and steps; then what was not ranked and why."""
-    has_spread = any(r.spread_ev is not None for r in result.records)
+    """Rank, id, relative energy and its uncertainty, heavy-atom RMSD to the lowest,
+    convergence and steps; then what was not ranked and why.
+
+    The uncertainty is the members' spread of the *relative* energy (each member's energy
+    above its own lowest conformer): the members' absolute energies of a molecule may
+    disagree by many kcal/mol by a shared offset that cancels in a ranking.  "!" marks a
+    conformer whose domain-check spread exceeds the model's warning threshold."""
+    has_spread = any(r.relative_spread_kcal_mol is not None for r in result.ranked)
     head = (
         f"{'rank':>4} {'id':>4} {'rel. E':>10} "
-        + (f"{'spread':>10} " if has_spread else "")
+        + (f"{'+/- rel.':>10} " if has_spread else "")
         + f"{'RMSD':>7} {'conv.':>5} {'steps':>5}"
     )
     units = (
@@ -31,8 +35,9 @@ def format_table(result: RankResult) -> str:
     lines += [head, units]
     for r in result.ranked:
         spread = ""
-        if has_spread and r.spread_ev is not None:
-            spread = f"{r.spread_ev / KCAL_MOL_EV:9.3f}{'!' if r.outside_domain else ' '} "
+        if has_spread:
+            value = f"{r.relative_spread_kcal_mol:9.3f}" if r.relative_spread_kcal_mol is not None else f"{'-':>9}"
+            spread = f"{value}{'!' if r.outside_domain else ' '} "
         lines.append(
             f"{r.rank:>4} {r.id:>4} {r.relative_kcal_mol:10.3f} {spread}{r.rmsd_to_lowest:7.3f} "
             f"{'yes' if r.converged else 'no':>5} {r.steps:>5}"
@@ -49,6 +54,8 @@ def format_table(result: RankResult) -> str:
         lines.append(f"  conformer {r.id}: {r.status}")
     if any(r.outside_domain for r in result.records):
         lines.append("! ensemble spread above the model's warning threshold: outside its training domain")
+    if has_spread:
+        lines.append("+/- rel.: the ensemble members' spread of the relative energy")
     return "\n".join(lines)
 
 
@@ -71,6 +78,8 @@ def write_sdf(result: RankResult, path: str) -> None:
         if r.spread_ev is not None:
             m.SetDoubleProp("mfcalc_spread_ev", r.spread_ev)
             m.SetProp("mfcalc_outside_domain", "yes" if r.outside_domain else "no")
+        if r.relative_spread_kcal_mol is not None:
+            m.SetDoubleProp("mfcalc_relative_spread_kcal_mol", r.relative_spread_kcal_mol)
         m.SetDoubleProp("mfcalc_rmsd_to_lowest", r.rmsd_to_lowest)
         m.SetProp("mfcalc_fidelity", result.fidelity)
         m.SetProp("mfcalc_converged", "yes" if r.converged else "no")

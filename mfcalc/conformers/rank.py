@@ -247,8 +247,9 @@ def _push_off_saddles(
     """Converged conformers at saddle points are pushed along their negative mode and
     re-optimised (twice at most); any still at a saddle are marked, not ranked."""
     candidates = np.arange(len(opt["energy"]))  # after a push, only the pushed conformers can have changed
+    lines = ProgressLines(say, interval=10.0, timestamps=False)
     for _ in range(SADDLE_PUSHES):
-        saddle, kick = _saddles(opt, candidates, job, numbers)
+        saddle, kick = _saddles(opt, candidates, job, numbers, lines)
         if len(saddle) == 0:
             return
         say(
@@ -257,33 +258,55 @@ def _push_off_saddles(
         )
         kick *= SADDLE_KICK / np.linalg.norm(kick, axis=2).max(axis=1)[:, None, None]
         evaluate = model_evaluator(job.net, numbers, job.index, job.device)
-        again = optimize(evaluate, opt["positions"][saddle] + kick, fmax, max_steps, optimizer, None, stall_steps)
+
+        def progress(step: int, n_conv: int, n_fail: int, worst: float, n: int = len(saddle)) -> None:
+            lines(f"  re-optimising, step {step:4d}: {n_conv}/{n} converged, max force {worst:.3f} eV/A")
+
+        again = optimize(evaluate, opt["positions"][saddle] + kick, fmax, max_steps, optimizer, progress, stall_steps)
         for key in ("positions", "energy", "spread", "converged", "failed"):
             opt[key][saddle] = again[key]
         opt["steps"][saddle] += again["steps"]
         candidates = saddle
-    opt["failed"][_saddles(opt, candidates, job, numbers)[0]] = (
+    opt["failed"][_saddles(opt, candidates, job, numbers, lines)[0]] = (
         f"saddle point (negative curvature after {SADDLE_PUSHES} pushes)"
     )
 
 
-def _saddles(opt: Dict[str, np.ndarray], candidates: np.ndarray, job: _Model, numbers: np.ndarray):
+def _saddles(
+    opt: Dict[str, np.ndarray],
+    candidates: np.ndarray,
+    job: _Model,
+    numbers: np.ndarray,
+    lines: Callable[[str], None],
+):
     """Those of ``candidates`` that converged at saddle points, with their negative modes.
     The Hessian is computed for one conformer per energy level (duplicates and mirror
-    images share the spectrum) and then for every member of a level that is a saddle."""
+    images share the spectrum) and then for the other members of a level that is a saddle."""
     none = (np.zeros(0, dtype=np.int64), np.zeros((0, len(numbers), 3)))
     done = candidates[opt["converged"][candidates] & (opt["failed"][candidates] == "")]
     done = done[np.argsort(opt["energy"][done])]
     if len(done) == 0:
         return none
+
+    def curvatures(rows: np.ndarray, what: str):
+        def progress(d: int, dof: int) -> None:
+            lines(f"  saddle check: Hessians of {len(rows)} {what}, {d}/{dof} displacements")
+
+        return lowest_curvature(
+            job.net, numbers, opt["positions"][rows], job.index, device=job.device, progress=progress
+        )
+
     level = np.concatenate([[0], np.cumsum(np.diff(opt["energy"][done]) > 1e-4)])
-    reps = np.array([done[level == g][0] for g in range(level[-1] + 1)])
-    curv, _ = lowest_curvature(job.net, numbers, opt["positions"][reps], job.index, device=job.device)
-    suspects = done[np.isin(level, np.nonzero(curv < SADDLE_CURVATURE)[0])]
-    if len(suspects) == 0:
-        return none
-    curv, modes = lowest_curvature(job.net, numbers, opt["positions"][suspects], job.index, device=job.device)
-    return suspects[curv < SADDLE_CURVATURE], modes[curv < SADDLE_CURVATURE]
+    first = np.array([np.nonzero(level == g)[0][0] for g in range(level[-1] + 1)])  # positions in ``done``
+    curv_rep, mode_rep = curvatures(done[first], "conformers (one per energy level)")
+    curv, modes = np.full(len(done), np.inf), np.zeros((len(done), len(numbers), 3))
+    curv[first], modes[first] = curv_rep, mode_rep
+    saddle_levels = np.nonzero(curv_rep < SADDLE_CURVATURE)[0]
+    rest = np.setdiff1d(np.nonzero(np.isin(level, saddle_levels))[0], first)  # other members of saddle levels
+    if len(rest):
+        curv[rest], modes[rest] = curvatures(done[rest], "conformers sharing an energy with a saddle point")
+    is_saddle = curv < SADDLE_CURVATURE
+    return done[is_saddle], modes[is_saddle]
 
 
 def _domain_spreads(job: _Model, numbers: np.ndarray, positions: np.ndarray, own: np.ndarray) -> np.ndarray:

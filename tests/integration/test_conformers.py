@@ -68,6 +68,19 @@ def test_relative_energy_spread_is_zero_for_the_lowest_and_bounded_by_the_absolu
         assert 0 < r.relative_spread_kcal_mol <= bound + 1e-9
 
 
+def test_the_table_shows_the_relative_energy_uncertainty_not_the_absolute_spread(ethanol_result):
+    """A ranking's uncertainty is the members' spread of relative energies; the absolute spread
+    (a shared offset between members) would bury every energy difference in the table."""
+    lines = conformers.format_table(ethanol_result).splitlines()
+    rows = {int(line.split()[1]): line.split() for line in lines if line.strip() and line.split()[0].isdigit()}
+    assert len(rows) == len(ethanol_result.ranked)
+    for r in ethanol_result.ranked:
+        shown = float(rows[r.id][3].rstrip("!"))
+        assert shown == pytest.approx(r.relative_spread_kcal_mol, abs=6e-4)
+        if r.rank > 1:
+            assert abs(shown - r.spread_ev / KCAL_MOL_EV) > 1e-3  # not the absolute spread
+
+
 def test_ranked_conformers_are_minima_and_the_curvature_matches_ase_vibrations(ethanol_result, tmp_path):
     """lowest_curvature (batched central differences, rigid motions projected out) against
     the Hessian of ASE's Vibrations on the same model: the lowest internal curvature agrees."""
@@ -148,6 +161,8 @@ def test_cli_writes_table_sdf_and_json(tmp_path):
     mols = list(Chem.SDMolSupplier(str(tmp_path / "r.sdf"), removeHs=False))
     assert mols and mols[0].GetIntProp("mfcalc_rank") == 1
     assert mols[0].GetDoubleProp("mfcalc_relative_kcal_mol") == 0.0
+    assert mols[0].GetDoubleProp("mfcalc_relative_spread_kcal_mol") == 0.0  # the lowest, against itself
+    assert all(m.GetDoubleProp("mfcalc_relative_spread_kcal_mol") >= 0 for m in mols)
 
 
 @pytest.mark.parametrize("case", ["smiles", "mixed", "element"])
