@@ -148,7 +148,8 @@ def replay_files(workdir: str) -> List[str]:
             dropped += len(source) - source.write_copy(copy, drop=test)
         out.append(copy)
     print(
-        f"replay: {len(SHIPPED_DATA)} training files of the shipped model, {dropped} test structures left out",
+        f"replay: {len(SHIPPED_DATA)} training files of the shipped model; {dropped} entries of its {len(test)} test "
+        "structures left out (a geometry may be in several files)",
         file=sys.stderr,
         flush=True,
     )

@@ -162,6 +162,7 @@ def prepare_run(
             )
         if replay is not None:  # the original data get their own split: its test part scores forgetting
             old_split = split_indices(data.subset(replay), t_cfg.valid_fraction, t_cfg.test_fraction, seed=t_cfg.seed)
+            old_split = cap_replay_validation(old_split, len(split["valid"]), t_cfg.seed)
             split = {k: np.concatenate([split[k], replay[old_split[k]]]) for k in split}
         species = sorted(cfg.model.species or np.unique(np.asarray(data.numbers)).astype(int).tolist())
         if source is not None:  # the file's elements stay; new ones are added
@@ -202,3 +203,23 @@ def prepare_run(
         replay=replay,
         source=source,
     )
+
+
+MIN_REPLAY_VALID = 100  # replayed structures validated every epoch at least (when the replay has them)
+
+
+def cap_replay_validation(old_split: Dict[str, np.ndarray], n_new_valid: int, seed: int) -> Dict[str, np.ndarray]:
+    """The replay's validation part, at most as large as the new data's (and at least
+    :data:`MIN_REPLAY_VALID`): a replay file of the original model's tens of thousands of
+    structures would otherwise make every epoch's validation cost more than its training.
+    The rest trains; the test part, which scores forgetting once before and after, stays whole."""
+    cap = max(n_new_valid, MIN_REPLAY_VALID)
+    valid = old_split["valid"]
+    if len(valid) <= cap:
+        return old_split
+    chosen = np.random.default_rng(seed).permutation(valid)
+    return {
+        "train": np.sort(np.concatenate([old_split["train"], chosen[cap:]])),
+        "valid": np.sort(chosen[:cap]),
+        "test": old_split["test"],
+    }

@@ -259,6 +259,21 @@ def test_replay_from_files_of_one_level_each_is_the_same_data_as_from_one_file(s
         TrainSettings(init_from="m.pt", replay=["a.h5", 3]).validate()
 
 
+def test_a_large_replay_validates_on_no_more_structures_than_the_new_data():
+    """The replay's validation part is capped at the new data's (at least MIN_REPLAY_VALID);
+    the surplus trains, the test part is untouched, and no row is lost or doubled."""
+    import numpy as np
+
+    from mfcalc.train.prepare import MIN_REPLAY_VALID, cap_replay_validation
+
+    old = {"train": np.arange(0, 8000), "valid": np.arange(8000, 9000), "test": np.arange(9000, 10000)}
+    capped = cap_replay_validation(old, 40, seed=0)
+    assert len(capped["valid"]) == MIN_REPLAY_VALID and np.array_equal(capped["test"], old["test"])
+    assert np.array_equal(np.sort(np.concatenate(list(capped.values()))), np.arange(10000))
+    assert len(cap_replay_validation(old, 300, seed=0)["valid"]) == 300
+    assert cap_replay_validation(old, 5000, seed=0) is old  # nothing to cap
+
+
 def test_default_names_the_shipped_model():
     from mfcalc.train.finetune import load_source
 
