@@ -19,6 +19,8 @@ from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.train import finetune
 from mfcalc.train.loss import LossWeights
 
+MIN_REPLAY_VALID = 100  # replayed structures validated every epoch at least (when the replay has them)
+
 
 @dataclass
 class RunData:
@@ -203,9 +205,6 @@ def prepare_run(
         replay=replay,
         source=source,
     )
-
-
-MIN_REPLAY_VALID = 100  # replayed structures validated every epoch at least (when the replay has them)
 
 
 def cap_replay_validation(old_split: Dict[str, np.ndarray], n_new_valid: int, seed: int) -> Dict[str, np.ndarray]:
