@@ -15,10 +15,9 @@ only the starting weights differ; the budget is shared by the members.
 
 Fine-tuning replays the shipped model's own training data (the files it was trained on, less
 its frozen test split ``models/default_test.h5``, copied into the work directory) so that its
-old heads are not forgotten; the old ``cc`` head's error on that test split is reported before
-and after.  Printed: CASPT2
-relative-energy RMSE on the held-out structures, the C-C bond-stretch curve of each model,
-and the old ``cc`` head on the shipped model's test split.
+old heads are not forgotten.  Printed: CASPT2 relative-energy RMSE on the held-out structures,
+the C-C bond-stretch curve of each model, and the old ``cc`` head on that test split before and
+after.
 
     python tools/bench_finetune.py --minutes 6 [--json tools/results/finetune.json]
 """
