@@ -7,6 +7,7 @@
 #
 #   tools/campaign.sh sample       # round-0 candidates: minima, torsion scans, normal modes, MD (GFN2-xTB)
 #   tools/campaign.sh xtb          # GFN2-xTB energies+forces for every candidate -> data/campaign/campaign.h5
+#   tools/campaign.sh large        # round 3: 9-16-heavy-atom drugs and fragments, sampled and labelled with GFN2-xTB -> large.h5
 #   tools/campaign.sh heldout      # held-out benchmark structures -> data/benchmark/heldout.h5 (xTB, DFT, CCSD(T))
 #   tools/campaign.sh committee R  # train the round-R committee on everything labelled so far
 #   tools/campaign.sh select-dft R N / select-cc R N   # pick N structures with the round-R committee
@@ -17,13 +18,20 @@ C=data/campaign
 B=data/benchmark
 W=${WORKERS:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
-stage=${1:?usage: tools/campaign.sh sample|xtb|heldout|committee|select-dft|select-cc|dft|cc [ROUND] [N]}
+stage=${1:?usage: tools/campaign.sh sample|xtb|large|heldout|committee|select-dft|select-cc|dft|cc [ROUND] [N]}
 case $stage in
   sample)
     mfcalc-sample $C/small.smi $C/medium.smi --out $C/round0_candidates.extxyz --conformers --torsions \
         --normal-modes 300,600,1000 --md 500,1000 --md-minima 1 --per-temperature 12 --window 5 --seed 0 ;;
   xtb)
     mfcalc-label $C/round0_candidates.extxyz --levels gfn2_xtb --out $C/campaign.h5 --workers "$W" ;;
+  large)
+    # the size domain up to drug-sized molecules: the 8 lowest minima within 5 kcal/mol of each (a
+    # floppy one has dozens), every torsion scanned, normal modes and MD as in round 0 with 8 per
+    # temperature; its own file, so that campaign.h5 is not rewritten
+    mfcalc-sample $C/large.smi --out $C/large_candidates.extxyz --conformers --torsions \
+        --normal-modes 300,600,1000 --md 500,1000 --md-minima 1 --per-temperature 8 --window 5 --max-minima 8 --seed 0
+    mfcalc-label $C/large_candidates.extxyz --levels gfn2_xtb --out $C/large.h5 --workers "$W" ;;
   heldout)
     mkdir -p $B
     # (a) every conformer within 5 kcal/mol (searched at GFN2-xTB with a 6 kcal/mol margin) of the

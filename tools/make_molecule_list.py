@@ -5,6 +5,11 @@
 * ``medium.smi``: 4-8 heavy atoms covering the functional groups of small drug fragments (a
   curated list: alcohols, ethers, amines, amides, esters, acids, aldehydes, ketones, nitriles,
   halides, thiols, sulfides, sulfoxides, aromatics and heteroaromatics);
+* ``large.smi``: 9-16 heavy atoms, small drugs and drug fragments (curated), so that the
+  model's domain reaches the molecules users rank (ibuprofen has 15 heavy atoms); sampled
+  with a cap on minima per molecule (data/README.md, round 3).  The conformer-ranking test
+  molecules themselves (ibuprofen, paracetamol) and paracetamol's ethyl ether (phenacetin)
+  are left out, so that ranking them stays a test of generalisation;
 * ``heldout_conformers.smi`` and ``heldout_small.smi``: molecules kept out of training for the
   accuracy benchmark (tools/bench_accuracy.py): removed from both lists above.
 
@@ -93,6 +98,31 @@ CSC=C CCSSCC CSCCO CSCCN CC(C)S C1CSCCS1 CS(N)(=O)=O CS(=O)(=O)Cl CCS(=O)CC CSc1
 Fc1ccccc1F Cc1ccco1 c1ccnnc1 c1cnccn1 c1cn[nH]c1 c1nc[nH]n1 Nc1ccccn1 Fc1ccncc1 Clc1ccncc1 Oc1ccccc1O Cc1ccccn1
 C=CCC=C C#CC#C C=CC#C CC(C)=CC C1=CCC=C1 C1=CCCCC1 CC1=CCCC1
 """
+
+
+# 9-16 heavy atoms: small drugs and their fragments, rigid and floppy, every element of the set
+LARGE = """
+# benzoic acids, esters, anilides, sulfonamides (aspirin- and ibuprofen-like fragments)
+CC(=O)Oc1ccccc1C(=O)O CC(=O)Nc1ccccc1 COC(=O)c1ccccc1O OC(=O)c1ccccc1 CC(C)Cc1ccccc1 CC(C(=O)O)c1ccccc1
+CCOC(=O)c1ccc(N)cc1 Nc1ccc(cc1)S(N)(=O)=O Cc1ccc(cc1)S(N)(=O)=O OC(=O)c1ccc(Cl)cc1 NC(=O)c1ccc(Cl)cc1
+OC(=O)c1ccccc1Cl FC(F)(F)c1ccccc1 Oc1ccc(cc1)C(F)(F)F N#Cc1ccc(O)cc1 CCN(CC)C(=O)c1cccc(C)c1
+# phenols and aryl ethers
+COc1cc(C=O)ccc1O COc1ccccc1O C=CCc1ccc(O)c(OC)c1 CC(N)COc1c(C)cccc1C Clc1ccc(OCC(O)CO)cc1
+# amines: phenethylamines, tryptamine, nicotine
+NCCc1ccccc1 CC(N)Cc1ccccc1 CNC(C)C(O)c1ccccc1 NCCc1ccc(O)c(O)c1 NCCc1ccc(O)cc1 NCCc1c[nH]c2ccccc12
+CN1CCCC1c1cccnc1
+# fused and drug-like heteroaromatics
+c1ccc2[nH]ccc2c1 c1ccc2ccccc2c1 c1ccc2ncccc2c1 c1ccc2[nH]cnc2c1 c1ccc2occc2c1 c1ccc2sccc2c1 c1ccc2scnc2c1
+Cn1cnc2c1c(=O)n(C)c(=O)n2C Cc1c[nH]c(=O)[nH]c1=O O=c1[nH]cc(F)c(=O)[nH]1 NC(=O)c1cccnc1 NNC(=O)c1ccncc1
+NC(=O)c1cnccn1 CC1=CC(=O)N(N1C)c1ccccc1 Clc1ccc2oc(=O)[nH]c2c1
+# floppy aliphatics: long chains, glymes, acids, amino acids, peptides (conformer-rich)
+CCCCCCCCO CCCCCCCCCC CCCC(CCC)C(=O)O CC(C)CC(CN)CC(=O)O NCC1(CC(=O)O)CCCCC1 CC(C)C1CCC(C)CC1O
+CC1(C)C2CCC1(C)C(=O)C2 COCCOCCOC CCCCOCCOCCO CC(=O)NC(C)C(=O)NC CSCCC(N)C(=O)O CC(C)(S)C(N)C(=O)O
+CC(=O)NC(CS)C(=O)O CC(CS)C(=O)N1CCCC1C(=O)O CCC1(C)CC(=O)NC1=O CCC1(CC)C(=O)NC(=O)NC1=O CN(C)C(=N)NC(N)=N
+CCOC(=O)CC(=O)OCC CC(=O)OCC(COC(C)=O)OC(C)=O CCCCSCCCC CS(=O)c1ccccc1 CC(S)C(=O)NCC(=O)O O=C(CCCCl)c1ccc(F)cc1
+"""
+# the conformer-ranking test molecules (README, issue #14) and a near copy: never in training
+RANKING_TESTS = ["CC(C)Cc1ccc(cc1)C(C)C(=O)O", "CC(=O)Nc1ccc(O)cc1", "CCOc1ccc(NC(C)=O)cc1"]
 
 
 def _bond_ok(a: Chem.Atom, b: Chem.Atom, order: int) -> bool:
@@ -227,9 +257,20 @@ def main() -> int:
     bad = [s for s in medium if not 4 <= Chem.MolFromSmiles(s).GetNumAtoms() <= 8]
     if bad:
         raise ValueError(f"medium molecules outside 4-8 heavy atoms: {bad}")
+    large = [
+        s
+        for s in dict.fromkeys(
+            canonical(x) for line in LARGE.splitlines() if not line.startswith("#") for x in line.split()
+        )
+    ]
+    tests = {canonical(s) for s in RANKING_TESTS}
+    bad = [s for s in large if not 9 <= Chem.MolFromSmiles(s).GetNumAtoms() <= 16 or s in tests or s in heldout]
+    if bad:
+        raise ValueError(f"large molecules outside 9-16 heavy atoms, or held out: {bad}")
     header = {
         "small": "1-3 heavy atoms, enumerated under the rules of tools/make_molecule_list.py",
         "medium": "4-8 heavy atoms, functional groups of small drug fragments (curated)",
+        "large": "9-16 heavy atoms, small drugs and drug fragments (curated; the ranking test molecules left out)",
         "heldout_conformers": "never trained on: every conformer benchmarked (4-6 heavy atoms)",
         "heldout_small": "never trained on: unseen small molecules, thermal snapshots",
     }
@@ -237,6 +278,7 @@ def main() -> int:
     lists = (
         ("small", small),
         ("medium", medium),
+        ("large", large),
         ("heldout_conformers", heldout[:n_conf]),
         ("heldout_small", heldout[n_conf:]),
     )

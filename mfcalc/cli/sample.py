@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--md", type=_floats, default=[], metavar="T1,T2", help="MD snapshots at these temperatures (K)")
     p.add_argument("--md-minima", type=int, metavar="N", help="MD from the lowest N minima only (default: every one)")
+    p.add_argument(
+        "--max-minima",
+        type=int,
+        metavar="N",
+        help="keep and sample around the lowest N minima within --window only (default: every one; "
+        "floppy drug-sized molecules have dozens)",
+    )
     p.add_argument("--per-temperature", type=int, default=10, help="samples per minimum and temperature")
     p.add_argument("--n-embed", type=int, default=20, help="ETKDG conformers to start from")
     p.add_argument("--window", type=float, default=5.0, help="kcal/mol above the lowest minimum")
@@ -87,6 +94,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.per_temperature < 1 or args.n_embed < 1 or args.window < 0 or not 0 < args.scan_step < 360:
             raise ValueError("need --per-temperature >= 1, --n-embed >= 1, --window >= 0, 0 < --scan-step < 360")
+        if args.max_minima is not None and args.max_minima < 1:
+            raise ValueError(f"--max-minima must be at least 1, got {args.max_minima}")
         settings = SampleSettings(
             conformers=args.conformers,
             torsions=args.torsions,
@@ -95,6 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             normal_modes=args.normal_modes,
             md=args.md,
             md_minima=args.md_minima,
+            max_minima=args.max_minima,
             per_temperature=args.per_temperature,
             n_embed=args.n_embed,
             window=args.window,

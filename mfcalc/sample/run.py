@@ -47,6 +47,7 @@ class SampleSettings:
     normal_modes: Sequence[float] = ()  # temperatures, K
     md: Sequence[float] = ()  # temperatures, K
     md_minima: Optional[int] = None  # MD from the lowest this many minima (None: every minimum)
+    max_minima: Optional[int] = None  # keep (and sample around) the lowest this many minima only
     per_temperature: int = 10
     n_embed: int = 20
     window: float = 5.0  # kcal/mol above the lowest minimum
@@ -97,15 +98,23 @@ def sample_molecule(
     if mol is None:
         mol = embed_smiles(smiles, settings.n_embed, seed=settings.seed)
     charge = Chem.GetFormalCharge(mol)
-    minima = find_minima(mol, engine, charge, settings.window, say)
+    t0 = time.perf_counter()
+
+    def phase(text: str) -> None:  # a drug-sized molecule takes minutes: say where it is
+        say(f"  {text} ({time.perf_counter() - t0:.0f} s)")
+
+    minima = find_minima(mol, engine, charge, settings.window, say, max_minima=settings.max_minima)
     if not minima:
         return []
+    phase(f"{len(minima)} minima")
     out: List[Sample] = list(minima) if settings.conformers else []
     if settings.torsions:
-        for torsion in rotatable_torsions(mol):
+        torsions = rotatable_torsions(mol)
+        for k, torsion in enumerate(torsions):
             out += torsion_scan(
                 mol, minima[0].positions, torsion, engine, charge, settings.scan_step, settings.relaxed_scans
             )
+            phase(f"torsion scan {k + 1}/{len(torsions)}")
     for n, m in enumerate(minima):
         if settings.normal_modes:
             out += normal_mode_samples(
@@ -120,6 +129,9 @@ def sample_molecule(
             )
         if settings.md and (settings.md_minima is None or n < settings.md_minima):
             out += md_samples(mol, m.positions, engine, charge, settings.md, settings.per_temperature, rng)
+            phase(f"MD from minimum {n + 1}")
+    if settings.normal_modes:
+        phase(f"normal-mode samples around {len(minima)} minima")
     return out
 
 

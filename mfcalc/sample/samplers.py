@@ -67,8 +67,13 @@ def find_minima(
     say: Callable[[str], None],
     fmax: float = 0.01,
     max_steps: int = 1000,
+    max_minima: Optional[int] = None,
 ) -> List[Sample]:
-    """Distinct minima of ``mol``'s conformers within ``window`` kcal/mol of the lowest, lowest first."""
+    """Distinct minima of ``mol``'s conformers within ``window`` kcal/mol of the lowest, lowest
+    first; only the lowest ``max_minima`` when given (a floppy drug-sized molecule has dozens).
+
+    Candidates are checked (one finite-difference Hessian each, the costly part) in order of
+    energy, and the check stops at the first one above the window or past the cap."""
     numbers = atomic_numbers(mol)
     coords = conformer_coordinates(mol)
     opt = optimize(engine.evaluator(numbers, charge), coords, fmax=fmax, max_steps=max_steps)
@@ -90,22 +95,23 @@ def find_minima(
     ]
     # a stationary point with negative curvature (e.g. an eclipsed rotor) is a saddle, not a minimum
     evaluate = engine.evaluator(numbers, charge)
-    minima: List[Tuple[float, Sample]] = []
-    for i in kept:
+    out: List[Sample] = []
+    lowest = 0.0  # the lowest minimum's energy, set by the first one found
+    for i in kept:  # lowest first
+        energy = float(opt["energy"][i])
+        if out and (energy - lowest) / KCAL_MOL_EV > window:
+            break
+        if max_minima is not None and len(out) >= max_minima:
+            break
         hess = hessians(evaluate, opt["positions"][i][None])[0]
         if internal_curvatures(hess, opt["positions"][i])[0].min() < SADDLE_CURVATURE:
             continue
-        minima.append((float(opt["energy"][i]), Sample(opt["positions"][i], "minimum", {}, hess)))
-    if not minima:
+        if not out:
+            lowest = energy
+        relative = round((energy - lowest) / KCAL_MOL_EV, 4)
+        out.append(Sample(opt["positions"][i], "minimum", {"relative_kcal_mol": relative}, hess))
+    if not out:
         say("  no converged conformer is a minimum")
-        return []
-    lowest = minima[0][0]
-    out = []
-    for energy, m in minima:
-        rel = (energy - lowest) / KCAL_MOL_EV
-        if rel <= window:
-            m.info["relative_kcal_mol"] = round(rel, 4)
-            out.append(m)
     return out
 
 

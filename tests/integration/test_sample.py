@@ -91,6 +91,26 @@ def test_same_seed_same_samples_and_a_rerun_skips_finished_molecules(ethanol, tm
     assert "done in an earlier run" in capsys.readouterr().err
 
 
+def test_max_minima_keeps_the_lowest_and_progress_is_reported(ethanol, tmp_path, capsys):
+    """--max-minima N keeps the N lowest of the full search's minima (a floppy drug-sized molecule
+    has dozens, each with a Hessian and its normal-mode samples), and a molecule that takes
+    minutes says which phase it is in."""
+    out = tmp_path / "capped.extxyz"
+    capsys.readouterr()
+    args = ["CCO", "--out", str(out), "--conformers", "--torsions", "--normal-modes", "300", "--md", "600"]
+    assert sample_main(args + ["--per-temperature", "2", "--seed", "3", "--max-minima", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "1 minima" in err and "torsion scan 2/2" in err and "MD from minimum 1" in err
+    full = [a for a in ase.io.read(ethanol, index=":") if a.info["kind"] == "minimum"]
+    capped = [a for a in ase.io.read(out, index=":") if a.info["kind"] == "minimum"]
+    assert len(full) == 3 and len(capped) == 1
+    assert capped[0].info["relative_kcal_mol"] == 0.0 == full[0].info["relative_kcal_mol"]
+    np.testing.assert_allclose(capped[0].positions, full[0].positions, atol=1e-8)
+    assert kinds(out).count("normal_mode") == 2  # around the one minimum only
+    assert sample_main(["CCO", "--out", str(out), "--conformers", "--max-minima", "0"]) == 2
+    assert "--max-minima must be at least 1" in capsys.readouterr().err
+
+
 def test_filters_skip_with_a_reason_and_bad_input_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "f.extxyz"
     assert sample_main(["CBr", "CCCCO", "C", "--out", str(out), "--conformers", "--max-heavy-atoms", "3"]) == 0
