@@ -37,6 +37,7 @@ K_BOLTZMANN_EV = 8.617333262e-5  # eV/K
 MIN_DISTANCE = 0.6  # Angstrom
 SOFT_MODE = 0.1  # eV/A^2: softer modes are displaced as if this stiff (harmonic amplitudes diverge)
 ENERGY_TOL, PRUNE_RMSD = 0.1, 0.3  # kcal/mol, Angstrom: the duplicate rule of the conformer search
+SADDLE_KICK = 0.1  # Angstrom: largest atomic displacement along a saddle's negative mode
 
 
 @dataclass
@@ -73,46 +74,81 @@ def find_minima(
     first; only the lowest ``max_minima`` when given (a floppy drug-sized molecule has dozens).
 
     Candidates are checked (one finite-difference Hessian each, the costly part) in order of
-    energy, and the check stops at the first one above the window or past the cap."""
+    energy, and the check stops at the first one above the window or past the cap.  A
+    candidate at a saddle point (an optimiser can stop on a symmetric one, such as a planar
+    carboxylic acid that is twisted at its minimum) is pushed along its negative mode and
+    optimised once more, so that a molecule whose every conformer stopped there still gets
+    its minima."""
     numbers = atomic_numbers(mol)
     coords = conformer_coordinates(mol)
-    opt = optimize(engine.evaluator(numbers, charge), coords, fmax=fmax, max_steps=max_steps)
-    ok = [
-        i
-        for i in range(len(coords))
-        if opt["converged"][i]
-        and not opt["failed"][i]
-        and np.array_equal(bond_graph(mol, coords[i]), bond_graph(mol, opt["positions"][i]))
-    ]
-    if not ok:
+    graph = bond_graph(mol, coords[0])
+    evaluate = engine.evaluator(numbers, charge)
+
+    def intact(start: np.ndarray) -> List[Tuple[float, np.ndarray]]:
+        opt = optimize(evaluate, start, fmax=fmax, max_steps=max_steps)
+        return [
+            (float(opt["energy"][i]), opt["positions"][i])
+            for i in range(len(start))
+            if opt["converged"][i]
+            and not opt["failed"][i]
+            and np.array_equal(bond_graph(mol, start[i]), bond_graph(mol, opt["positions"][i]))
+            and np.array_equal(bond_graph(mol, opt["positions"][i]), graph)
+        ]
+
+    candidates = intact(coords)
+    if not candidates:
         say(f"  no conformer converged with its bonds intact ({len(coords)} tried)")
         return []
-    energies = [float(opt["energy"][i]) for i in ok]
-    kept = [
-        ok[i]
-        for i, same in distinct(mol, [opt["positions"][i] for i in ok], energies, ENERGY_TOL, PRUNE_RMSD)
+    found, saddles = _check_minima(mol, candidates, evaluate, window, max_minima)
+    if saddles:
+        kicked = np.array([p + SADDLE_KICK * m / np.linalg.norm(m, axis=1).max() for p, m in saddles])
+        found += _check_minima(mol, intact(kicked), evaluate, window, max_minima)[0]
+    if not found:
+        say("  no converged conformer is a minimum")
+        return []
+    energies = [e for e, _, _ in found]
+    unique = [
+        found[i]
+        for i, same in distinct(mol, [p for _, p, _ in found], energies, ENERGY_TOL, PRUNE_RMSD)
         if same is None
     ]
-    # a stationary point with negative curvature (e.g. an eclipsed rotor) is a saddle, not a minimum
-    evaluate = engine.evaluator(numbers, charge)
-    out: List[Sample] = []
-    lowest = 0.0  # the lowest minimum's energy, set by the first one found
+    lowest = unique[0][0]
+    out = [
+        Sample(p, "minimum", {"relative_kcal_mol": round((e - lowest) / KCAL_MOL_EV, 4)}, h)
+        for e, p, h in unique
+        if (e - lowest) / KCAL_MOL_EV <= window
+    ]
+    return out[:max_minima] if max_minima is not None else out
+
+
+def _check_minima(
+    mol: Any,
+    candidates: List[Tuple[float, np.ndarray]],
+    evaluate: Any,
+    window: float,
+    max_minima: Optional[int],
+) -> Tuple[List[Tuple[float, np.ndarray, np.ndarray]], List[Tuple[np.ndarray, np.ndarray]]]:
+    """The distinct candidates that are minima (energy, positions, Hessian), lowest first, up to
+    the window and the cap; and the saddle points met on the way, with their negative modes."""
+    energies = [e for e, _ in candidates]
+    kept = [
+        i for i, same in distinct(mol, [p for _, p in candidates], energies, ENERGY_TOL, PRUNE_RMSD) if same is None
+    ]
+    minima: List[Tuple[float, np.ndarray, np.ndarray]] = []
+    saddles: List[Tuple[np.ndarray, np.ndarray]] = []
     for i in kept:  # lowest first
-        energy = float(opt["energy"][i])
-        if out and (energy - lowest) / KCAL_MOL_EV > window:
+        energy, positions = candidates[i]
+        if minima and (energy - minima[0][0]) / KCAL_MOL_EV > window:
             break
-        if max_minima is not None and len(out) >= max_minima:
+        if max_minima is not None and len(minima) >= max_minima:
             break
-        hess = hessians(evaluate, opt["positions"][i][None])[0]
-        if internal_curvatures(hess, opt["positions"][i])[0].min() < SADDLE_CURVATURE:
+        hess = hessians(evaluate, positions[None])[0]
+        values, vectors = internal_curvatures(hess, positions)
+        if values.min() < SADDLE_CURVATURE:
+            saddles.append((positions, vectors[:, 0].reshape(-1, 3)))
             continue
-        if not out:
-            lowest = energy
-        relative = round((energy - lowest) / KCAL_MOL_EV, 4)
-        out.append(Sample(opt["positions"][i], "minimum", {"relative_kcal_mol": relative}, hess))
-    if not out:
-        say("  no converged conformer is a minimum")
-    return out
+        minima.append((energy, positions, hess))
+    return minima, saddles
 
 
 def rotatable_torsions(mol: Any) -> List[Tuple[int, int, int, int]]:

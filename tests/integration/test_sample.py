@@ -148,6 +148,15 @@ def test_one_minimum_where_there_is_one(tmp_path):
     assert kinds(out).count("minimum") == 3
 
 
+def test_a_molecule_whose_conformers_all_stop_at_saddles_still_gets_its_minima(tmp_path):
+    """2-Chlorobenzoic acid: every embedded conformer stopped at a saddle point (GFN2-xTB) and the
+    molecule got no sample at all; saddles are now pushed along their negative mode and optimised."""
+    out = tmp_path / "acid.extxyz"
+    assert sample_main(["OC(=O)c1ccccc1Cl", "--out", str(out), "--conformers"]) == 0
+    minima = ase.io.read(out, index=":")
+    assert len(minima) >= 1 and min(a.info["relative_kcal_mol"] for a in minima) == 0.0
+
+
 def test_sampling_runs_on_one_thread_by_default_so_md_is_reproducible(tmp_path, monkeypatch):
     """GFN2-xTB's OpenMP sums change order between runs on several threads and MD amplifies it
     (0.09 A apart after a few hundred steps, measured). mfcalc-sample therefore runs the engine
