@@ -61,6 +61,9 @@ META_SPREAD_FIDELITY: Final = "spread_warning_fidelity"  # str, the head whose s
 # (absent: the default fidelity); see export.spread_check
 META_DOMAIN: Final = "domain"  # what the training data covered: {"elements": [Z], "heavy_atoms": [min, max],
 # "elements_by_fidelity": {name: [Z with an energy label of that level]}, ...}
+META_TRAINING_SOURCES: Final = "training_sources"  # {"commit": git commit, "files": [repository paths]}:
+# the labelled files a build in this repository trained on, as committed (tools/build_default_model.sh);
+# the paths under "training" are the build's own copies
 
 MODEL_FORMAT: Final = "mfcalc-model"
 # 1: forward, energy_and_forces, energy_forces_spread; 2: adds compute (one call for

@@ -67,6 +67,14 @@ if [[ ! -f $out/model.pt ]]; then
         --batch-size 32 --lr 1e-3 --min-lr 1e-5 --seed 0 \
         --n-features "${FEATURES:-40}" --cusp-reg 1e-2 --device cpu "${opt[@]}"
 fi
+# the files as committed, in the model file (its "training" paths are the run's copies): what a
+# benchmark that replays its training data (tools/bench_finetune.py) takes out of git
+python - "$source_list" "$out/model.pt" <<'PY'
+import sys
+from mfcalc import export, keys
+rev, *files = open(sys.argv[1]).read().split()
+export.update_metadata(sys.argv[2], **{keys.META_TRAINING_SOURCES: {"commit": rev, "files": files}})
+PY
 # test split of the run, as it bound the data (CCSD(T) energies only: the CCSD(T) forces are
 # measured on the held-out benchmark below)
 mfcalc-eval --model "$out/model.pt" --config "$out/config.toml" --split "$out/split.npz:test" \
