@@ -64,7 +64,7 @@ class FidelityConfig:
         return FidelitySpec(self.name, self.energy, self.forces, self.energy_unit, self.forces_unit)
 
 
-TRAIN_PARAMS = ("all", "heads", "last-block")  # what a fine-tuning run trains
+TRAIN_PARAMS = ("all", "heads", "last-block", "branch")  # what a fine-tuning run trains
 LR_SCHEDULES = ("plateau", "cosine")  # mfcalc.train.schedule
 
 
@@ -160,7 +160,9 @@ class TrainSettings:
     train_params: str = field(
         default="all",
         metadata=_help(
-            "fine-tune: what trains: all, heads, or heads and the last interaction block",
+            "fine-tune: what trains: all, heads, heads and the last interaction block, or branch: the new "
+            "heads get private copies of the top --branch-blocks (default 1) and only those and the new heads "
+            "train, so the other heads stay exactly as they were",
             choices=TRAIN_PARAMS,
         ),
     )
@@ -211,7 +213,7 @@ class TrainSettings:
         if self.max_structures is not None and self.max_structures < 1:
             raise ValueError(f"max_structures must be >= 1, got {self.max_structures}")
         if self.train_params not in TRAIN_PARAMS:
-            raise ValueError(f"train_params must be all, heads or last-block, got {self.train_params!r}")
+            raise ValueError(f"train_params must be one of {', '.join(TRAIN_PARAMS)}, got {self.train_params!r}")
         if self.trunk_lr is not None and self.trunk_lr < 0:
             raise ValueError(f"trunk_lr must be >= 0, got {self.trunk_lr}")
         if self.trunk_anchor < 0:

@@ -105,7 +105,7 @@ def load(path: str, device: str | torch.device = "cpu") -> Tuple[torch.jit.Scrip
 def eager_model(module: torch.nn.Module, meta: Dict[str, Any], path: str) -> Ensemble:
     """The eager (trainable) ensemble of a loaded model file, built from its recorded
     hyper-parameters and weights; older file formats are converted here."""
-    hparams = dict(meta.get(keys.META_HPARAMS) or {})
+    hparams = {**ModelSettings.later_defaults(), **(meta.get(keys.META_HPARAMS) or {})}
     needed = set(ModelSettings.architecture_fields()) | {"species", "fidelities"}
     missing = sorted(needed - set(hparams))
     if missing:  # a default filled in today could differ from the one the weights were trained with

@@ -13,6 +13,10 @@ only the starting weights differ; the budget is shared by the members.
 4. the same with the DFT data as a further new head (``dft_g16`` from ``dft``: Gaussian's
    wB97X differs from PySCF's by a constant, so it is a level of its own).
 
+With ``--trunk-anchor W`` and ``--branch-blocks N`` the fine-tuned runs are repeated with an
+L2-SP pull of the trunk towards the shipped model, and with the new heads on N private top
+blocks (``--train-params branch``: the old heads cannot change at all).
+
 Fine-tuning replays the shipped model's own training data (the files it was trained on, less
 its frozen test split ``models/default_test.h5``, copied into the work directory) so that its
 old heads are not forgotten.  Printed: CASPT2 relative-energy RMSE on the held-out structures,
@@ -28,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from typing import Dict, List, Optional
@@ -40,6 +45,7 @@ from mfcalc.config import TRAIN_PARAMS, FidelityConfig, RunConfig, load_run_data
 from mfcalc.data import parse_fidelity
 from mfcalc.data.records import MFData
 from mfcalc.evaluate import evaluate_file
+from mfcalc.files import atomic_write
 from mfcalc.models import default_model_path
 from mfcalc.train import train
 from mfcalc.train.finetune import load_source
@@ -48,10 +54,6 @@ from mfcalc.units import KCAL_MOL_EV
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTERNAL = os.path.join(REPO, "..", "shared", "data", "external")
 TEST_SPLIT = os.path.join(REPO, "models", "default_test.h5")
-# the files the shipped model (default_v3) was trained on; see data/README.md
-SHIPPED_DATA = [os.path.join(REPO, "data", "campaign", name) for name in ("campaign.h5", "dft.h5", "cc.h5")] + [
-    os.path.join(REPO, "data", "mf_reference.h5")
-]
 HEAD_LR = 1e-3  # learning rate of the heads in the fine-tuned runs
 STRETCH = np.array([1.3, 1.45, 1.55, 1.7, 1.9, 2.2, 2.6, 3.0])  # C-C distances, Angstrom
 
@@ -133,25 +135,49 @@ def stretch_curve(model_path: str, data: MFData) -> List[float]:
     return list((out - out.min()) / KCAL_MOL_EV)
 
 
-def replay_files(workdir: str) -> List[str]:
-    """Copies of the shipped model's training files without the structures of its frozen test
-    split: a replay that trained on them would flatter the old head's test error."""
+def training_sources(model_path: str, workdir: str) -> List[str]:
+    """The files the model was trained on, as committed when its build started: the model file
+    records the commit and the paths (``training_sources``), and ``git show`` brings them back,
+    so the replay is the model's own data even after the campaign files have grown."""
+    meta = export.load(model_path)[1]
+    sources = meta.get(keys.META_TRAINING_SOURCES)
+    if not sources:
+        raise SystemExit(
+            f"{model_path} does not record the files it was trained on ({keys.META_TRAINING_SOURCES}); "
+            "a model built by tools/build_default_model.sh does"
+        )
+    out = []
+    for rel in sources["files"]:
+        path = os.path.join(workdir, "source_" + os.path.basename(rel))
+        if not os.path.exists(path):
+            blob = subprocess.run(
+                ["git", "-C", REPO, "show", f"{sources['commit']}:{rel}"], check=True, capture_output=True
+            ).stdout
+            atomic_write(path, lambda tmp, blob=blob: open(tmp, "wb").write(blob))
+        out.append(path)
+    return out
+
+
+def replay_files(model_path: str, workdir: str) -> List[str]:
+    """Copies of the model's training files without the structures of its frozen test split: a
+    replay that trained on them would flatter the old head's test error."""
     from mfcalc.label.store import LabelStore
 
     test = set(LabelStore(TEST_SPLIT).structures)
-    out, dropped = [], 0
-    for path in SHIPPED_DATA:
-        copy = os.path.join(workdir, "replay_" + os.path.basename(path))
-        if not os.path.exists(copy):
+    sources = training_sources(model_path, workdir)
+    out, dropped, reused = [], 0, 0
+    for path in sources:
+        copy = os.path.join(workdir, "replay_" + os.path.basename(path)[len("source_") :])
+        if os.path.exists(copy):
+            reused += 1
+        else:
             source = LabelStore(path)
             dropped += len(source) - source.write_copy(copy, drop=test)
         out.append(copy)
-    print(
-        f"replay: {len(SHIPPED_DATA)} training files of the shipped model; {dropped} entries of its {len(test)} test "
-        "structures left out (a geometry may be in several files)",
-        file=sys.stderr,
-        flush=True,
-    )
+    done = f"{dropped} entries of its {len(test)} test structures left out (a geometry may be in several files)"
+    if reused:
+        done += f"; {reused} copies reused from an earlier run in this directory"
+    print(f"replay: the {len(sources)} training files of the shipped model; {done}", file=sys.stderr, flush=True)
     return out
 
 
@@ -175,6 +201,13 @@ def main(argv=None) -> int:
         default=0.0,
         help="also fine-tune with this L2-SP pull of the trunk towards the shipped model (two more runs)",
     )
+    p.add_argument(
+        "--branch-blocks",
+        type=int,
+        default=0,
+        help="also fine-tune with --train-params branch on this many private top blocks (two more runs; no "
+        "replay, which cannot matter there, and the head rate for the private blocks too)",
+    )
     p.add_argument("--only", nargs="*", help="run only these rows (names as in the table, e.g. 'scratch, CASPT2 only')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir")
@@ -197,13 +230,17 @@ def main(argv=None) -> int:
     if args.trunk_anchor > 0:
         runs["fine-tuned, CASPT2 only, anchored"] = dict(with_dft=False, init=True, anchor=True)
         runs["fine-tuned, DFT + CASPT2, anchored"] = dict(with_dft=True, init=True, anchor=True)
+    if args.branch_blocks > 0:
+        runs["fine-tuned, CASPT2 only, branch"] = dict(with_dft=False, init=True, branch=True)
+        runs["fine-tuned, DFT + CASPT2, branch"] = dict(with_dft=True, init=True, branch=True)
     if args.only:
         unknown = set(args.only) - set(runs)
         if unknown:
             p.error(f"--only: no run named {sorted(unknown)}; the runs are {list(runs)}")
         runs = {k: v for k, v in runs.items() if k in args.only}
     rows: Dict[str, Dict[str, object]] = {}
-    replay = replay_files(workdir) if any(how["init"] for how in runs.values()) else []
+    replaying = any(how["init"] and not how.get("branch") for how in runs.values())
+    replay = replay_files(default_model_path(), workdir) if replaying else []
     for name, how in runs.items():
         cfg = RunConfig(
             out=os.path.join(workdir, name.replace(", ", "_").replace(" ", "_")),
@@ -219,6 +256,10 @@ def main(argv=None) -> int:
             t.train_params = args.train_params
             t.new_head = ["caspt2=cc"] + (["dft_g16=dft"] if how["with_dft"] else [])
             t.trunk_anchor = args.trunk_anchor if how.get("anchor") else 0.0
+            if how.get("branch"):  # the other heads cannot change: nothing to replay, no slower trunk rate
+                t.train_params, t.replay, t.trunk_lr = "branch", None, None
+                cfg.model.branch_blocks = args.branch_blocks
+                cfg.explicit_model.add("branch_blocks")
         run_data, run_split = restrict(data, split, [f.name for f in cfg.fidelities])
         print(f"{name}: training for {args.minutes} min", file=sys.stderr, flush=True)
         train(cfg, log=lambda _m: None, data=run_data, split=run_split)
@@ -233,7 +274,8 @@ def main(argv=None) -> int:
     zero_shot = {h: caspt2_rmse(default_model_path(), data, split["test"], h) for h in shipped.fidelities}
     print(
         f"fine-tuned runs: head lr {HEAD_LR:g}, trunk lr {args.trunk_lr:g}, training {args.train_params}, replay of "
-        f"the shipped model's training data less its test split; anchored runs: trunk anchor {args.trunk_anchor:g}\n"
+        f"the shipped model's training data less its test split; anchored runs: trunk anchor {args.trunk_anchor:g}; "
+        f"branch runs: {args.branch_blocks} private top block(s) at the head rate, no replay\n"
     )
     print(
         f"| run ({args.minutes} min each) | CASPT2 relE RMSE, held-out (kcal/mol) | old cc head, shipped test "

@@ -145,6 +145,56 @@ class StackedBlock(nn.Module):
         return z, self.head(z)
 
 
+def _load_block(block: Any, src: List[Any], heads: List[nn.Linear]) -> None:
+    """Stack the members' blocks ``src`` and their level heads into ``block`` (a StackedBlock)."""
+    inter = block.interaction
+    inter.V.copy_(torch.stack([b.interaction.V for b in src]))
+    inter.inv_mu.copy_(torch.stack([b.interaction.sensitivity.inv_mu for b in src]))
+    inter.sigma.copy_(torch.stack([b.interaction.sensitivity.sigma for b in src]))
+    inter.self_linear.load_members([b.interaction.self_linear for b in src])
+    if inter.t1 is not None:
+        inter.t1.copy_(torch.stack([b.interaction.t1[None] for b in src]))
+    if inter.t2 is not None:
+        inter.t2.copy_(torch.stack([b.interaction.t2[None] for b in src]))
+    if block.residual is not None:
+        block.residual.load_members([b.residual for b in src])
+    for a, layer in enumerate(block.atom_layers):
+        layer.linear.load_members([b.atom_layers[a].linear for b in src])
+        if layer.residual is not None:
+            layer.residual.load_members([b.atom_layers[a].residual for b in src])
+    block.head.load_members(heads)
+
+
+def _take(lin: Any, k: int, target: nn.Linear) -> None:
+    """Member k of a StackedLinear into a plain Linear."""
+    target.weight.copy_(lin.weight[k].t())
+    if lin.bias is not None:
+        target.bias.copy_(lin.bias[k, 0])
+
+
+def _take_block(block: Any, k: int, dst: Any, head: nn.Linear) -> None:
+    """The inverse of :func:`_load_block` for member k."""
+    inter, out = block.interaction, dst.interaction
+    out.V.copy_(inter.V[k])
+    out.sensitivity.inv_mu.copy_(inter.inv_mu[k])
+    out.sensitivity.sigma.copy_(inter.sigma[k])
+    _take(inter.self_linear, k, out.self_linear)
+    if inter.t1 is not None:
+        out.t1.copy_(inter.t1[k, 0])
+    if inter.t2 is not None:
+        out.t2.copy_(inter.t2[k, 0])
+    for src_res, dst_res in ((block.residual, dst.residual),) + tuple(
+        (a.residual, b.residual) for a, b in zip(block.atom_layers, dst.atom_layers)
+    ):
+        if src_res is not None:
+            _take(src_res.post, k, dst_res.post)
+            if src_res.skip is not None:
+                _take(src_res.skip, k, dst_res.skip)
+    for a, b in zip(block.atom_layers, dst.atom_layers):
+        _take(a.linear, k, b.linear)
+    _take(block.head, k, head)
+
+
 class Ensemble(nn.Module):
     """Mean and spread of K :class:`MultiFidelityHipnn` members with the same hyper-parameters.
 
@@ -173,25 +223,33 @@ class Ensemble(nn.Module):
         widths = [len(self.species)] + [int(hp["n_features"])] * int(hp["n_interactions"])
         n_fid = len(self.fidelities)
         self.blocks = nn.ModuleList(
-            [
-                StackedBlock(
-                    k,
-                    widths[n],
-                    widths[n + 1],
-                    int(hp["n_atom_layers"]),
-                    bool(hp["resnet"]),
-                    int(hp["n_sensitivities"]),
-                    int(hp["tensor_order"]),
-                    self.cutoff,
-                    float(hp["cusp_reg"]),
-                    n_fid,
-                )
-                for n in range(int(hp["n_interactions"]))
-            ]
+            [self._stacked_block(k, hp, widths, n, n_fid) for n in range(int(hp["n_interactions"]))]
         )
         self.reference = StackedLinear(k, widths[0], n_fid, bias=False)  # level 0: per-species energies
+        n_int, d = int(hp["n_interactions"]), int(hp.get("branch_blocks", 0))
+        self.branch = nn.ModuleList([self._stacked_block(k, hp, widths, n, n_fid) for n in range(n_int - d, n_int)])
+        branch_heads = list(hp.get("branch_heads") or [])
+        mask = torch.tensor([f in branch_heads for f in self.fidelities], dtype=torch.bool)
+        self.register_buffer("branch_mask", mask, persistent=False)
+        self.branch_mask: Tensor  # (F,) bool: the heads that read the private top blocks
         self.to(next(members[0].parameters()).dtype)
         self._copy_members(members)
+
+    @staticmethod
+    @torch.jit.unused
+    def _stacked_block(k: int, hp: Dict[str, Any], widths: List[int], n: int, n_fid: int) -> StackedBlock:
+        return StackedBlock(
+            k,
+            widths[n],
+            widths[n + 1],
+            int(hp["n_atom_layers"]),
+            bool(hp["resnet"]),
+            int(hp["n_sensitivities"]),
+            int(hp["tensor_order"]),
+            float(hp["cutoff"]),
+            float(hp["cusp_reg"]),
+            n_fid,
+        )
 
     @torch.jit.unused
     def _copy_members(self, members: List[MultiFidelityHipnn]) -> None:
@@ -199,23 +257,10 @@ class Ensemble(nn.Module):
         out: Any = self  # module attributes, typed loosely (nn.Module's __getattr__)
         with torch.no_grad():
             for n, block in enumerate(out.blocks):
-                src: List[Any] = [m.blocks[n] for m in members]
-                inter = block.interaction
-                inter.V.copy_(torch.stack([b.interaction.V for b in src]))
-                inter.inv_mu.copy_(torch.stack([b.interaction.sensitivity.inv_mu for b in src]))
-                inter.sigma.copy_(torch.stack([b.interaction.sensitivity.sigma for b in src]))
-                inter.self_linear.load_members([b.interaction.self_linear for b in src])
-                if inter.t1 is not None:
-                    inter.t1.copy_(torch.stack([b.interaction.t1[None] for b in src]))
-                if inter.t2 is not None:
-                    inter.t2.copy_(torch.stack([b.interaction.t2[None] for b in src]))
-                if block.residual is not None:
-                    block.residual.load_members([b.residual for b in src])
-                for a, layer in enumerate(block.atom_layers):
-                    layer.linear.load_members([b.atom_layers[a].linear for b in src])
-                    if layer.residual is not None:
-                        layer.residual.load_members([b.atom_layers[a].residual for b in src])
-                block.head.load_members([m.heads.linears()[n + 1] for m in members])
+                _load_block(block, [m.blocks[n] for m in members], [m.heads.linears()[n + 1] for m in members])
+            for n, block in enumerate(out.branch):
+                src: List[Any] = [m.branch[n] for m in members]
+                _load_block(block, [b.block for b in src], [b.head for b in src])
             out.reference.load_members([m.heads.linears()[0] for m in members])
         out.reference.weight.requires_grad_(False)  # the reference energies stay frozen, as in the members
 
@@ -227,35 +272,13 @@ class Ensemble(nn.Module):
         m: Any = MultiFidelityHipnn(**json.loads(self.hparams)).to(self.reference.weight.dtype)
         me: Any = self
 
-        def take(lin: StackedLinear, target: nn.Linear) -> None:
-            target.weight.copy_(lin.weight[k].t())
-            if lin.bias is not None:
-                target.bias.copy_(lin.bias[k, 0])
-
         with torch.no_grad():
-            for block, dst in zip(me.blocks, m.blocks):
-                inter, out = block.interaction, dst.interaction
-                out.V.copy_(inter.V[k])
-                out.sensitivity.inv_mu.copy_(inter.inv_mu[k])
-                out.sensitivity.sigma.copy_(inter.sigma[k])
-                take(inter.self_linear, out.self_linear)
-                if inter.t1 is not None:
-                    out.t1.copy_(inter.t1[k, 0])
-                if inter.t2 is not None:
-                    out.t2.copy_(inter.t2[k, 0])
-                for src_res, dst_res in ((block.residual, dst.residual),) + tuple(
-                    (a.residual, b.residual) for a, b in zip(block.atom_layers, dst.atom_layers)
-                ):
-                    if src_res is not None:
-                        take(src_res.post, dst_res.post)
-                        if src_res.skip is not None:
-                            take(src_res.skip, dst_res.skip)
-                for a, b in zip(block.atom_layers, dst.atom_layers):
-                    take(a.linear, b.linear)
             linears = m.heads.linears()
-            take(me.reference, linears[0])
-            for n, block in enumerate(me.blocks):
-                take(block.head, linears[n + 1])
+            for n, (block, dst) in enumerate(zip(me.blocks, m.blocks)):
+                _take_block(block, k, dst, linears[n + 1])
+            for block, dst in zip(me.branch, m.branch):
+                _take_block(block, k, dst.block, dst.head)
+            _take(me.reference, k, linears[0])
         m.heads.linears()[0].weight.requires_grad_(False)
         return m
 
@@ -337,10 +360,21 @@ class Ensemble(nn.Module):
         rhat = vec / r[:, :, None]
         levels: List[Tensor] = [self.reference(z)]
         r_table, rhat_table = pair_tables(layout, r, rhat, self.cutoff)
+        features: List[Tensor] = [z]
         for block in self.blocks:
             z, level = block(z, layout, r_table, rhat_table)
             levels.append(level)
+            features.append(z)
         atom_levels = torch.stack(levels, dim=2)  # (K, A, L, F)
+        if len(self.branch) > 0:  # the branch heads' top levels from their private blocks
+            first = len(levels) - len(self.branch)
+            zb = features[first - 1]
+            private: List[Tensor] = []
+            for private_block in self.branch:
+                zb, level = private_block(zb, layout, r_table, rhat_table)
+                private.append(level)
+            top = torch.where(self.branch_mask, torch.stack(private, dim=2), atom_levels[:, :, first:])
+            atom_levels = torch.cat([atom_levels[:, :, :first], top], dim=2)
         mol_levels = torch.zeros(
             atom_levels.shape[0],
             n_mol,

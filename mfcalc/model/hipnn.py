@@ -74,6 +74,21 @@ class Block(nn.Module):
         return z
 
 
+class BranchBlock(nn.Module):
+    """A private copy of a top block and its energy head, read by the branch heads only."""
+
+    def __init__(self, block: Block, width: int, n_fidelities: int):
+        super().__init__()
+        self.block = block
+        self.head = nn.Linear(width, n_fidelities)
+        nn.init.xavier_normal_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, z: Tensor, layout: PairLayout, r_table: Tensor, rhat_table: Tensor) -> Tuple[Tensor, Tensor]:
+        z = self.block(z, layout, r_table, rhat_table)
+        return z, self.head(z)
+
+
 class MultiFidelityHipnn(nn.Module):
     """HIP-NN-TS trunk shared by all fidelities, one linear energy head per fidelity and level.
 
@@ -92,6 +107,12 @@ class MultiFidelityHipnn(nn.Module):
     1e-6; with 1e-4 it ranged from 6e-7 to 1.2e-4 over six small trained models, and the
     worst one fell to 6e-6 with 1e-2 (same weights).  On validation data 1e-2 trains as
     accurately as 1e-4 (README, recipe study), so 1e-2 is the default.
+
+    **Branch heads** (``branch_blocks`` d > 0, ``branch_heads``): the top d interaction blocks
+    exist twice, shared and private; the branch heads take their levels L-d+1..L from the
+    private copy (which reads the shared features of level L-d) and their lower levels from the
+    shared trunk, like every head.  Fine-tuning a new head this way (``--train-params branch``)
+    cannot change what the other heads predict.
     """
 
     def __init__(
@@ -118,24 +139,44 @@ class MultiFidelityHipnn(nn.Module):
         table[torch.tensor(species)] = torch.arange(len(species))
         self.register_buffer("species_table", table, persistent=False)
         widths = [len(species)] + [settings.n_features] * settings.n_interactions
-        self.blocks = nn.ModuleList(
+        self.blocks = nn.ModuleList([self._block(settings, arch, widths, n) for n in range(settings.n_interactions)])
+        self.heads = HierarchicalHeads(widths, len(fidelities))
+        if not 0 <= settings.branch_blocks <= settings.n_interactions:
+            raise ValueError(
+                f"branch_blocks must be in 0..n_interactions ({settings.n_interactions}), got {settings.branch_blocks}"
+            )
+        if bool(settings.branch_blocks) != bool(settings.branch_heads):
+            raise ValueError(
+                f"branch_blocks ({settings.branch_blocks}) and branch_heads ({settings.branch_heads}) go together: "
+                "both set or neither"
+            )
+        unknown_heads = sorted(set(settings.branch_heads or []) - set(fidelities))
+        if unknown_heads:
+            raise ValueError(f"branch_heads {unknown_heads} are not fidelities of the model ({list(fidelities)})")
+        self.branch = nn.ModuleList(
             [
-                Block(
-                    widths[n],
-                    widths[n + 1],
-                    settings.n_atom_layers,
-                    settings.resnet,
-                    n_sensitivities=settings.n_sensitivities,
-                    tensor_order=settings.tensor_order,
-                    soft_min=arch["soft_min"],
-                    soft_max=arch["soft_max"],
-                    cutoff=arch["cutoff"],
-                    cusp_reg=settings.cusp_reg,
-                )
-                for n in range(settings.n_interactions)
+                BranchBlock(self._block(settings, arch, widths, n), widths[n + 1], len(fidelities))
+                for n in range(settings.n_interactions - settings.branch_blocks, settings.n_interactions)
             ]
         )
-        self.heads = HierarchicalHeads(widths, len(fidelities))
+        self.branch_mask: Tensor  # (F,) bool: the heads that read the private blocks
+        mask = torch.tensor([f in (settings.branch_heads or []) for f in fidelities], dtype=torch.bool)
+        self.register_buffer("branch_mask", mask, persistent=False)
+
+    @staticmethod
+    def _block(settings: ModelSettings, arch: Dict, widths: List[int], n: int) -> Block:
+        return Block(
+            widths[n],
+            widths[n + 1],
+            settings.n_atom_layers,
+            settings.resnet,
+            n_sensitivities=settings.n_sensitivities,
+            tensor_order=settings.tensor_order,
+            soft_min=arch["soft_min"],
+            soft_max=arch["soft_max"],
+            cutoff=arch["cutoff"],
+            cusp_reg=settings.cusp_reg,
+        )
 
     @classmethod
     def from_hparams(cls, hparams: str) -> MultiFidelityHipnn:
@@ -218,6 +259,15 @@ class MultiFidelityHipnn(nn.Module):
             z = block(z, layout, r_table[0], rhat_table[0])
             features.append(z)
         atom_levels = self.heads(features)  # (A, L, F)
+        if len(self.branch) > 0:
+            first = len(features) - len(self.branch)  # the first level the branch heads take privately
+            zb = features[first - 1]
+            private: List[Tensor] = []
+            for branch in self.branch:
+                zb, level = branch(zb, layout, r_table[0], rhat_table[0])
+                private.append(level)
+            top = torch.where(self.branch_mask, torch.stack(private, dim=1), atom_levels[:, first:])
+            atom_levels = torch.cat([atom_levels[:, :first], top], dim=1)
         n_levels, n_fid = atom_levels.shape[1], atom_levels.shape[2]
         mol_levels = torch.zeros(n_mol, n_levels, n_fid, dtype=positions.dtype, device=positions.device)
         mol_levels = mol_levels.index_add(0, mol_index, atom_levels)

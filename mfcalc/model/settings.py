@@ -39,10 +39,28 @@ class ModelSettings:
             metavar="EPS",
         ),
     )
+    branch_blocks: int = field(
+        default=0,
+        metadata=_help(
+            "the top interaction blocks that the --branch-heads compute with a private copy, so that "
+            "fine-tuning them leaves the shared trunk and every other head as they were (0: none)",
+            metavar="N",
+        ),
+    )
+    branch_heads: Optional[List[str]] = field(
+        default=None,
+        metadata=_help("the heads that read the private top blocks of --branch-blocks", metavar="NAME"),
+    )
     species: Optional[List[int]] = field(
         default=None,
         metadata=_help("atomic numbers the model knows (default: the elements found in the data)", metavar="Z"),
     )
+
+    # settings added after model files were first written, with the value that reproduces
+    # those files (export.eager_model and fine-tuning fill them in when a file lacks them)
+    @staticmethod
+    def later_defaults() -> Dict[str, Any]:
+        return {"branch_blocks": 0, "branch_heads": []}
 
     # fields that describe the network itself (``species`` is the data's business and is
     # passed to the model separately, next to the fidelity names)
@@ -51,7 +69,8 @@ class ModelSettings:
         return [f.name for f in dataclasses.fields(ModelSettings) if f.name != "species"]
 
     def validate(self) -> ModelSettings:
-        """Check every field; returns self.  Derived values are checked as resolved.
+        """Check every field; returns self.  Derived values are checked as resolved.  (The branch
+        settings are checked against each other by the model: a fine-tuning run fills them in.)
 
         Raises:
             ValueError: naming the field and the allowed range.
@@ -65,6 +84,8 @@ class ModelSettings:
             raise ValueError(f"tensor_order must be 0, 1 or 2, got {self.tensor_order}")
         if self.cusp_reg < 0:
             raise ValueError(f"cusp_reg must be >= 0, got {self.cusp_reg}")
+        if self.branch_blocks < 0:
+            raise ValueError(f"branch_blocks must be >= 0, got {self.branch_blocks}")
         soft_max = self.resolved_soft_max()
         if not 0 < self.soft_min < soft_max <= self.cutoff:
             raise ValueError(
@@ -88,4 +109,5 @@ class ModelSettings:
         out["cutoff"] = float(self.cutoff)
         out["soft_min"] = float(self.soft_min)
         out["soft_max"] = self.resolved_soft_max()
+        out["branch_heads"] = list(self.branch_heads or [])
         return out

@@ -15,14 +15,20 @@
 * **What trains**: everything, the heads (levels 1..L of every head; a head whose fidelity
   has no labels in the run gets no gradient and stays as it was), or the heads and the last
   interaction block; the trunk may have its own learning rate (``--trunk-lr``).
+* **Branch** (``--train-params branch``): the new heads get private copies of the top
+  ``--branch-blocks`` interaction blocks (default 1), started as the source's blocks, and only
+  those copies and the new heads' own weights train.  Every other head reads nothing that
+  changes, so it predicts exactly what the source predicted (no replay needed); the price is
+  the copies' cost in every evaluation and less room to adapt than the whole trunk.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -74,7 +80,7 @@ def load_source(path: str) -> Source:
         raise ValueError(f"--init-from: model file not found: {path}") from None
     except ValueError as exc:
         raise ValueError(f"--init-from: {exc}") from None
-    hp = meta[keys.META_HPARAMS]
+    hp = {**ModelSettings.later_defaults(), **meta[keys.META_HPARAMS]}
     settings = ModelSettings(**{name: hp[name] for name in ModelSettings.architecture_fields()})
     return Source(path, meta, ensemble, settings)
 
@@ -84,7 +90,8 @@ def resolve_settings(cfg: RunConfig, source: Source) -> None:
     explicit settings that differ are an error, and so is asking for more members than the
     file has."""
     conflicts = []
-    for name in sorted(cfg.explicit_model & set(ModelSettings.architecture_fields())):
+    branching = {"branch_blocks", "branch_heads"} if cfg.train.train_params == "branch" else set()
+    for name in sorted(cfg.explicit_model & set(ModelSettings.architecture_fields()) - branching):
         mine, theirs = getattr(cfg.model, name), getattr(source.settings, name)
         if name == "soft_max" and mine is None:
             continue
@@ -97,13 +104,39 @@ def resolve_settings(cfg: RunConfig, source: Source) -> None:
             f"--init-from {source.path}: a fine-tuned model keeps the file's architecture, but "
             f"{', '.join(conflicts)} was asked for; drop those settings"
         )
-    cfg.model = dataclasses.replace(source.settings, species=cfg.model.species)
+    cfg.model = dataclasses.replace(source.settings, species=cfg.model.species, **_branch(cfg, source))
     if "ensemble" not in cfg.explicit_train:  # every member is fine-tuned unless asked otherwise
         cfg.train.ensemble = source.ensemble.n_members
     if cfg.train.ensemble > source.ensemble.n_members:
         raise ValueError(
             f"--ensemble {cfg.train.ensemble}: {source.path} has {source.ensemble.n_members} member(s) to fine-tune"
         )
+
+
+def _branch(cfg: RunConfig, source: Source) -> Dict[str, Any]:
+    """The branch settings of a ``--train-params branch`` run: the new heads (the run's fidelities
+    that the file has no head for) on private copies of the top ``--branch-blocks`` (1)."""
+    names = [f.name for f in cfg.fidelities]
+    new = [n for n in names if n not in source.fidelities]
+    if source.settings.branch_blocks and new:
+        raise ValueError(
+            f"--init-from {source.path} already has branch heads {source.settings.branch_heads}; adding heads "
+            "to such a model is not supported (fine-tune its existing heads, or start from the model it came from)"
+        )
+    if cfg.train.train_params != "branch":
+        return {}
+    if not new:
+        raise ValueError(
+            f"--train-params branch trains new heads on private blocks, but every fidelity of this run "
+            f"({', '.join(names)}) is already a head of {source.path}"
+        )
+    depth = cfg.model.branch_blocks if "branch_blocks" in cfg.explicit_model else 1
+    if not 1 <= depth <= source.settings.n_interactions:
+        raise ValueError(f"--branch-blocks must be in 1..{source.settings.n_interactions}, got {depth}")
+    asked = cfg.model.branch_heads if "branch_heads" in cfg.explicit_model else None
+    if asked and sorted(asked) != sorted(new):
+        raise ValueError(f"--branch-heads {asked}: with --train-params branch the new heads {new} are the branch heads")
+    return {"branch_blocks": int(depth), "branch_heads": new}
 
 
 def read_replay(source: Source, paths: Sequence[str], names: Sequence[str]) -> MFData:
@@ -172,7 +205,12 @@ def reference_energies(
     (``new_from``), which is on the same absolute scale; another level's could be off by
     hundreds of eV (xTB's atoms against an all-electron method's)."""
     fallback = {new: (f"the {old!r} head of {source.path}", source.reference(old)) for new, old in new_from.items()}
-    fitted = fit_reference_energies(data, species, rows, fallback)
+    # a reused head without labels in this run (its data not replayed) keeps the file's references
+    with_labels = [n for k, n in enumerate(data.fidelities) if np.isfinite(data.energy[rows, k]).any()]
+    fitted = np.zeros((len(data.fidelities), len(species)))
+    fitted[[data.fidelities.index(n) for n in with_labels]] = fit_reference_energies(
+        data.with_fidelities(with_labels), species, rows, fallback
+    )
     known = [s for s, z in enumerate(species) if z in source.species]
     new = [s for s, z in enumerate(species) if z not in source.species]
     counts = species_counts(data, species, rows)
@@ -181,6 +219,14 @@ def reference_energies(
             continue
         ref = source.reference(name)
         fitted[k, known] = [ref[int(species[s])] for s in known]
+        if name not in with_labels and new:  # nothing to fit a new element's reference on
+            warnings.warn(
+                f"head {name!r} has no labels in this run, so the new element(s) "
+                f"{[int(species[s]) for s in new]} have no reference energy in it: its predictions "
+                "for them mean nothing",
+                stacklevel=2,
+            )
+            continue
         labelled = np.isfinite(data.energy[rows, k]) & (counts[:, new].sum(axis=1) > 0 if new else False)
         if new and labelled.any():
             residual = data.energy[rows, k][labelled] - counts[labelled][:, known] @ fitted[k, known]
@@ -201,11 +247,16 @@ def adapt_member(
     old_cols = [list(species).index(z) for z in member.species]
     new_cols = [s for s, z in enumerate(species) if z not in member.species]
     src, dst = member.state_dict(), model.state_dict()
+    n_int, private = len(model.blocks), len(model.branch) if not len(member.branch) else 0
     out: Dict[str, torch.Tensor] = {}
     for key, value in dst.items():
-        if key.startswith("heads."):
+        if key.startswith("heads.") or (private and key.startswith("branch.") and ".head." in key):
             continue
-        old = src[key]
+        if private and key.startswith("branch."):  # a new private block starts as the shared one
+            _, index, _, rest = key.split(".", 3)  # branch.<j>.block.<rest>
+            old = src[f"blocks.{n_int - private + int(index)}.{rest}"]
+        else:
+            old = src[key]
         if old.shape == value.shape:
             out[key] = old.clone()
             continue
@@ -228,6 +279,10 @@ def adapt_member(
                 j = member.fidelities.index(origin)
                 weight[k], bias[k] = source_heads[n].weight[j], source_heads[n].bias[j]
         out[prefix + "weight"], out[prefix + "bias"] = weight, bias
+    for b in range(private):  # and its head as the shared head of that level
+        level = n_int - private + b + 1
+        out[f"branch.{b}.head.weight"] = out[f"heads.levels.{level}.weight"].clone()
+        out[f"branch.{b}.head.bias"] = out[f"heads.levels.{level}.bias"].clone()
     model.load_state_dict(out)
     model.heads.linears()[0].weight.requires_grad_(False)
     return model
@@ -236,11 +291,13 @@ def adapt_member(
 def trainable_groups(
     model: MultiFidelityHipnn, train_params: str, lr: float, trunk_lr: Optional[float]
 ) -> List[Dict[str, Any]]:
-    """Adam parameter groups for ``train_params`` (all / heads / last-block); everything else is
-    frozen (``requires_grad`` off, so it stays bit-identical)."""
+    """Adam parameter groups for ``train_params`` (all / heads / last-block / branch); everything
+    else is frozen (``requires_grad`` off, so it stays bit-identical)."""
     heads = [p for lin in model.heads.linears()[1:] for p in lin.parameters()]
     trunk: List[nn.Parameter] = []
-    if train_params == "all":
+    if train_params == "branch":
+        trunk, heads = _branch_parameters(model)
+    elif train_params == "all":
         trunk = [p for p in model.blocks.parameters()]
     elif train_params == "last-block":
         trunk = [p for p in model.blocks[-1].parameters()]
@@ -254,3 +311,20 @@ def trainable_groups(
         return [{"params": [p for p in model.parameters() if id(p) in chosen], "lr": lr}]
     # trunk first, as in model.parameters(): the same order gives the same gradient clipping sums
     return [{"params": trunk, "lr": trunk_lr}, {"params": heads, "lr": lr}]
+
+
+def _branch_parameters(model: MultiFidelityHipnn) -> Tuple[List[nn.Parameter], List[nn.Parameter]]:
+    """(private blocks, head weights) that a branch run trains.  The shared heads' levels below
+    the private blocks are trained in the branch heads' rows only: a gradient hook zeroes the
+    other rows, so Adam (no weight decay) leaves them exactly as they were."""
+    if len(model.branch) == 0:
+        raise ValueError("--train-params branch needs a model with branch heads")
+    branches: List[Any] = list(model.branch)  # BranchBlock modules (typed loosely: nn.Module attributes)
+    rows = model.branch_mask.to(model.heads.linears()[1].weight.dtype)
+    shared_levels = model.heads.linears()[1 : len(model.blocks) - len(model.branch) + 1]
+    heads: List[nn.Parameter] = [p for b in branches for p in b.head.parameters()]
+    for lin in shared_levels:
+        lin.weight.register_hook(lambda g, m=rows[:, None]: g * m)
+        lin.bias.register_hook(lambda g, m=rows: g * m)
+        heads += [cast(nn.Parameter, lin.weight), cast(nn.Parameter, lin.bias)]
+    return [p for b in branches for p in b.block.parameters()], heads

@@ -272,7 +272,9 @@ def fit_member(
     anchor = None
     if settings.trunk_anchor > 0:  # before a resume loads later weights: the start is the source's
         trainable = {id(p) for p in params}
-        anchor = TrunkAnchor([p for p in model.blocks.parameters() if id(p) in trainable], settings.trunk_anchor)
+        branches: List[Any] = list(model.branch)  # private blocks of branch heads (typed loosely)
+        trunk = list(model.blocks.parameters()) + [p for b in branches for p in b.block.parameters()]
+        anchor = TrunkAnchor([p for p in trunk if id(p) in trainable], settings.trunk_anchor)
     opt = torch.optim.Adam(groups, lr=settings.lr)
     sched = Schedule(settings, opt)
     rng = np.random.default_rng([settings.seed, member])

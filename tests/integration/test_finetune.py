@@ -140,6 +140,72 @@ def test_heads_only_training_leaves_the_trunk_bit_identical(source, tmp_path):
     assert any(not torch.equal(tuned[k], src.state_dict()[k]) for k in heads)  # and the heads did train
 
 
+def test_a_branch_head_trains_on_private_blocks_and_the_other_heads_stay_exactly_as_they_were(source, tmp_path):
+    """--train-params branch: the new cc head starts as its rule says (the same model as without a
+    branch at step 0) and trains on private copies of the top block; the xtb and dft heads and
+    every shared weight stay bit-identical, so there is nothing to forget."""
+    hco = source.parent.parent / "hco.h5"
+    start, plain, branch = tmp_path / "start", tmp_path / "plain", tmp_path / "branch"
+    common = ["--new-head", "cc=dft", "--ensemble", "2"]
+    assert fine_tune(source, plain, "--epochs", "0", *common, data=hco) == 0
+    assert fine_tune(source, start, "--epochs", "0", "--train-params", "branch", *common, data=hco) == 0
+    args = ["--epochs", "2", "--min-epochs", "0", "--train-params", "branch", "--lr", "5e-3", *common]
+    assert fine_tune(source, branch, *args, data=hco) == 0
+    meta = export.load(str(branch / "model.pt"))[1]
+    assert meta[keys.META_HPARAMS]["branch_blocks"] == 1 and meta[keys.META_HPARAMS]["branch_heads"] == ["cc"]
+    z0, x0 = ethanol()
+    for z, x in ((z0, x0), (z0, x0 + 0.05 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)))):
+        before, at_start, untrained = (
+            energies(source, z, x),
+            energies(start / "model.pt", z, x),
+            energies(plain / "model.pt", z, x),
+        )
+        after = energies(branch / "model.pt", z, x)
+        assert at_start == pytest.approx(untrained, abs=1e-9)  # step 0: the branch is a copy
+        assert after["xtb"] == before["xtb"] and after["dft"] == before["dft"]  # bit for bit
+        assert abs(after["cc"] - at_start["cc"]) > 1e-6  # and the new head did train
+    src = export.eager_model(*export.load(str(source)), str(source)).member(0).state_dict()
+    tuned = torch.load(branch / "checkpoint.pt", weights_only=False)["finished"][0]
+    assert all(torch.equal(tuned[k], src[k]) for k in src if k.startswith("blocks."))
+    for level in range(1, 3):  # the xtb and dft rows of every shared head level
+        for kind in ("weight", "bias"):
+            key = f"heads.levels.{level}.{kind}"
+            assert torch.equal(tuned[key][:2], src[key][:2]), key
+    assert any(
+        not torch.equal(tuned[k], src[k.replace("branch.0.block.", "blocks.1.")])
+        for k in tuned
+        if k.startswith("branch.0.block.")
+    )
+
+
+def test_a_new_head_from_its_own_data_alone_needs_no_data_of_the_old_heads(source, tmp_path):
+    """CASPT2-like use: only the new level's energies, no replay (a branch run has nothing to
+    forget).  The old heads, with no label in the run, keep the file's reference energies."""
+    hco = source.parent.parent / "hco.h5"
+    out = tmp_path / "alone"
+    args = ["--epochs", "1", "--min-epochs", "0", "--train-params", "branch", "--new-head", "cc=dft"]
+    assert fine_tune(source, out, *args, fidelities=(CC,), data=hco) == 0
+    z, x = ethanol()
+    before, after = energies(source, z, x), energies(out / "model.pt", z, x)
+    assert after["xtb"] == before["xtb"] and after["dft"] == before["dft"]
+    old = export.load(str(source))[1][keys.META_REFERENCE_ENERGIES]
+    assert export.load(str(out / "model.pt"))[1][keys.META_REFERENCE_ENERGIES]["xtb"] == old["xtb"]
+
+
+def test_branch_settings_that_cannot_work_are_clear_errors(source, tmp_path, capsys):
+    hco = source.parent.parent / "hco.h5"
+    assert (
+        fine_tune(source, tmp_path / "a", "--epochs", "0", "--train-params", "branch", fidelities=(XTB, DFT), data=hco)
+        == 2
+    )
+    assert "every fidelity of this run (xtb, dft) is already a head" in capsys.readouterr().err
+    assert fine_tune(source, tmp_path / "b", "--epochs", "0", "--train-params", "branch", "--branch-blocks", "3") == 2
+    err = capsys.readouterr().err
+    assert "branch" in err and "blocks must be in" in err and "(2), got 3" in err or "1..2, got 3" in err
+    assert fine_tune(source, tmp_path / "c", "--epochs", "0", "--branch-blocks", "1", "--branch-heads", "cc") == 2
+    assert "keeps the file's architecture" in capsys.readouterr().err
+
+
 def test_conflicting_settings_and_bad_files_are_clear_errors(source, tmp_path, capsys):
     assert fine_tune(source, tmp_path / "a", "--n-features", "12") == 2
     assert "keeps the file's architecture, but n_features 12 (the file has 6)" in capsys.readouterr().err

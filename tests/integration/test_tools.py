@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 
 import pytest
@@ -174,9 +175,19 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
     tool = load_tool("bench_finetune")
     out = tmp_path / "ft.json"
     argv = ["--minutes", "0.01", "--epochs", "1", "--max-dft", "100", "--workdir", str(tmp_path / "w")]
-    argv += ["--trunk-lr", "0.002", "--train-params", "last-block", "--trunk-anchor", "10"]
+    argv += ["--trunk-lr", "0.002", "--train-params", "last-block", "--trunk-anchor", "10", "--branch-blocks", "1"]
     assert tool.main(argv + ["--json", str(out)]) == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
+    # the replay is the model's own training files out of git (model metadata), less every test structure
+    found = re.search(r"the (\d+) training files of the shipped model; (\d+) entries of its (\d+) test", captured.err)
+    assert found, captured.err[-2000:]
+    n_files, dropped, n_test = map(int, found.groups())
+    from mfcalc import export, keys
+    from mfcalc.models import default_model_path
+
+    recorded = export.load(default_model_path())[1][keys.META_TRAINING_SOURCES]
+    assert n_files == len(recorded["files"]) >= 2 and n_test > 1000 and dropped >= n_test
     assert "trunk lr 0.002, training last-block" in table
     assert "| fine-tuned, DFT + CASPT2 |" in table and "C-C stretch" in table
     assert "| shipped model, no training: its `cc` head |" in table
@@ -189,7 +200,12 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
         "fine-tuned, DFT + CASPT2",
         "fine-tuned, CASPT2 only, anchored",
         "fine-tuned, DFT + CASPT2, anchored",
+        "fine-tuned, CASPT2 only, branch",
+        "fine-tuned, DFT + CASPT2, branch",
     }
+    # a branch run cannot change the old heads: the old cc head scores as before, to float rounding
+    for name in ("fine-tuned, CASPT2 only, branch", "fine-tuned, DFT + CASPT2, branch"):
+        assert doc["runs"][name]["old cc RMSE"] == pytest.approx(doc["old_cc_before"], rel=1e-6), name
     assert doc["trunk_anchor"] == 10
     for name, run in doc["runs"].items():
         assert run["caspt2 relE RMSE"] > 0 and len(run["stretch"]) == len(tool.STRETCH), name

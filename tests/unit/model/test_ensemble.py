@@ -31,9 +31,12 @@ def one_by_one(members, z, x, mol, fid, cell=None, pbc=None):
     return e.mean(0), e.std(0, unbiased=False), f.mean(0), f.std(0, unbiased=False)
 
 
-@pytest.mark.parametrize("order, resnet", [(0, True), (1, False), (2, True)])
-def test_one_pass_equals_members_one_by_one(order, resnet):
-    members = perturbed_members(tensor_order=order, resnet=resnet)
+BRANCHED = dict(branch_blocks=1, branch_heads=["cc"])  # cc's top level from a private block
+
+
+@pytest.mark.parametrize("order, resnet, branch", [(0, True, {}), (1, False, {}), (2, True, {}), (2, True, BRANCHED)])
+def test_one_pass_equals_members_one_by_one(order, resnet, branch):
+    members = perturbed_members(tensor_order=order, resnet=resnet, **branch)
     ens = Ensemble(members)
     z, x = ethanol()
     mol = torch.zeros(len(z), dtype=torch.long)
@@ -82,8 +85,9 @@ def test_periodic_stress_and_batches_match_the_members():
     torch.testing.assert_close(both[keys.FORCES][len(z) :], single[keys.FORCES], rtol=0, atol=1e-10)
 
 
-def test_torchscript_equals_eager_and_the_file_round_trips(tmp_path):
-    members = perturbed_members()
+@pytest.mark.parametrize("branch", [{}, BRANCHED])
+def test_torchscript_equals_eager_and_the_file_round_trips(tmp_path, branch):
+    members = perturbed_members(**branch)
     ens = Ensemble(members)
     path = tmp_path / "m.pt"
     export.save(ens, str(path), export.build_metadata(ens))
@@ -94,6 +98,8 @@ def test_torchscript_equals_eager_and_the_file_round_trips(tmp_path):
     a, b = ens.compute(z, x, mol, 1, 1), loaded.double().compute(z, x, mol, 1, 1)
     for key in a:
         torch.testing.assert_close(a[key].detach(), b[key].detach(), rtol=0, atol=1e-12)
+    rebuilt = export.eager_model(loaded, meta, str(path)).double()  # from the recorded hyper-parameters
+    torch.testing.assert_close(rebuilt(z, x, mol, 1)[keys.ENERGY], ens(z, x, mol, 1)[keys.ENERGY], rtol=0, atol=1e-12)
     np.testing.assert_allclose(
         export.build_metadata(ens)[keys.META_REFERENCE_ENERGIES]["cc"]["6"],
         float(members[0].heads.linears()[0].weight[1, 1]),
@@ -109,9 +115,9 @@ def test_members_must_share_their_hyper_parameters():
         Ensemble([])
 
 
-@pytest.mark.parametrize("order, resnet", [(1, False), (2, True)])
-def test_members_come_back_out_of_the_stack_unchanged(order, resnet):
-    members = perturbed_members(tensor_order=order, resnet=resnet)
+@pytest.mark.parametrize("order, resnet, branch", [(1, False, {}), (2, True, {}), (1, True, BRANCHED)])
+def test_members_come_back_out_of_the_stack_unchanged(order, resnet, branch):
+    members = perturbed_members(tensor_order=order, resnet=resnet, **branch)
     ens = Ensemble(members)
     for k, original in enumerate(members):
         back = ens.member(k)

@@ -136,6 +136,45 @@ def test_heads_differ_and_the_trunk_is_shared():
     assert e1[0] == e0[0] and e1[2] == e0[2]
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_branch_heads_read_private_top_blocks_and_nothing_else_does(depth):
+    """A branch head (cc) takes its top ``depth`` levels from private copies of the top blocks;
+    with the copies equal to the shared blocks it predicts what it did without them, and no
+    change of the private weights reaches another head.  Forces stay -dE/dx (TorchScript too)."""
+    plain = make_model(2)
+    branched = make_model(2, branch_blocks=depth, branch_heads=["cc"])
+    state = {k: v for k, v in plain.state_dict().items()}
+    top = len(plain.blocks) - depth
+    for j in range(depth):  # the private copies start as the shared blocks and their heads
+        for k, v in plain.blocks[top + j].state_dict().items():
+            state[f"branch.{j}.block.{k}"] = v
+        state[f"branch.{j}.head.weight"] = plain.heads.levels[top + j + 1].weight.detach()
+        state[f"branch.{j}.head.bias"] = plain.heads.levels[top + j + 1].bias.detach()
+    branched.load_state_dict(state)
+    z, pos = ethanol()
+    torch.testing.assert_close(energies(branched, z, pos), energies(plain, z, pos), rtol=0, atol=1e-12)
+    with torch.no_grad():
+        for p in branched.branch.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    before, after = energies(plain, z, pos)[0], energies(branched, z, pos)[0]
+    assert after[0] == before[0] and after[1] == before[1] and after[2] != before[2]
+    mol = torch.zeros(len(z), dtype=torch.long)
+    e, f = torch.jit.script(branched).energy_and_forces(z, pos, mol, 1, 2)
+    h, g = 1e-4, torch.zeros(3)
+    for c in range(3):
+        plus, minus = pos.clone(), pos.clone()
+        plus[0, c] += h
+        minus[0, c] -= h
+        g[c] = -(energies(branched, z, plus)[0, 2] - energies(branched, z, minus)[0, 2]) / (2 * h)
+    torch.testing.assert_close(f[0], g.to(f.dtype), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="go together"):
+        make_model(2, branch_blocks=1)
+    with pytest.raises(ValueError, match="not fidelities of the model"):
+        make_model(2, branch_blocks=1, branch_heads=["caspt2"])
+    with pytest.raises(ValueError, match="branch_blocks must be in 0..n_interactions"):
+        make_model(2, branch_blocks=3, branch_heads=["cc"])
+
+
 def test_reference_energies_set_level_zero_and_freeze_it():
     model = make_model(1)
     ref = torch.tensor([[-13.0, -1000.0, -1400.0, -2000.0]] * 3, dtype=torch.float64)
