@@ -317,9 +317,14 @@ def _domain_spreads(job: _Model, numbers: np.ndarray, positions: np.ndarray, own
         return own
     spreads = np.array(own, dtype=np.float64)
     finite = np.isfinite(positions).all(axis=(1, 2))
-    if finite.any():
-        evaluate = model_evaluator(job.net, numbers, job.index, job.device, spread_fidelity=job.spread_index)
-        spreads[finite] = evaluate(positions[finite])[2]
+    if finite.any():  # energies only: one forward pass, no forces
+        k, n = int(finite.sum()), len(numbers)
+        z = torch.as_tensor(np.tile(numbers, k), dtype=torch.long, device=job.device)
+        x = torch.as_tensor(positions[finite].reshape(-1, 3), dtype=torch.float64, device=job.device)
+        mol = torch.arange(k, device=job.device).repeat_interleave(n)
+        with torch.no_grad():
+            out = job.net(z, x, mol, k)
+        spreads[finite] = out[keys.ENERGY_STD][:, job.spread_index].cpu().numpy()
     return spreads
 
 
