@@ -318,10 +318,7 @@ def _domain_spreads(job: _Model, numbers: np.ndarray, positions: np.ndarray, own
     spreads = np.array(own, dtype=np.float64)
     finite = np.isfinite(positions).all(axis=(1, 2))
     if finite.any():  # energies only: one forward pass, no forces
-        k, n = int(finite.sum()), len(numbers)
-        z = torch.as_tensor(np.tile(numbers, k), dtype=torch.long, device=job.device)
-        x = torch.as_tensor(positions[finite].reshape(-1, 3), dtype=torch.float64, device=job.device)
-        mol = torch.arange(k, device=job.device).repeat_interleave(n)
+        z, x, mol, k = _batch(numbers, positions[finite], job.device)
         with torch.no_grad():
             out = job.net(z, x, mol, k)
         spreads[finite] = out[keys.ENERGY_STD][:, job.spread_index].cpu().numpy()
@@ -411,15 +408,21 @@ def _relative_spreads(job: _Model, numbers: np.ndarray, ranked: List[ConformerRe
         return
     module, meta = export.load(job.path)
     members = export.eager_model(module, meta, job.path).double()
-    n, c = len(numbers), len(ranked)
-    z = torch.as_tensor(np.tile(numbers, c), dtype=torch.long)
-    x = torch.as_tensor(np.concatenate([r.positions for r in ranked]), dtype=torch.float64)
-    mol = torch.arange(c).repeat_interleave(n)
+    z, x, mol, c = _batch(numbers, np.stack([r.positions for r in ranked]), torch.device("cpu"))
     with torch.no_grad():
         e = torch.stack([members.member(k)(z, x, mol, c)[keys.ENERGY][:, job.index] for k in range(members.n_members)])
     relative = (e - e[:, :1]) / KCAL_MOL_EV  # (K, C), the lowest is ranked first
     for rec, spread in zip(ranked, relative.std(dim=0, unbiased=False).tolist()):
         rec.relative_spread_kcal_mol = float(spread)
+
+
+def _batch(numbers: np.ndarray, positions: np.ndarray, device: torch.device):
+    """Conformers (k, N, 3) of one molecule as one batched model input: numbers, positions
+    (float64), molecule index, k."""
+    k, n = len(positions), len(numbers)
+    z = torch.as_tensor(np.tile(numbers, k), dtype=torch.long, device=device)
+    x = torch.as_tensor(positions.reshape(-1, 3), dtype=torch.float64, device=device)
+    return z, x, torch.arange(k, device=device).repeat_interleave(n), k
 
 
 def _output_molecule(mol: Any, records: List[ConformerRecord]) -> Any:
