@@ -27,7 +27,10 @@ SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F", 16: "S", 17: "Cl"}
 
 def training_files(root: str) -> List[str]:
     """The repository-relative paths listed in data/training_files.txt (existing or not)."""
-    with open(os.path.join(root, TRAINING_FILES)) as fh:
+    path = os.path.join(root, TRAINING_FILES)
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} not found: it lists the training files; is --root a mfcalc checkout?")
+    with open(path) as fh:
         return [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
 
 

@@ -237,6 +237,7 @@ def test_campaign_status_counts_labels_and_journal_lines_against_the_minimums(tm
     from mfcalc.label.store import LabelStore
 
     (tmp_path / "data" / "campaign").mkdir(parents=True)
+    (tmp_path / "data" / "training_files.txt").write_text("# declared once\ndata/campaign/dft.h5\n")
     store = LabelStore(str(tmp_path / "data" / "campaign" / "dft.h5"), merge_seconds=1e9)
     water = np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.1], [0.76, 0.0, -0.47], [-0.76, 0.0, -0.47]])
     first = store.add(*water, smiles="O")
@@ -249,6 +250,11 @@ def test_campaign_status_counts_labels_and_journal_lines_against_the_minimums(tm
     out = capsys.readouterr().out
     assert "| data/campaign/dft.h5 | wb97x_dz | 2 | 2 | 0 | 1 | H O | 2.0 |" in out
     assert "| wB97X energies and forces chosen by committee | 2 | 4000 | 0 % |" in out
+
+
+def test_campaign_status_without_the_training_files_list_says_which_file_is_missing(tmp_path):
+    with pytest.raises(SystemExit, match="training_files.txt"):
+        load_tool("campaign_status").main(["--root", str(tmp_path)])
 
 
 def test_freeze_split_writes_the_runs_structures_and_labels_in_file_units(tmp_path):
