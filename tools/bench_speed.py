@@ -779,6 +779,12 @@ def section_shipped(impls, table, args, device):
         makers["mfcalc shipped, --before file"] = lambda: MFCalculator(
             torch.jit.load(args.before, map_location=device), fidelity="cc", device=str(device)
         )
+    also = []  # other model files (e.g. a fine-tuned, branched one), run with this code
+    for spec in args.also:
+        path, _, fidelity = spec.partition(":")
+        name = f"{os.path.relpath(path)} ({fidelity or 'its default head'})"
+        makers[name] = functools.partial(MFCalculator, path, fidelity=fidelity or None, device=str(device))
+        also.append(name)
     ani = load_ani1ccx() if "torchani" in args.peers else None
     if ani is not None:
         makers["ANI-1ccx (8 members)"] = lambda: ani.to(device).ase()
@@ -813,6 +819,8 @@ def section_shipped(impls, table, args, device):
         lines.append(
             ratio_row("--before file / shipped (> 1: faster now)", times["mfcalc shipped, --before file"], ship)
         )
+    for name in also:
+        lines.append(ratio_row(f"{name} / shipped (> 1: slower than shipped)", times[name], ship))
     if args.compile:
         comp = times["mfcalc shipped, compiled"]
         lines.append(ratio_row("shipped / shipped compiled (> 1: compiled faster)", ship, comp))
@@ -875,6 +883,14 @@ def main(argv=None) -> int:
         metavar="MODEL.pt",
         help="section 7: also time a model file saved by an older mfcalc, with the code it was saved with "
         "(e.g. git show REV:models/default.pt > old.pt)",
+    )
+    p.add_argument(
+        "--also",
+        metavar="MODEL.pt[:FIDELITY]",
+        nargs="*",
+        default=[],
+        help="section 7: also time these model files with this code through MFCalculator (e.g. a fine-tuned, "
+        "branched model), each against the shipped one",
     )
     p.add_argument(
         "--write-geometries",

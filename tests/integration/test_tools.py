@@ -69,6 +69,8 @@ def test_mfl_benchmark_matrix_covers_the_issue_rows():
 
 
 def test_bench_speed_runs_every_section_and_prints_one_table(capsys):
+    from mfcalc.models import default_model_path
+
     tool = load_tool("bench_speed")
     rc = tool.main(
         [
@@ -88,6 +90,8 @@ def test_bench_speed_runs_every_section_and_prints_one_table(capsys):
             "8",
             "27",
             "--peers",
+            "--also",
+            f"{default_model_path()}:dft",
         ]
     )
     assert rc == 0
@@ -105,6 +109,8 @@ def test_bench_speed_runs_every_section_and_prints_one_table(capsys):
     shipped_rows = {r.split("|")[1].strip(): r for r in shipped.splitlines() if r.startswith("| ")}
     assert "9 atoms | 23 atoms | 101 atoms" in shipped
     assert {"ASE EMT", "mfcalc shipped (4 members)", "mfcalc shipped / EMT"} <= set(shipped_rows)
+    also = [name for name in shipped_rows if name.endswith("default.pt (dft)")]
+    assert len(also) == 1 and f"{also[0]} / shipped (> 1: slower than shipped)" in shipped_rows
 
 
 def test_bench_speed_water_box_has_liquid_density():
