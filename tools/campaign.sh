@@ -59,9 +59,12 @@ case $stage in
         --device cpu --seed "$r" --split-by random
     cp runs/committee$r/model.pt $C/committee$r.pt ;;  # kept in git: the picks of round R come from it
   select-dft)
+    # candidates: every GFN2-xTB structure, the drug-sized round 3 included once it exists (rounds
+    # 1 and 2 picked from campaign.h5 alone; their pick files are in git, so they are not re-run)
     r=${2:?round}; n=${3:?how many}
+    pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
     skip=(); [[ -f $C/dft.h5 ]] && skip=(--skip-labelled $C/dft.h5:wb97x_dz)
-    mfcalc-select $C/campaign.h5 --model $C/committee$r.pt --n "$n" --by spread --fidelity dft \
+    mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by spread --fidelity dft \
         --per-molecule 40 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-cc)
     r=${2:?round}; n=${3:?how many}
