@@ -104,6 +104,7 @@ class _Model:
     index: int
     device: torch.device
     spread_index: Optional[int] = None  # the head of the domain check (None: ``index``)
+    source: Any = None  # the loaded module before freezing: its weights rebuild the members
 
     @property
     def is_ensemble(self) -> bool:
@@ -203,7 +204,8 @@ def _load_model(model: Optional[str], fidelity: Optional[str], device: str) -> _
     fidelities = list(meta[keys.META_FIDELITIES])
     name = fidelity or meta.get(keys.META_DEFAULT_FIDELITY) or fidelities[-1]
     index = head_index(fidelities, name)
-    return _Model(export.freeze(net.to(torch.float64)), meta, path, name, index, dev, export.spread_head_index(meta))
+    net = net.to(torch.float64)
+    return _Model(export.freeze(net), meta, path, name, index, dev, export.spread_head_index(meta), source=net)
 
 
 def domain_warnings(meta: Dict[str, Any], numbers: np.ndarray, spreads: np.ndarray, fidelity: str) -> List[str]:
@@ -406,8 +408,7 @@ def _relative_spreads(job: _Model, numbers: np.ndarray, ranked: List[ConformerRe
     to its own energy of the lowest: their spread is what the ranking's uncertainty is."""
     if not job.is_ensemble or len(ranked) < 1:
         return
-    module, meta = export.load(job.path)
-    members = export.eager_model(module, meta, job.path).double()
+    members = export.eager_model(job.source, job.meta, job.path).double()
     z, x, mol, c = _batch(numbers, np.stack([r.positions for r in ranked]), torch.device("cpu"))
     with torch.no_grad():
         e = torch.stack([members.member(k)(z, x, mol, c)[keys.ENERGY][:, job.index] for k in range(members.n_members)])
