@@ -186,6 +186,33 @@ def already_labelled(data: MFData, store: str, level: str) -> np.ndarray:
     return np.array([k in done for k in geometry_keys(data)], dtype=bool)
 
 
+def relaxed(data: MFData, paths: Sequence[str], level: str, fmax: float) -> np.ndarray:
+    """(S,) True where the candidate's ``level`` forces, read from those of ``paths`` that are
+    HDF5 label files carrying them, are all below ``fmax`` eV/Angstrom per component: minima
+    and relaxed scan points, the conformational energetics that conformer ranking rests on.
+    A committee's largest spreads are mostly on hot, distorted structures; this stratum
+    makes sure the expensive level also sees the structures users rank."""
+    from mfcalc.data.dataset import HDF5_SUFFIXES
+    from mfcalc.data.fidelity import parse_fidelity
+    from mfcalc.data.hdf5 import list_keys, read_hdf5
+    from mfcalc.data.identity import geometry_keys
+
+    largest: Dict[str, float] = {}
+    for path in paths:
+        if not str(path).lower().endswith(HDF5_SUFFIXES) or f"{level}.forces" not in set(list_keys(path)):
+            continue
+        labelled = read_hdf5(path, [parse_fidelity(f"f={level}.energy,{level}.forces")])
+        component = np.abs(np.nan_to_num(np.asarray(labelled.forces["f"]), nan=np.inf)).max(axis=1)
+        owner = np.repeat(np.arange(len(labelled)), labelled.n_atoms)
+        per_structure = np.zeros(len(labelled))
+        np.maximum.at(per_structure, owner, component)
+        for key, f in zip(geometry_keys(labelled), per_structure):
+            largest[key] = min(f, largest.get(key, np.inf))
+    if not largest:
+        raise ValueError(f"--relaxed: no candidate file is an HDF5 label file with {level}.forces")
+    return np.array([largest.get(k, np.inf) < fmax for k in geometry_keys(data)], dtype=bool)
+
+
 def _distances(data: MFData, i: int) -> np.ndarray:
     x = np.asarray(data.positions[data.offsets[i] : data.offsets[i + 1]])
     return np.linalg.norm(x[:, None] - x[None], axis=2)

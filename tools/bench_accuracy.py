@@ -165,6 +165,13 @@ def main(argv=None) -> int:
         default=os.path.join(LISTS, "heldout_small.smi"),
         help="SMILES list of the unseen-small-molecule set (b)",
     )
+    p.add_argument(
+        "--heads",
+        nargs="+",
+        default=["cc"],
+        help="heads of each model to score against CCSD(T) (default: cc); e.g. cc dft xtb shows how much "
+        "of a head's error the lower levels share",
+    )
     p.add_argument("--per-molecule", action="store_true", help="also print relE RMSE per molecule and method")
     p.add_argument("--json")
     args = p.parse_args(argv)
@@ -180,7 +187,13 @@ def main(argv=None) -> int:
     methods: Dict[str, Tuple[Predict, List[int]]] = {}
     for path in args.model:
         meta = export.load(path)[1]
-        methods[f"mfcalc {os.path.relpath(path)} (cc head)"] = (model_predictor(path), meta[keys.META_SPECIES])
+        for head in args.heads:
+            if head not in meta[keys.META_FIDELITIES]:
+                p.error(f"--heads: {path} has no head {head!r}; its heads are {meta[keys.META_FIDELITIES]}")
+            methods[f"mfcalc {os.path.relpath(path)} ({head} head)"] = (
+                model_predictor(path, head),
+                meta[keys.META_SPECIES],
+            )
     for label, level in LEVELS.items():
         methods[label] = (label_predictor(data.fidelities.index(level)), list(range(1, 119)))
     # the floor every method must beat: the same energy for every structure of a molecule

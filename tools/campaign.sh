@@ -11,6 +11,7 @@
 #   tools/campaign.sh heldout      # held-out benchmark structures -> data/benchmark/heldout.h5 (xTB, DFT, CCSD(T))
 #   tools/campaign.sh committee R  # train the round-R committee on everything labelled so far
 #   tools/campaign.sh select-dft R N / select-cc R N   # pick N structures with the round-R committee
+#   tools/campaign.sh select-dft-relaxed R N           # the same among minima and relaxed scan points only
 #   tools/campaign.sh dft R / cc R                      # label the picks of round R
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,15 @@ case $stage in
     skip=(); [[ -f $C/dft.h5 ]] && skip=(--skip-labelled $C/dft.h5:wb97x_dz)
     mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by spread --fidelity dft \
         --per-molecule 40 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
+  select-dft-relaxed)
+    # the conformer stratum: only minima and relaxed scan points (GFN2-xTB forces below 0.05 eV/A),
+    # picked by the same committee spread; the committee's picks elsewhere are mostly hot,
+    # distorted structures, and the dft head then ranks conformers far worse than wB97X does
+    r=${2:?round}; n=${3:?how many}
+    pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
+    skip=(); [[ -f $C/dft.h5 ]] && skip=(--skip-labelled $C/dft.h5:wb97x_dz)
+    mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by spread --fidelity dft --relaxed gfn2_xtb:0.05 \
+        --per-molecule 12 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-cc)
     r=${2:?round}; n=${3:?how many}
     python tools/pick_frames.py $C/campaign.h5 --max-heavy-atoms 4 --out $C/cc_pool.extxyz

@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.h5:LEVEL",
         help="leave out candidates whose geometry already has a LEVEL energy in FILE.h5 (repeatable)",
     )
+    p.add_argument(
+        "--relaxed",
+        metavar="LEVEL:FMAX",
+        help="only candidates whose LEVEL forces in the candidate HDF5 files are all below FMAX eV/A per "
+        "component (e.g. gfn2_xtb:0.05): minima and relaxed scan points, the structures conformer ranking rests on",
+    )
     p.add_argument("--compare-model", metavar="OLD.pt", help="also report the spreads of an earlier committee")
     p.add_argument("--report", metavar="FILE.json", help="write the spread distributions as JSON")
     p.add_argument("--seed", type=int, default=0, help="breaks ties reproducibly")
@@ -68,6 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             committee_scores,
             format_report,
             read_candidates,
+            relaxed,
             report,
             unscorable_message,
             write_selected,
@@ -87,6 +94,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             done = already_labelled(data, store, level)
             scores.score[done] = np.nan  # never picked
             print(f"{int(done.sum())} candidate(s) already have {level} in {store}: left out")
+        if args.relaxed:
+            level, sep, fmax = args.relaxed.rpartition(":")
+            try:
+                limit = float(fmax)
+            except ValueError:
+                limit = float("nan")
+            if not sep or not level or not limit > 0:
+                raise ValueError(f"--relaxed wants LEVEL:FMAX with FMAX > 0 in eV/A, got {args.relaxed!r}")
+            keep = relaxed(data, args.candidates, level, limit)
+            scores.score[~keep] = np.nan  # never picked
+            print(f"{int(keep.sum())} candidate(s) relaxed at {level} (forces below {limit:g} eV/A); others left out")
         picked = choose(scores.score, data, args.n, args.per_molecule, args.min_distance_change, seed=args.seed)
         baseline = (
             committee_scores(args.compare_model, data, args.by, args.fidelity, device=args.device)

@@ -124,6 +124,40 @@ def test_candidates_already_labelled_at_the_level_are_left_out(candidates, tmp_p
     assert "FILE.h5:LEVEL" in capsys.readouterr().err
 
 
+def test_relaxed_keeps_only_candidates_whose_stored_forces_are_small(candidates, tmp_path, capsys):
+    """The committee disputes the planted structure most; --relaxed leaves only the candidates
+    whose GFN2-xTB forces in the label file are below FMAX (eV/A, the file holds Hartree/A)."""
+    from ase.units import Hartree
+
+    from mfcalc.label.store import LabelStore
+
+    frames = ase.io.read(candidates, index=":")
+    store_path = tmp_path / "xtb.h5"
+    store = LabelStore(str(store_path))
+    for k, atoms in enumerate(frames[:21]):  # frames 3 and 7 relaxed (0.01 eV/A), the rest not (0.5)
+        size = 0.01 if k in (3, 7) else 0.5
+        forces = np.full((len(atoms), 3), size / Hartree)
+        forces[0, 0] = -size / Hartree
+        store.record(store.add(atoms.numbers, atoms.positions, smiles="CCO"), "gfn2_xtb", -15.0, forces, 0.1)
+    store.close()
+    out = tmp_path / "picked.extxyz"
+    argv = [str(store_path), "--model", default_model_path(), "--n", "5", "--out", str(out)]
+    assert select_main([*argv, "--relaxed", "gfn2_xtb:0.05"]) == 0
+    assert "2 candidate(s) relaxed at gfn2_xtb" in capsys.readouterr().out
+    picked = ase.io.read(out, index=":")
+    relaxed_positions = [frames[3].positions, frames[7].positions]
+    assert len(picked) == 2
+    for atoms in picked:
+        assert any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0)) for x in relaxed_positions)
+    assert select_main([*argv, "--relaxed", "gfn2_xtb:1.0"]) == 0  # everything below 1 eV/A: 5 picked
+    assert len(ase.io.read(out, index=":")) == 5
+    capsys.readouterr()
+    assert select_main([*argv, "--relaxed", "wb97x_dz:0.05"]) == 2
+    assert "no candidate file is an HDF5 label file with wb97x_dz.forces" in capsys.readouterr().err
+    assert select_main([*argv, "--relaxed", "gfn2_xtb"]) == 2
+    assert "LEVEL:FMAX" in capsys.readouterr().err
+
+
 def test_structures_without_a_smiles_count_per_formula(candidates):
     data = read_candidates([str(candidates)])
     codes, names = data.groups["smiles"]
