@@ -14,6 +14,10 @@ wB97X/6-31G* come from the labels in the file; ANI-1ccx (``../shared/peers``, tr
 CCSD(T)*/CBS, so part of its error is the basis) through TorchANI when it is installed.
 
     python tools/bench_accuracy.py [--model models/default.pt ...] [--json out.json]
+
+``--reference wb97x_dz`` (or ``gfn2_xtb``) scores everything against that level instead, on the
+same structures: ``--heads dft --reference wb97x_dz`` shows how well a head fits its own level,
+which separates a head's training error from the gap between the levels.
 """
 
 from __future__ import annotations
@@ -42,20 +46,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DATA = os.path.join(REPO, "data", "benchmark", "heldout.h5")
 LISTS = os.path.join(REPO, "data", "campaign")
-LEVELS = {"GFN2-xTB": "gfn2_xtb", "wB97X/6-31G*": "wb97x_dz"}
+LEVELS = {"CCSD(T)/cc-pVDZ": "ccsd(t)_dz", "GFN2-xTB": "gfn2_xtb", "wB97X/6-31G*": "wb97x_dz"}
 Predict = Callable[[MFData, np.ndarray], Tuple[np.ndarray, Optional[np.ndarray]]]  # eV, eV/A (A, 3)
 
 
-def load(path: str) -> MFData:
-    """The file's CCSD(T) (column 0) and comparison levels; forces only where the file has them
-    (the CCSD(T) forces are labelled last, so a growing benchmark file may have none yet)."""
+def column(level: str) -> str:
+    """The fidelity name a level's column gets (a name is one word: ccsd(t)_dz -> ccsdt_dz)."""
+    return level.replace("(t)", "t")
+
+
+def load(path: str, reference: str = "ccsd(t)_dz") -> MFData:
+    """The file's reference level (column 0) and the other levels; forces only where the file has
+    them (the CCSD(T) forces are labelled last, so a growing benchmark file may have none yet)."""
     present = set(list_keys(path))
 
-    def spec(name: str, level: str):
+    def spec(level: str):
         forces = f",{level}.forces" if f"{level}.forces" in present else ""
-        return parse_fidelity(f"{name}={level}.energy{forces}")
+        return parse_fidelity(f"{column(level)}={level}.energy{forces}")
 
-    return read_hdf5(path, [spec("cc", "ccsd(t)_dz")] + [spec(lv, lv) for lv in LEVELS.values()])
+    return read_hdf5(path, [spec(reference)] + [spec(lv) for lv in LEVELS.values() if lv != reference])
 
 
 def model_predictor(path: str, fidelity: str = "cc") -> Predict:
@@ -122,7 +131,8 @@ def relative_rmse(pred: np.ndarray, ref: np.ndarray, groups: np.ndarray) -> floa
 
 
 def score(data: MFData, predict: Predict, sets: Dict[str, np.ndarray], species_ok: np.ndarray) -> Dict[str, float]:
-    """relE RMSE per set, and force RMSE where CCSD(T) forces exist (kcal/mol, kcal/mol/A)."""
+    """relE RMSE per set against the reference (column 0), and force RMSE where the reference
+    has forces (kcal/mol, kcal/mol/A)."""
     smiles = data.group_labels("smiles")
     cc_e = data.energy[:, 0]
     out: Dict[str, float] = {}
@@ -143,7 +153,7 @@ def score(data: MFData, predict: Predict, sets: Dict[str, np.ndarray], species_o
     rows = np.nonzero(fmask & np.isin(np.arange(len(data)), sets["unseen small"]))[0]
     if len(rows):
         _, forces = predict(data, rows)
-        ref = np.asarray(data.forces["cc"])[data.atom_index(rows)]
+        ref = np.asarray(data.forces[data.fidelities[0]])[data.atom_index(rows)]
         if forces is not None and np.isfinite(forces).all():
             out["forces"] = float(np.sqrt(np.mean((forces - ref) ** 2)) / KCAL_MOL_EV)
         out["forces n"] = int(len(rows))
@@ -169,8 +179,14 @@ def main(argv=None) -> int:
         "--heads",
         nargs="+",
         default=["cc"],
-        help="heads of each model to score against CCSD(T) (default: cc); e.g. cc dft xtb shows how much "
+        help="heads of each model to score against the reference (default: cc); e.g. cc dft xtb shows how much "
         "of a head's error the lower levels share",
+    )
+    p.add_argument(
+        "--reference",
+        default="ccsd(t)_dz",
+        choices=sorted(LEVELS.values()),
+        help="the level every method is scored against (default: CCSD(T)/cc-pVDZ)",
     )
     p.add_argument("--per-molecule", action="store_true", help="also print relE RMSE per molecule and method")
     p.add_argument("--json")
@@ -178,7 +194,8 @@ def main(argv=None) -> int:
     if not os.path.exists(args.data):
         print(f"no benchmark file {args.data}: build it with tools/campaign.sh heldout", file=sys.stderr)
         return 2
-    data = load(args.data)
+    data = load(args.data, args.reference)
+    reference_name = next(label for label, level in LEVELS.items() if level == args.reference)
     smiles = data.group_labels("smiles")
     sets = {
         "conformers": np.nonzero(np.isin(smiles, read_smiles_list(args.conformer_molecules)))[0],
@@ -195,7 +212,8 @@ def main(argv=None) -> int:
                 meta[keys.META_SPECIES],
             )
     for label, level in LEVELS.items():
-        methods[label] = (label_predictor(data.fidelities.index(level)), list(range(1, 119)))
+        if level != args.reference:
+            methods[label] = (label_predictor(data.fidelities.index(column(level))), list(range(1, 119)))
     # the floor every method must beat: the same energy for every structure of a molecule
     # (its relE RMSE is the spread of the CCSD(T) relative energies themselves)
     methods["no method: a constant per molecule"] = (constant_predictor, list(range(1, 119)))
@@ -209,7 +227,10 @@ def main(argv=None) -> int:
         bad[np.unique(owner[~np.isin(np.asarray(data.numbers), species)])] = True
         rows[name] = score(data, predict, sets, ~bad)
     cols = ["conformers relE", "unseen small relE", "forces"]
-    print("| method | conformers: relE RMSE (n) | unseen small molecules: relE RMSE (n) | CCSD(T) forces RMSE (n) |")
+    print(
+        "| method | conformers: relE RMSE (n) | unseen small molecules: relE RMSE (n) | "
+        f"{reference_name.split('/')[0]} forces RMSE (n) |"
+    )
     print("|---|---|---|---|")
     for name, r in rows.items():
         cells = [
@@ -217,7 +238,7 @@ def main(argv=None) -> int:
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(
-        "\nkcal/mol and kcal/mol/A against CCSD(T)/cc-pVDZ; each molecule's mean error removed; methods are scored "
+        f"\nkcal/mol and kcal/mol/A against {reference_name}; each molecule's mean error removed; methods are scored "
         "only on molecules whose elements they know (ANI-1ccx: H, C, N, O)."
     )
     if args.per_molecule:

@@ -171,6 +171,20 @@ def test_bench_accuracy_scores_every_method_on_the_same_structures(tmp_path, cap
         assert 0 < row["conformers relE"] < 5 and 0 < row["forces"] < 20, name
     assert rows["wB97X/6-31G*"]["conformers relE"] < floor["conformers relE"]
     assert rows["wB97X/6-31G*"]["conformers: CCO"] == pytest.approx(rows["wB97X/6-31G*"]["conformers relE"])
+    # against wB97X instead: CCSD(T) becomes a method, scored on the same structures, and the
+    # relative RMSE between two levels does not depend on which one is the reference
+    out2 = tmp_path / "acc_dft.json"
+    args = ["--data", str(REPO / "data" / "mf_reference.h5"), "--conformer-molecules", str(conf)]
+    args += ["--small-molecules", str(small), "--reference", "wb97x_dz", "--heads", "dft", "--json", str(out2)]
+    assert tool.main(args) == 0
+    table = capsys.readouterr().out
+    assert "against wB97X/6-31G*" in table and "| wB97X forces RMSE (n) |" in table and "(dft head)" in table
+    against_dft = json.loads(out2.read_text())
+    assert "wB97X/6-31G*" not in against_dft
+    for key in ("conformers relE", "unseen small relE"):
+        assert against_dft["CCSD(T)/cc-pVDZ"][key] == pytest.approx(rows["wB97X/6-31G*"][key], rel=1e-9)
+    head = next(v for k, v in against_dft.items() if k.endswith("(dft head)"))
+    assert head["forces n"] > 4  # wB97X has forces on every structure, CCSD(T) on 4 of the set
 
 
 @pytest.mark.slow
