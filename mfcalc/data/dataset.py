@@ -264,6 +264,7 @@ def fit_reference_energies(
         sol, *_ = np.linalg.lstsq(c[:, present[k]], energy[rows, k], rcond=None)
         out[k, present[k]] = sol
     for k, name in enumerate(data.fidelities):
+        borrowed: Dict[str, List[int]] = {}  # donor -> elements: one warning per donor, not per element
         for s in np.nonzero(~present[k])[0]:
             donors = np.nonzero(present[:, s])[0]
             what, given = (fallback or {}).get(name, ("", {}))
@@ -274,12 +275,17 @@ def fit_reference_energies(
                 else:
                     d = _nearest_scale(out, present, k, donors)
                     out[k, s], donor = out[d, s], repr(data.fidelities[d])
-                warnings.warn(
-                    f"element Z={z} has no {name!r} energy label; its reference energy is taken from {donor}",
-                    stacklevel=2,
-                )
+                borrowed.setdefault(donor, []).append(z)
             else:
                 warnings.warn(
                     f"element Z={species[int(s)]} occurs in no labelled structure; reference energy 0 eV", stacklevel=2
                 )
+        for donor, zs in borrowed.items():
+            if len(zs) == 1:
+                what = f"element Z={zs[0]} has no {name!r} energy label; its reference energy is"
+            else:
+                what = (
+                    f"elements Z={', '.join(map(str, zs))} have no {name!r} energy label; their reference energies are"
+                )
+            warnings.warn(f"{what} taken from {donor}", stacklevel=2)
     return out

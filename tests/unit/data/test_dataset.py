@@ -1,5 +1,7 @@
 """Splits, batches, persistence and reference-energy fits."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,18 @@ def test_a_missing_species_borrows_from_the_level_on_the_nearest_energy_scale(re
         fit = fit_reference_energies(three, [1, 6, 7, 8])
     assert fit[2, 2] == fit[1, 2]
     assert abs(fit[0, 2] - fit[1, 2]) > 100.0  # the xTB scale really is far away
+
+
+def test_species_missing_from_a_fidelity_are_named_in_one_warning(ref):
+    """A new level that saw only hydrocarbons: N and O both borrow, and one warning names both
+    (a fine-tuning run on ethane once printed one warning per element)."""
+    sub = ref.subset(np.arange(len(ref)))
+    owner = np.repeat(np.arange(len(sub)), sub.n_atoms)
+    has_no = np.bincount(owner, weights=(sub.numbers == 7) | (sub.numbers == 8)) > 0
+    sub.energy[has_no, 1] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_reference_energies(sub, [1, 6, 7, 8])
+    messages = [str(w.message) for w in caught if "energy label" in str(w.message)]
+    assert messages == ["elements Z=7, 8 have no 'cc' energy label; their reference energies are taken from 'dft'"]
+    np.testing.assert_array_equal(fit[1, 2:], fit[0, 2:])
