@@ -208,6 +208,14 @@ def main(argv=None) -> int:
         help="also fine-tune with --train-params branch on this many private top blocks (two more runs; no "
         "replay, which cannot matter there, and the head rate for the private blocks too)",
     )
+    p.add_argument(
+        "--lr-schedule",
+        default="plateau",
+        choices=["plateau", "cosine"],
+        help="every run: plateau (halve on a stall, stop after 20 epochs without progress) or cosine (decay to "
+        "1e-5 over the epochs that fit the budget, no early stop: a few hundred energies make short epochs "
+        "and a noisy validation loss)",
+    )
     p.add_argument("--only", nargs="*", help="run only these rows (names as in the table, e.g. 'scratch, CASPT2 only')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir")
@@ -248,6 +256,9 @@ def main(argv=None) -> int:
         )
         t = cfg.train
         t.epochs, t.max_minutes, t.min_epochs, t.seed, t.device = args.epochs, args.minutes, 20, args.seed, "cpu"
+        t.lr_schedule = args.lr_schedule
+        if args.lr_schedule == "cosine":  # the plan fills the budget; the best validation epoch is kept
+            t.min_epochs = t.early_stopping = args.epochs
         # the same network and ensemble size everywhere: only the starting weights differ
         cfg.model = dataclasses.replace(shipped.settings, species=None)
         t.ensemble = shipped.ensemble.n_members
@@ -275,7 +286,8 @@ def main(argv=None) -> int:
     print(
         f"fine-tuned runs: head lr {HEAD_LR:g}, trunk lr {args.trunk_lr:g}, training {args.train_params}, replay of "
         f"the shipped model's training data less its test split; anchored runs: trunk anchor {args.trunk_anchor:g}; "
-        f"branch runs: {args.branch_blocks} private top block(s) at the head rate, no replay\n"
+        f"branch runs: {args.branch_blocks} private top block(s) at the head rate, no replay; "
+        f"{args.lr_schedule} learning-rate schedule\n"
     )
     print(
         f"| run ({args.minutes} min each) | CASPT2 relE RMSE, held-out (kcal/mol) | old cc head, shipped test "
@@ -298,6 +310,7 @@ def main(argv=None) -> int:
                     "minutes": args.minutes,
                     "trunk_lr": args.trunk_lr,
                     "trunk_anchor": args.trunk_anchor,
+                    "lr_schedule": args.lr_schedule,
                     "old_cc_before": before,
                     "zero_shot": zero_shot,
                     "runs": rows,

@@ -35,3 +35,5 @@ def test_readme_fine_tuning_toml_is_a_valid_config(tmp_path):
     assert cfg.train.init_from == "default" and cfg.train.new_head == ["caspt2=cc", "dft_g16=dft"]
     assert [f.name for f in cfg.fidelities] == ["dft_g16", "caspt2"]
     assert cfg.fidelities[0].forces_unit == "hartree/bohr"
+    assert cfg.train.lr_schedule == "cosine" and cfg.train.max_minutes == 10  # what the benchmark found
+    assert cfg.train.train_params == "branch" and cfg.model.branch_blocks == 1

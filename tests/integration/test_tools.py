@@ -196,7 +196,7 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
     out = tmp_path / "ft.json"
     argv = ["--minutes", "0.01", "--epochs", "1", "--max-dft", "100", "--workdir", str(tmp_path / "w")]
     argv += ["--trunk-lr", "0.002", "--train-params", "last-block", "--trunk-anchor", "10", "--branch-blocks", "1"]
-    assert tool.main(argv + ["--json", str(out)]) == 0
+    assert tool.main(argv + ["--lr-schedule", "cosine", "--json", str(out)]) == 0
     captured = capsys.readouterr()
     table = captured.out
     # the replay is the model's own training files out of git (model metadata), less every test structure
@@ -208,7 +208,7 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
 
     recorded = export.load(default_model_path())[1][keys.META_TRAINING_SOURCES]
     assert n_files == len(recorded["files"]) >= 2 and n_test > 1000 and dropped >= n_test
-    assert "trunk lr 0.002, training last-block" in table
+    assert "trunk lr 0.002, training last-block" in table and "cosine learning-rate schedule" in table
     assert "| fine-tuned, DFT + CASPT2 |" in table and "C-C stretch" in table
     assert "| shipped model, no training: its `cc` head |" in table
     doc = json.loads(out.read_text())
@@ -226,7 +226,7 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
     # a branch run cannot change the old heads: the old cc head scores as before, to float rounding
     for name in ("fine-tuned, CASPT2 only, branch", "fine-tuned, DFT + CASPT2, branch"):
         assert doc["runs"][name]["old cc RMSE"] == pytest.approx(doc["old_cc_before"], rel=1e-6), name
-    assert doc["trunk_anchor"] == 10
+    assert doc["trunk_anchor"] == 10 and doc["lr_schedule"] == "cosine"
     for name, run in doc["runs"].items():
         assert run["caspt2 relE RMSE"] > 0 and len(run["stretch"]) == len(tool.STRETCH), name
         assert min(run["stretch"]) == 0.0, name
