@@ -42,3 +42,14 @@ def test_best_epoch_first_waits_for_min_epochs_and_warns(tmp_path, monkeypatch, 
     assert "no relative improvement" in metrics["members"][0]["stopped"]
     assert "exporting the weights of epoch 1" in out and "WARNING" in out and "barely trained" in out
     assert any("barely trained" in w for w in metrics["warnings"])
+
+
+def test_few_steps_per_epoch_with_the_plateau_schedule_get_a_note(tmp_path, capsys):
+    """64 structures in batches of 32 are 2 steps an epoch: a patience of 2 epochs is 4 steps.
+    The run says so and names the cosine schedule; a cosine run gets no note."""
+    short = [*ARGS[: ARGS.index("--epochs")], "--epochs", "1"]
+    assert train_main([*short, "--out", str(tmp_path / "plateau")]) == 0
+    out = capsys.readouterr().out
+    assert "note: 2 optimiser steps per epoch" in out and "lr_schedule = 'cosine'" in out
+    assert train_main([*short, "--out", str(tmp_path / "cosine"), "--lr-schedule", "cosine"]) == 0
+    assert "optimiser steps per epoch" not in capsys.readouterr().out
