@@ -3,7 +3,9 @@
 Reads every labelled file (its HDF5 and any journal lines not yet merged, so a running
 labelling job is counted up to its last finished calculation) and prints, per file and
 level: structures with an energy, with forces, failed calculations, molecules, elements and
-CPU hours; then the campaign's minimums with what is there.
+CPU hours; then each committee round's picks (``data/campaign/round*_dft.extxyz``,
+``round*_cc.extxyz``) with how many are labelled; then the campaign's minimums with what is
+there.
 
     python tools/campaign_status.py [--root .]
 """
@@ -11,18 +13,22 @@ CPU hours; then the campaign's minimums with what is there.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import re
 import sys
 from typing import Any, Dict, List, Set
 
 import numpy as np
 
+from mfcalc.data.identity import geometry_key
 from mfcalc.label.store import LabelStore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAINING_FILES = "data/training_files.txt"  # the labelled files the builds train on, declared there
 HELDOUT = "data/benchmark/heldout.h5"
 SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F", 16: "S", 17: "Cl"}
+ROUND_TARGETS = {"dft": ("data/campaign/dft.h5", "wb97x_dz"), "cc": ("data/campaign/cc.h5", "ccsd(t)_dz")}
 
 
 def training_files(root: str) -> List[str]:
@@ -51,6 +57,32 @@ def level_rows(store: LabelStore) -> Dict[str, Dict[str, Any]]:
     return rows
 
 
+def round_rows(root: str) -> List[Dict[str, Any]]:
+    """Per committee round's pick file: picks, how many carry a label of the round's level in
+    its store (matched by geometry key, as the labeller files them), and failed ones."""
+    from ase.io import read
+
+    rows, stores = [], {}
+    for path in sorted(glob.glob(os.path.join(root, "data", "campaign", "round*_*.extxyz"))):
+        found = re.match(r"round(\d+)_(dft|cc)", os.path.basename(path))
+        if not found:
+            continue
+        store_rel, level = ROUND_TARGETS[found.group(2)]
+        store_path = os.path.join(root, store_rel)
+        if store_path not in stores:
+            stores[store_path] = LabelStore(store_path) if os.path.exists(store_path) else None
+        store = stores[store_path]
+        keys = [geometry_key(a.numbers, a.positions) for a in read(path, ":")]
+        labelled = failed = 0
+        for key in keys:
+            s = store.structures.get(key) if store is not None else None
+            labelled += bool(s is not None and level in s.labels and np.isfinite(s.labels[level].energy))
+            failed += bool(store is not None and (key, level) in store.failures)
+        rel = os.path.relpath(path, root)
+        rows.append(dict(picks=rel, store=store_rel, level=level, n=len(keys), labelled=labelled, failed=failed))
+    return rows
+
+
 def main(argv: List[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=os.path.dirname(HERE), help="the repository (default: this one)")
@@ -68,6 +100,16 @@ def main(argv: List[str] | None = None) -> int:
                 f"{row['molecules']} | {row['elements']} | {float(row['hours']):.1f} |"
             )
             totals[f"{rel}:{level}"] = row
+
+    rounds = round_rows(args.root)
+    if rounds:
+        print("\n| committee picks | labelled into | level | picks | labelled | failed | |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rounds:
+            print(
+                f"| {r['picks']} | {r['store']} | {r['level']} | {r['n']} | {r['labelled']} | {r['failed']} | "
+                f"{100 * r['labelled'] / max(r['n'], 1):.0f} % |"
+            )
 
     def count(rel: str, level: str, what: str = "energies") -> int:
         return int(totals.get(f"{rel}:{level}", {}).get(what, 0))

@@ -270,6 +270,15 @@ def test_campaign_status_counts_labels_and_journal_lines_against_the_minimums(tm
     out = capsys.readouterr().out
     assert "| data/campaign/dft.h5 | wb97x_dz | 2 | 2 | 0 | 1 | H O | 2.0 |" in out
     assert "| wB97X energies and forces chosen by committee | 2 | 4000 | 0 % |" in out
+    # a round's picks, as the labeller reads them: both labelled waters and one not yet labelled
+    from ase import Atoms
+    from ase.io import write
+
+    picks = [Atoms(water[0], water[1]), Atoms(water[0], water[1] + 0.01), Atoms(water[0], water[1] + 0.02)]
+    write(str(tmp_path / "data" / "campaign" / "round3_dft.extxyz"), picks, format="extxyz")
+    assert tool.main(["--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| data/campaign/round3_dft.extxyz | data/campaign/dft.h5 | wb97x_dz | 3 | 2 | 0 | 67 % |" in out
 
 
 def test_campaign_status_without_the_training_files_list_says_which_file_is_missing(tmp_path):
