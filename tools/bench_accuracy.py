@@ -134,15 +134,15 @@ def score(data: MFData, predict: Predict, sets: Dict[str, np.ndarray], species_o
     """relE RMSE per set against the reference (column 0), and force RMSE where the reference
     has forces (kcal/mol, kcal/mol/A)."""
     smiles = data.group_labels("smiles")
-    cc_e = data.energy[:, 0]
+    ref_e = data.energy[:, 0]
     out: Dict[str, float] = {}
     for name, rows in sets.items():
-        rows = rows[np.isfinite(cc_e[rows]) & species_ok[rows]]
+        rows = rows[np.isfinite(ref_e[rows]) & species_ok[rows]]
         if len(rows) == 0:  # nothing labelled yet in a growing benchmark file
             continue
         energy, _ = predict(data, rows)
         ok = np.isfinite(energy)
-        pred, ref, mols = energy[ok], cc_e[rows][ok], smiles[rows][ok]
+        pred, ref, mols = energy[ok], ref_e[rows][ok], smiles[rows][ok]
         out[f"{name} relE"] = relative_rmse(pred, ref, mols)
         out[f"{name} n"] = int(ok.sum())
         for mol in np.unique(mols):  # per molecule, for the --per-molecule table
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         if level != args.reference:
             methods[label] = (label_predictor(data.fidelities.index(column(level))), list(range(1, 119)))
     # the floor every method must beat: the same energy for every structure of a molecule
-    # (its relE RMSE is the spread of the CCSD(T) relative energies themselves)
+    # (its relE RMSE is the spread of the reference's relative energies themselves)
     methods["no method: a constant per molecule"] = (constant_predictor, list(range(1, 119)))
     ani = ani_predictor(args.peers)
     if ani is not None:

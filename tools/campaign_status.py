@@ -64,20 +64,21 @@ def round_rows(root: str) -> List[Dict[str, Any]]:
 
     rows, stores = [], {}
     for path in sorted(glob.glob(os.path.join(root, "data", "campaign", "round*_*.extxyz"))):
-        found = re.match(r"round(\d+)_(dft|cc)", os.path.basename(path))
+        found = re.match(r"round\d+_(dft|cc)", os.path.basename(path))
         if not found:
             continue
-        store_rel, level = ROUND_TARGETS[found.group(2)]
+        store_rel, level = ROUND_TARGETS[found.group(1)]
         store_path = os.path.join(root, store_rel)
         if store_path not in stores:
             stores[store_path] = LabelStore(store_path) if os.path.exists(store_path) else None
         store = stores[store_path]
         keys = [geometry_key(a.numbers, a.positions) for a in read(path, ":")]
         labelled = failed = 0
-        for key in keys:
-            s = store.structures.get(key) if store is not None else None
-            labelled += bool(s is not None and level in s.labels and np.isfinite(s.labels[level].energy))
-            failed += bool(store is not None and (key, level) in store.failures)
+        for key in keys if store is not None else []:
+            # the store's own test of "done" (as the labeller skips), less the recorded failures
+            failure = (key, level) in store.failures
+            labelled += store.has(key, level) and not failure
+            failed += failure
         rel = os.path.relpath(path, root)
         rows.append(dict(picks=rel, store=store_rel, level=level, n=len(keys), labelled=labelled, failed=failed))
     return rows

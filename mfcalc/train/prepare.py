@@ -188,7 +188,7 @@ def prepare_run(
             f"note: {steps} optimiser steps per epoch, so the plateau schedule may stop after "
             f"{steps * t_cfg.early_stopping} steps without progress (early_stopping {t_cfg.early_stopping} epochs); "
             "with this few structures lr_schedule = 'cosine' and a budget (epochs or max_minutes) trains to the "
-            "end (a CASPT2 fine-tune went from 0.68 to 0.34 kcal/mol; README, Fine-tune)"
+            "end (README, Fine-tune)"
         )
     weights = loss_weights(cfg, data)
     residual = residual_data(data, species, reference)
