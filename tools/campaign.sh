@@ -19,6 +19,7 @@ C=data/campaign
 B=data/benchmark
 W=${WORKERS:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+source tools/campaign_data.sh  # the training files, fidelity bindings and label targets, declared once
 stage=${1:?usage: tools/campaign.sh sample|xtb|large|heldout|committee|select-dft|select-cc|dft|cc [ROUND] [N]}
 case $stage in
   sample)
@@ -53,7 +54,6 @@ case $stage in
     [[ -f $C/committee$r.pt ]] && { echo "$C/committee$r.pt exists (remove it to train round $r's committee again)"; exit 0; }
     resume=(); [[ -f runs/committee$r/checkpoint.pt && ! -f runs/committee$r/model.pt ]] && resume=(--resume)
     [[ -f runs/committee$r/model.pt ]] && { echo "runs/committee$r/model.pt exists"; cp runs/committee$r/model.pt $C/committee$r.pt; exit 0; }
-    source tools/campaign_data.sh
     mfcalc-train "${resume[@]}" --data "${LABELLED_FILES[@]}" "${FIDELITY_BINDINGS[@]}" \
         --out runs/committee$r --ensemble 4 --member-workers "$W" --n-features 24 \
         --max-structures "${STRUCTURES:-8000}" --epochs "${EPOCHS:-30}" --min-epochs 20 --batch-size 64 --lr 2e-3 \
@@ -64,7 +64,7 @@ case $stage in
     # 1 and 2 picked from campaign.h5 alone; their pick files are in git, so they are not re-run)
     r=${2:?round}; n=${3:?how many}
     pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
-    skip=(); [[ -f $C/dft.h5 ]] && skip=(--skip-labelled $C/dft.h5:wb97x_dz)
+    skip=(); [[ -f ${LABEL_STORE[dft]} ]] && skip=(--skip-labelled "${LABEL_STORE[dft]}:${LABEL_LEVEL[dft]}")
     mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by spread --fidelity dft \
         --per-molecule 40 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-dft-relaxed)
@@ -73,21 +73,21 @@ case $stage in
     # distorted structures, and the dft head then ranks conformers far worse than wB97X does
     r=${2:?round}; n=${3:?how many}
     pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
-    skip=(); [[ -f $C/dft.h5 ]] && skip=(--skip-labelled $C/dft.h5:wb97x_dz)
+    skip=(); [[ -f ${LABEL_STORE[dft]} ]] && skip=(--skip-labelled "${LABEL_STORE[dft]}:${LABEL_LEVEL[dft]}")
     mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by spread --fidelity dft --relaxed gfn2_xtb:0.05 \
         --per-molecule 12 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-cc)
     r=${2:?round}; n=${3:?how many}
     python tools/pick_frames.py $C/campaign.h5 --max-heavy-atoms 4 --out $C/cc_pool.extxyz
-    skip=(); [[ -f $C/cc.h5 ]] && skip=(--skip-labelled "$C/cc.h5:ccsd(t)_dz")
+    skip=(); [[ -f ${LABEL_STORE[cc]} ]] && skip=(--skip-labelled "${LABEL_STORE[cc]}:${LABEL_LEVEL[cc]}")
     mfcalc-select $C/cc_pool.extxyz --model $C/committee$r.pt --n "$n" --by heads:cc,dft \
         --per-molecule 25 "${skip[@]}" --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
   dft)
     r=${2:?round}
-    mfcalc-label $C/round${r}_dft.extxyz --levels wb97x_dz --out $C/dft.h5 --workers "$W" ;;
+    mfcalc-label $C/round${r}_dft.extxyz --levels "${LABEL_LEVEL[dft]}" --out "${LABEL_STORE[dft]}" --workers "$W" ;;
   cc)
     r=${2:?round}
-    mfcalc-label $C/round${r}_cc.extxyz --levels ccsd\(t\)_dz --out $C/cc.h5 --workers "$W" ;;
+    mfcalc-label $C/round${r}_cc.extxyz --levels "${LABEL_LEVEL[cc]}" --out "${LABEL_STORE[cc]}" --workers "$W" ;;
   *)
     echo "unknown stage $stage" >&2; exit 2 ;;
 esac

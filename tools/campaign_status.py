@@ -17,7 +17,7 @@ import glob
 import os
 import re
 import sys
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Set, Tuple
 
 import numpy as np
 
@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TRAINING_FILES = "data/training_files.txt"  # the labelled files the builds train on, declared there
 HELDOUT = "data/benchmark/heldout.h5"
 SYMBOLS = {1: "H", 6: "C", 7: "N", 8: "O", 9: "F", 16: "S", 17: "Cl"}
-ROUND_TARGETS = {"dft": ("data/campaign/dft.h5", "wb97x_dz"), "cc": ("data/campaign/cc.h5", "ccsd(t)_dz")}
+LABEL_TARGETS = "data/label_targets.txt"  # where each kind of committee pick is labelled, declared there
 
 
 def training_files(root: str) -> List[str]:
@@ -38,6 +38,23 @@ def training_files(root: str) -> List[str]:
         raise SystemExit(f"{path} not found: it lists the training files; is --root a mfcalc checkout?")
     with open(path) as fh:
         return [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
+
+
+def label_targets(root: str) -> Dict[str, Tuple[str, str]]:
+    """Pick kind (``dft``, ``cc``) -> (store, level), as data/label_targets.txt declares them."""
+    path = os.path.join(root, LABEL_TARGETS)
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} not found: it says where committee picks are labelled; is --root a mfcalc checkout?")
+    targets = {}
+    with open(path) as fh:
+        for number, line in enumerate(fh, 1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            if len(fields) != 3:
+                raise SystemExit(f"{path}:{number}: expected 'kind store level', got {line.strip()!r}")
+            targets[fields[0]] = (fields[1], fields[2])
+    return targets
 
 
 def level_rows(store: LabelStore) -> Dict[str, Dict[str, Any]]:
@@ -57,17 +74,17 @@ def level_rows(store: LabelStore) -> Dict[str, Dict[str, Any]]:
     return rows
 
 
-def round_rows(root: str) -> List[Dict[str, Any]]:
+def round_rows(root: str, targets: Dict[str, Tuple[str, str]]) -> List[Dict[str, Any]]:
     """Per committee round's pick file: picks, how many carry a label of the round's level in
     its store (matched by geometry key, as the labeller files them), and failed ones."""
     from ase.io import read
 
     rows, stores = [], {}
     for path in sorted(glob.glob(os.path.join(root, "data", "campaign", "round*_*.extxyz"))):
-        found = re.match(r"round\d+_(dft|cc)", os.path.basename(path))
-        if not found:
+        found = re.match(r"round\d+_([a-z]+)", os.path.basename(path))
+        if not found or found.group(1) not in targets:
             continue
-        store_rel, level = ROUND_TARGETS[found.group(1)]
+        store_rel, level = targets[found.group(1)]
         store_path = os.path.join(root, store_rel)
         if store_path not in stores:
             stores[store_path] = LabelStore(store_path) if os.path.exists(store_path) else None
@@ -102,7 +119,8 @@ def main(argv: List[str] | None = None) -> int:
             )
             totals[f"{rel}:{level}"] = row
 
-    rounds = round_rows(args.root)
+    targets = label_targets(args.root)
+    rounds = round_rows(args.root, targets)
     if rounds:
         print("\n| committee picks | labelled into | level | picks | labelled | failed | |")
         print("|---|---|---|---|---|---|---|")
@@ -115,13 +133,7 @@ def main(argv: List[str] | None = None) -> int:
     def count(rel: str, level: str, what: str = "energies") -> int:
         return int(totals.get(f"{rel}:{level}", {}).get(what, 0))
 
-    campaign, large, dft, cc, reference = (
-        "data/campaign/campaign.h5",
-        "data/campaign/large.h5",
-        "data/campaign/dft.h5",
-        "data/campaign/cc.h5",
-        "data/mf_reference.h5",
-    )
+    campaign, large, reference = "data/campaign/campaign.h5", "data/campaign/large.h5", "data/mf_reference.h5"
     minimums = [
         ("GFN2-xTB energies and forces (campaign)", count(campaign, "gfn2_xtb") + count(large, "gfn2_xtb"), 30000),
         (
@@ -129,8 +141,8 @@ def main(argv: List[str] | None = None) -> int:
             count(campaign, "gfn2_xtb", "molecules") + count(large, "gfn2_xtb", "molecules"),
             250,
         ),
-        ("wB97X energies and forces chosen by committee", count(dft, "wb97x_dz"), 4000),
-        ("CCSD(T) energies chosen by committee", count(cc, "ccsd(t)_dz"), 2000),
+        ("wB97X energies and forces chosen by committee", count(*targets["dft"]), 4000),
+        ("CCSD(T) energies chosen by committee", count(*targets["cc"]), 2000),
         (
             "CCSD(T) forces (reference data and held-out set)",
             count(reference, "ccsd(t)_dz", "forces") + count(HELDOUT, "ccsd(t)_dz", "forces"),

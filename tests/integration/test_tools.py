@@ -258,6 +258,9 @@ def test_campaign_status_counts_labels_and_journal_lines_against_the_minimums(tm
 
     (tmp_path / "data" / "campaign").mkdir(parents=True)
     (tmp_path / "data" / "training_files.txt").write_text("# declared once\ndata/campaign/dft.h5\n")
+    (tmp_path / "data" / "label_targets.txt").write_text(
+        "# kind store level\ndft data/campaign/dft.h5 wb97x_dz\ncc data/campaign/cc.h5 ccsd(t)_dz\n"
+    )
     store = LabelStore(str(tmp_path / "data" / "campaign" / "dft.h5"), merge_seconds=1e9)
     water = np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.1], [0.76, 0.0, -0.47], [-0.76, 0.0, -0.47]])
     first = store.add(*water, smiles="O")
@@ -279,6 +282,39 @@ def test_campaign_status_counts_labels_and_journal_lines_against_the_minimums(tm
     assert tool.main(["--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| data/campaign/round3_dft.extxyz | data/campaign/dft.h5 | wb97x_dz | 3 | 2 | 0 | 67 % |" in out
+    # picks whose store does not exist yet (a round picked, its labelling not started): none labelled
+    write(str(tmp_path / "data" / "campaign" / "round3_cc.extxyz"), picks[:2], format="extxyz")
+    assert tool.main(["--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| data/campaign/round3_cc.extxyz | data/campaign/cc.h5 | ccsd(t)_dz | 2 | 0 | 0 | 0 % |" in out
+    assert not (tmp_path / "data" / "campaign" / "cc.h5").exists()  # counting creates no store
+
+
+def test_the_label_targets_the_campaign_scripts_read_are_the_ones_the_status_tool_reads():
+    """data/label_targets.txt is the one declaration: bash (campaign_data.sh) and Python agree."""
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    root = REPO
+    script = (
+        "source tools/campaign_data.sh; "
+        'for k in "${!LABEL_STORE[@]}"; do echo "$k ${LABEL_STORE[$k]} ${LABEL_LEVEL[$k]}"; done'
+    )
+    out = subprocess.run([bash, "-c", script], cwd=root, capture_output=True, text=True, check=True).stdout
+    from_bash = {line.split()[0]: tuple(line.split()[1:]) for line in out.splitlines()}
+    from_python = load_tool("campaign_status").label_targets(str(root))
+    assert from_bash == from_python and set(from_python) == {"dft", "cc"}
+    assert from_python["cc"] == ("data/campaign/cc.h5", "ccsd(t)_dz")
+
+
+def test_campaign_status_names_a_malformed_label_targets_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "label_targets.txt").write_text("dft data/campaign/dft.h5\n")
+    with pytest.raises(SystemExit, match=r"label_targets.txt:1: expected 'kind store level'"):
+        load_tool("campaign_status").label_targets(str(tmp_path))
 
 
 def test_campaign_status_without_the_training_files_list_says_which_file_is_missing(tmp_path):
