@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mfcalc import keys
 from mfcalc.data.fidelity import head_index
 from mfcalc.model import grad
-from mfcalc.model.hipnn import MultiFidelityHipnn
+from mfcalc.model.hipnn import MultiFidelityHipnn, species_index
 from mfcalc.model.interaction import PairLayout, angular_factors, environment, invariants, pair_layout, pair_tables
 from mfcalc.model.sensitivity import sensitivities
 from mfcalc.neighbors import radius_pairs
@@ -287,19 +287,6 @@ class Ensemble(nn.Module):
         """(F, n_species) eV: level 0 of the first member (all members share it)."""
         return self.reference.weight[0].t().detach()
 
-    def _species_index(self, numbers: Tensor) -> Tensor:
-        if numbers.is_floating_point() or numbers.dtype == torch.bool:
-            raise ValueError("atomic numbers must be an integer tensor, got " + str(numbers.dtype))
-        numbers = numbers.long()  # uint8 or int32 would index as a mask or fail deep inside
-        idx = self.species_table[numbers.clamp(0, 118)]
-        bad = (idx < 0) | (numbers < 0) | (numbers > 118)
-        if bool(bad.any()):
-            unknown: List[int] = torch.unique(numbers[bad]).tolist()
-            raise ValueError(
-                "element(s) with atomic number " + str(unknown) + " not in the model species " + str(self.species)
-            )
-        return idx
-
     def members_forward(
         self,
         numbers: Tensor,
@@ -332,7 +319,7 @@ class Ensemble(nn.Module):
         layout.  Everything after it (:meth:`levels`) is fixed-shape tensor algebra."""
         if not bool(torch.isfinite(positions).all()):
             raise ValueError("positions contain NaN or infinite values")
-        species = self._species_index(numbers)
+        species = species_index(self.species_table, self.species, numbers)
         z = nn.functional.one_hot(species, len(self.species)).to(positions.dtype)
         z = z[None].expand(self.n_members, z.shape[0], z.shape[1])
         return z, pair_layout(pair_first, pair_second, positions.shape[1])

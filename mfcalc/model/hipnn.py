@@ -24,6 +24,20 @@ from mfcalc.model.settings import ModelSettings
 from mfcalc.neighbors import radius_pairs
 
 
+def species_index(table: Tensor, species: List[int], numbers: Tensor) -> Tensor:
+    """Row of each atom's element in the one-hot (``table``: atomic number -> row, -1 for an
+    element the model does not know); an unknown element is an error naming the known ones."""
+    if numbers.is_floating_point() or numbers.dtype == torch.bool:
+        raise ValueError("atomic numbers must be an integer tensor, got " + str(numbers.dtype))
+    numbers = numbers.long()  # uint8 or int32 would index as a mask or fail deep inside
+    idx = table[numbers.clamp(0, 118)]
+    bad = (idx < 0) | (numbers < 0) | (numbers > 118)
+    if bool(bad.any()):
+        unknown: List[int] = torch.unique(numbers[bad]).tolist()
+        raise ValueError("element(s) with atomic number " + str(unknown) + " not in the model species " + str(species))
+    return idx
+
+
 class Residual(nn.Module):
     """y = R softplus(L(x)) + b_R + A x, with A the identity when widths agree (hippynn's resnet)."""
 
@@ -183,19 +197,6 @@ class MultiFidelityHipnn(nn.Module):
         return cls(**json.loads(hparams))
 
     # ---- input checks (TorchScript raises these as plain errors with the message) -----------
-    def _species_index(self, numbers: Tensor) -> Tensor:
-        if numbers.is_floating_point() or numbers.dtype == torch.bool:
-            raise ValueError("atomic numbers must be an integer tensor, got " + str(numbers.dtype))
-        numbers = numbers.long()  # uint8 or int32 would index as a mask or fail deep inside
-        idx = self.species_table[numbers.clamp(0, 118)]
-        bad = (idx < 0) | (numbers < 0) | (numbers > 118)
-        if bool(bad.any()):
-            unknown: List[int] = torch.unique(numbers[bad]).tolist()
-            raise ValueError(
-                "element(s) with atomic number " + str(unknown) + " not in the model species " + str(self.species)
-            )
-        return idx
-
     def _check_inputs(self, numbers: Tensor, positions: Tensor, mol_index: Tensor, n_mol: int) -> None:
         if positions.dim() != 2 or positions.shape[1] != 3:
             raise ValueError("positions must have shape (n_atoms, 3), got " + str(list(positions.shape)))
@@ -242,7 +243,7 @@ class MultiFidelityHipnn(nn.Module):
             n >= 1 of (E^n)^2 / ((E^n)^2 + (E^{n-1})^2).
         """
         self._check_inputs(numbers, positions, mol_index, n_mol)
-        species = self._species_index(numbers)
+        species = species_index(self.species_table, self.species, numbers)
         if pair_first is None or pair_second is None or shifts is None:
             pair_first, pair_second, shifts = radius_pairs(positions, mol_index, n_mol, self.cutoff, cell, pbc)
         vec = positions[pair_second] - positions[pair_first]

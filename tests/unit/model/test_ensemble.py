@@ -151,3 +151,14 @@ def test_the_conformer_evaluator_reports_the_spread_of_the_head_it_is_given():
             mol = torch.zeros(len(z), dtype=torch.long)
             assert energy[c] == pytest.approx(float(one_by_one(members, z, xc, mol, 1)[0]), abs=1e-10)
             assert spread[c] == pytest.approx(float(one_by_one(members, z, xc, mol, spread_head)[1]), abs=1e-10)
+
+
+@pytest.mark.parametrize("scripted", [False, True])
+def test_an_element_the_ensemble_does_not_know_is_named_with_the_known_ones(scripted):
+    ens = Ensemble(perturbed_members(k=2))
+    model = torch.jit.script(ens) if scripted else ens
+    z, x = ethanol()
+    z = z.clone()
+    z[3] = 35  # Br
+    with pytest.raises(Exception, match=r"\[35\] not in the model species \[1, 6, 8\]"):
+        model.compute(z, x, torch.zeros(len(z), dtype=torch.long), 1, 0)
