@@ -474,3 +474,54 @@ def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tm
     shutil.rmtree(out)
     res = build()
     assert res.returncode == 2 and "data/mf_reference.h5 has changes that are not committed" in res.stderr
+
+
+def test_committee_spread_splits_a_rounds_picks_by_labelled_and_scores_them_as_the_selector_does(tmp_path, capsys):
+    """Three water picks, one labelled: per model, counts and medians equal the selector's own scores."""
+    import os
+
+    import numpy as np
+    import torch
+    from ase import Atoms
+    from ase.io import write
+
+    from mfcalc import export
+    from mfcalc.data.dataset import read_structures
+    from mfcalc.label.store import LabelStore
+    from mfcalc.model import MultiFidelityHipnn
+    from mfcalc.model.ensemble import Ensemble
+    from mfcalc.select import committee_scores
+
+    torch.manual_seed(0)
+    models = []
+    for name in ("before", "after"):
+        members = [MultiFidelityHipnn([1, 8], ["xtb", "dft"], n_features=4, n_sensitivities=4) for _ in range(2)]
+        for m in members:  # members that disagree, so that the spread is not zero
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.3 * torch.randn_like(p))
+        path = tmp_path / f"{name}.pt"
+        export.save(Ensemble(members), str(path), export.build_metadata(Ensemble(members)))
+        models.append(str(path))
+    (tmp_path / "data" / "campaign").mkdir(parents=True)
+    (tmp_path / "data" / "label_targets.txt").write_text("dft data/campaign/dft.h5 wb97x_dz\n")
+    water = np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.1], [0.76, 0.0, -0.47], [-0.76, 0.0, -0.47]])
+    picks_path = tmp_path / "data" / "campaign" / "round1_dft.extxyz"
+    write(str(picks_path), [Atoms(water[0], water[1] * s) for s in (1.0, 1.05, 0.95)], format="extxyz")
+    store = LabelStore(str(tmp_path / "data" / "campaign" / "dft.h5"))
+    store.record(store.add(water[0], water[1] * 1.05, smiles="O"), "wb97x_dz", -76.0, np.zeros((3, 3)), 1.0)
+    store.close()
+
+    tool = load_tool("committee_spread")
+    assert tool.main([str(picks_path), "--models", *models, "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    data = read_structures(str(picks_path))[0]
+    for model in models:
+        score = committee_scores(model, data, by="spread", fidelity="dft").score
+        row = (
+            f"| {os.path.relpath(model, tmp_path)} | 3 | 1 | "
+            f"{score[1]:.4f} | 2 | {np.median(score[[0, 2]]):.4f} | {np.median(score):.4f} |"
+        )
+        assert row in out
+    with pytest.raises(SystemExit, match="not a pick file"):
+        tool.main([str(tmp_path / "picks.extxyz"), "--models", models[0], "--root", str(tmp_path)])
