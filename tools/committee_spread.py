@@ -13,6 +13,11 @@ committee scored alike), the labels are what it learnt from.
         --models data/campaign/committee1.pt data/campaign/committee2.pt models/default.pt
 
 The store and level a pick kind is labelled into come from data/label_targets.txt.
+
+``--errors``: does the spread point at the errors?  On the labelled picks that carry forces,
+the Spearman rank correlation of each model's energy spread and force spread with its own
+force RMSE against the labels.  Meaningful for a model that never trained on those labels
+(e.g. the shipped model on the newest round); a model that did is ranked by its training error.
 """
 
 from __future__ import annotations
@@ -24,9 +29,16 @@ import sys
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 
-from mfcalc.data.dataset import read_structures
+from mfcalc import export, keys
+from mfcalc.data import parse_fidelity, read_hdf5
+from mfcalc.data.dataset import iterate_batches, read_structures
+from mfcalc.data.fidelity import head_index
+from mfcalc.data.identity import geometry_keys
+from mfcalc.data.records import MFData
 from mfcalc.select import already_labelled, committee_scores
+from mfcalc.units import KCAL_MOL_EV
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -34,17 +46,68 @@ sys.path.insert(0, HERE)
 from campaign_status import label_targets  # noqa: E402
 
 
+def force_rmse(model_path: str, data: MFData, fidelity: str) -> np.ndarray:
+    """(S,) RMSE of the model's mean forces (one head) against the data's first forces, eV/A."""
+    module, meta = export.load(model_path)
+    module = module.to(torch.float64)
+    head = head_index(list(meta[keys.META_FIDELITIES]), fidelity)
+    reference = np.asarray(data.forces[data.fidelities[0]])
+    out = np.full(len(data), np.nan)
+    for batch in iterate_batches(data, np.arange(len(data)), 32, dtype=torch.float64):
+        f = module.compute(batch.numbers, batch.positions, batch.mol_index, batch.n_mol, head, forces_spread=False)
+        err = ((f[keys.FORCES].detach().numpy() - reference[data.atom_index(batch.index.numpy())]) ** 2).sum(axis=1)
+        owner = batch.mol_index.numpy()
+        out[batch.index.numpy()] = np.sqrt(np.bincount(owner, weights=err) / (3 * np.bincount(owner)))
+    return out
+
+
+def labelled_with_forces(picks: MFData, store: str, level: str) -> MFData:
+    """The picks' labelled structures with their ``level`` energies and forces from the store."""
+    stored = read_hdf5(store, [parse_fidelity(f"label={level}.energy,{level}.forces")])
+    wanted = set(geometry_keys(picks))
+    ok = stored.forces_mask()[:, 0]
+    rows = [i for i, k in enumerate(geometry_keys(stored)) if k in wanted and ok[i]]
+    return stored.subset(np.array(rows, dtype=np.int64))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation (no ties expected in continuous scores)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return float("nan")
+    ra, rb = np.argsort(np.argsort(a[ok])), np.argsort(np.argsort(b[ok]))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def spread_rows(
-    picks: str, models: List[str], store: str, level: str, fidelity: str, limit: Optional[int] = None
+    picks: str,
+    models: List[str],
+    store: str,
+    level: str,
+    fidelity: str,
+    limit: Optional[int] = None,
+    errors: bool = False,
 ) -> List[Dict[str, object]]:
-    """Per model: picks scored, labelled and unlabelled counts and median scores."""
+    """Per model: picks scored, labelled and unlabelled counts and median scores; with
+    ``errors``, the rank correlation of its spreads with its force error on the labelled picks."""
     data = read_structures(picks)[0]
     if limit is not None and limit < len(data):  # a quick look: the first picks (labelling order)
         data = data.subset(np.arange(limit))
     labelled = already_labelled(data, store, level) if os.path.exists(store) else np.zeros(len(data), dtype=bool)
+    truth = labelled_with_forces(data, store, level) if errors and labelled.any() else None
     rows = []
     for model in models:
         score = committee_scores(model, data, by="spread", fidelity=fidelity).score
+        extra: Dict[str, object] = {}
+        if truth is not None:
+            spreads = committee_scores(model, truth, by="spread", fidelity=fidelity)
+            error = force_rmse(model, truth, fidelity)
+            extra = dict(
+                n_errors=len(truth),
+                median_force_rmse=float(np.nanmedian(error)) / KCAL_MOL_EV,
+                rho_energy_spread=spearman(spreads.score, error),
+                rho_force_spread=spearman(spreads.force_spread, error),
+            )
 
         def median(mask: np.ndarray) -> float:
             values = score[mask & np.isfinite(score)]
@@ -59,6 +122,7 @@ def spread_rows(
                 median_labelled=median(labelled),
                 median_unlabelled=median(~labelled),
                 median_all=median(np.ones(len(data), dtype=bool)),
+                **extra,
             )
         )
     return rows
@@ -70,6 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--models", nargs="+", required=True, help="the round's committee first, then later models")
     p.add_argument("--fidelity", default="dft", help="the head whose spread picked them (default: dft)")
     p.add_argument("--limit", type=int, help="score only the first N picks (a quick look)")
+    p.add_argument("--errors", action="store_true", help="rank correlation of the spreads with the force error")
     p.add_argument("--root", default=REPO, help="the repository whose data/label_targets.txt names the store")
     args = p.parse_args(argv)
     found = re.match(r"round\d+_([a-z]+)", os.path.basename(args.picks))
@@ -77,7 +142,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not found or found.group(1) not in targets:
         raise SystemExit(f"{args.picks}: not a pick file of a kind in data/label_targets.txt ({sorted(targets)})")
     store, level = targets[found.group(1)]
-    rows = spread_rows(args.picks, args.models, os.path.join(args.root, store), level, args.fidelity, args.limit)
+    rows = spread_rows(
+        args.picks, args.models, os.path.join(args.root, store), level, args.fidelity, args.limit, args.errors
+    )
     print(f"{args.picks}: {args.fidelity}-head energy spread / sqrt(N atoms), eV; labels at {level} in {store}")
     print("| model | picks | labelled | median, labelled | not labelled | median, not labelled | median, all |")
     print("|---|---|---|---|---|---|---|")
@@ -86,6 +153,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"| {os.path.relpath(str(r['model']), args.root)} | {r['n']} | {r['labelled']} | "
             f"{r['median_labelled']:.4f} | {r['unlabelled']} | {r['median_unlabelled']:.4f} | {r['median_all']:.4f} |"
         )
+    if args.errors and any("n_errors" in r for r in rows):
+        print(f"\nLabelled picks with {level} forces: does each model's spread rank its own force error?")
+        print("| model | structures | median force RMSE, kcal/mol/A | Spearman: energy spread | force spread |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {os.path.relpath(str(r['model']), args.root)} | {r['n_errors']} | {r['median_force_rmse']:.2f} | "
+                f"{r['rho_energy_spread']:.2f} | {r['rho_force_spread']:.2f} |"
+            )
     return 0
 
 

@@ -525,3 +525,56 @@ def test_committee_spread_splits_a_rounds_picks_by_labelled_and_scores_them_as_t
         assert row in out
     with pytest.raises(SystemExit, match="not a pick file"):
         tool.main([str(tmp_path / "picks.extxyz"), "--models", models[0], "--root", str(tmp_path)])
+
+
+def test_committee_spread_errors_rank_the_spreads_against_the_models_own_force_error(tmp_path):
+    """--errors: force RMSE per labelled pick equals the calculator's, and the rank correlation is Spearman's."""
+    import numpy as np
+    import torch
+    from ase import Atoms
+    from scipy.stats import spearmanr
+
+    from mfcalc import MFCalculator, export
+    from mfcalc.data.dataset import read_structures
+    from mfcalc.label.store import LabelStore
+    from mfcalc.model import MultiFidelityHipnn
+    from mfcalc.model.ensemble import Ensemble
+    from mfcalc.select import committee_scores
+
+    torch.manual_seed(1)
+    members = [MultiFidelityHipnn([1, 8], ["xtb", "dft"], n_features=4, n_sensitivities=4) for _ in range(2)]
+    for m in members:
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    model = str(tmp_path / "m.pt")
+    export.save(Ensemble(members), model, export.build_metadata(Ensemble(members)))
+    rng = np.random.default_rng(0)
+    water = np.array([8, 1, 1]), np.array([[0.0, 0.0, 0.1], [0.76, 0.0, -0.47], [-0.76, 0.0, -0.47]])
+    geometries = [water[1] + rng.normal(scale=0.05, size=(3, 3)) for _ in range(5)]
+    labels = [rng.normal(size=(3, 3)) for _ in geometries]
+    from ase.io import write
+
+    picks = tmp_path / "round1_dft.extxyz"
+    write(str(picks), [Atoms(water[0], g) for g in geometries], format="extxyz")
+    store = LabelStore(str(tmp_path / "dft.h5"))
+    for g, f in zip(geometries[:4], labels[:4]):  # the fifth pick is not labelled yet
+        store.record(store.add(water[0], g, smiles="O"), "wb97x_dz", -76.0, f, 1.0)
+    store.close()
+
+    tool = load_tool("committee_spread")
+    (row,) = tool.spread_rows(str(picks), [model], str(tmp_path / "dft.h5"), "wb97x_dz", "dft", errors=True)
+    assert row["labelled"] == 4 and row["n_errors"] == 4
+    truth = tool.labelled_with_forces(read_structures(str(picks))[0], str(tmp_path / "dft.h5"), "wb97x_dz")
+    error = tool.force_rmse(model, truth, "dft")
+    calc = MFCalculator(model, fidelity="dft", dtype="float64")
+    for k in range(len(truth)):
+        atoms = Atoms(truth.numbers[truth.atom_index(np.array([k]))], truth.positions[truth.atom_index(np.array([k]))])
+        atoms.calc = calc
+        expected = np.sqrt(
+            np.mean((atoms.get_forces() - np.asarray(truth.forces["label"])[truth.atom_index(np.array([k]))]) ** 2)
+        )
+        assert error[k] == pytest.approx(expected, rel=1e-6)
+    spreads = committee_scores(model, truth, by="spread", fidelity="dft")
+    assert row["rho_force_spread"] == pytest.approx(spearmanr(spreads.force_spread, error).statistic)
+    assert row["rho_energy_spread"] == pytest.approx(spearmanr(spreads.score, error).statistic)
