@@ -12,6 +12,9 @@
 #   tools/campaign.sh committee R  # train the round-R committee on everything labelled so far
 #   tools/campaign.sh select-dft R N / select-cc R N   # pick N structures with the round-R committee
 #   tools/campaign.sh select-dft-relaxed R N           # the same among minima and relaxed scan points only
+#   (the wB97X picks are ranked by the committee's force spread, which ranks a structure's force
+#   error best (tools/committee_spread.py --errors, data/README.md); rounds 1-3 were picked by
+#   energy spread: BY=spread repeats them)
 #   tools/campaign.sh dft R / cc R                      # label the picks of round R
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,7 +68,7 @@ case $stage in
     r=${2:?round}; n=${3:?how many}
     pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
     skip=(); [[ -f ${LABEL_STORE[dft]} ]] && skip=(--skip-labelled "${LABEL_STORE[dft]}:${LABEL_LEVEL[dft]}")
-    mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by spread --fidelity dft \
+    mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by "${BY:-force-spread}" --fidelity dft \
         --per-molecule 40 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-dft-relaxed)
     # the conformer stratum: only minima and relaxed scan points (GFN2-xTB forces below 0.05 eV/A),
@@ -74,7 +77,7 @@ case $stage in
     r=${2:?round}; n=${3:?how many}
     pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
     skip=(); [[ -f ${LABEL_STORE[dft]} ]] && skip=(--skip-labelled "${LABEL_STORE[dft]}:${LABEL_LEVEL[dft]}")
-    mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by spread --fidelity dft --relaxed gfn2_xtb:0.05 \
+    mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by "${BY:-force-spread}" --fidelity dft --relaxed gfn2_xtb:0.05 \
         --per-molecule 12 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-cc)
     r=${2:?round}; n=${3:?how many}
