@@ -71,12 +71,11 @@ def labelled_with_forces(picks: MFData, store: str, level: str) -> MFData:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Rank correlation (no ties expected in continuous scores)."""
+    """Spearman's rank correlation over the structures where both are finite (NaN under 3)."""
+    from scipy.stats import spearmanr  # scipy comes with ASE
+
     ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3:
-        return float("nan")
-    ra, rb = np.argsort(np.argsort(a[ok])), np.argsort(np.argsort(b[ok]))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a[ok], b[ok]).statistic) if ok.sum() >= 3 else float("nan")
 
 
 def spread_rows(
