@@ -12,8 +12,8 @@ unset _f
 FIDELITY_BINDINGS=(--fidelity "xtb=gfn2_xtb.energy,gfn2_xtb.forces" --fidelity "dft=wb97x_dz.energy,wb97x_dz.forces"
                    --fidelity "cc=ccsd(t)_dz.energy")
 declare -A LABEL_STORE=() LABEL_LEVEL=()  # kind (dft, cc) -> store file and level
-while read -r _kind _store _level; do
+while read -r _kind _store _level _rest; do  # _rest: a trailing comment
     [[ -z $_kind || $_kind == \#* ]] && continue
     LABEL_STORE[$_kind]=$_store LABEL_LEVEL[$_kind]=$_level
 done < data/label_targets.txt
-unset _kind _store _level
+unset _kind _store _level _rest
