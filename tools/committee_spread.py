@@ -94,18 +94,21 @@ def spread_rows(
         data = data.subset(np.arange(limit))
     labelled = already_labelled(data, store, level) if os.path.exists(store) else np.zeros(len(data), dtype=bool)
     truth = labelled_with_forces(data, store, level) if errors and labelled.any() else None
+    if truth is not None:  # each labelled structure's row among the picks: its spreads are scored there
+        pick_row = {k: i for i, k in enumerate(geometry_keys(data))}
+        truth_rows = np.array([pick_row[k] for k in geometry_keys(truth)], dtype=np.int64)
     rows = []
     for model in models:
-        score = committee_scores(model, data, by="spread", fidelity=fidelity).score
+        scores = committee_scores(model, data, by="spread", fidelity=fidelity)
+        score = scores.score
         extra: Dict[str, object] = {}
         if truth is not None:
-            spreads = committee_scores(model, truth, by="spread", fidelity=fidelity)
             error = force_rmse(model, truth, fidelity)
             extra = dict(
                 n_errors=len(truth),
                 median_force_rmse=float(np.nanmedian(error)) / KCAL_MOL_EV,
-                rho_energy_spread=spearman(spreads.score, error),
-                rho_force_spread=spearman(spreads.force_spread, error),
+                rho_energy_spread=spearman(score[truth_rows], error),
+                rho_force_spread=spearman(scores.force_spread[truth_rows], error),
             )
 
         def median(mask: np.ndarray) -> float:
