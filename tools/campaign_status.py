@@ -17,7 +17,7 @@ import glob
 import os
 import re
 import sys
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -74,6 +74,12 @@ def level_rows(store: LabelStore) -> Dict[str, Dict[str, Any]]:
     return rows
 
 
+def pick_kind(path: str) -> Optional[str]:
+    """The kind of a committee pick file, ``round<R>_<kind>...extxyz`` -> kind (None otherwise)."""
+    found = re.match(r"round\d+_([a-z]+)", os.path.basename(path))
+    return found.group(1) if found else None
+
+
 def round_rows(root: str, targets: Dict[str, Tuple[str, str]]) -> List[Dict[str, Any]]:
     """Per committee round's pick file: picks, how many carry a label of the round's level in
     its store (matched by geometry key, as the labeller files them), and failed ones."""
@@ -81,10 +87,10 @@ def round_rows(root: str, targets: Dict[str, Tuple[str, str]]) -> List[Dict[str,
 
     rows, stores = [], {}
     for path in sorted(glob.glob(os.path.join(root, "data", "campaign", "round*_*.extxyz"))):
-        found = re.match(r"round\d+_([a-z]+)", os.path.basename(path))
-        if not found or found.group(1) not in targets:
+        kind = pick_kind(path)
+        if kind not in targets:
             continue
-        store_rel, level = targets[found.group(1)]
+        store_rel, level = targets[kind]
         store_path = os.path.join(root, store_rel)
         if store_path not in stores:
             stores[store_path] = LabelStore(store_path) if os.path.exists(store_path) else None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from typing import Dict, List, Optional
 
@@ -43,7 +42,7 @@ from mfcalc.units import KCAL_MOL_EV
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from campaign_status import label_targets  # noqa: E402
+from campaign_status import label_targets, pick_kind  # noqa: E402
 
 
 def force_rmse(model_path: str, data: MFData, fidelity: str) -> np.ndarray:
@@ -139,11 +138,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--errors", action="store_true", help="rank correlation of the spreads with the force error")
     p.add_argument("--root", default=REPO, help="the repository whose data/label_targets.txt names the store")
     args = p.parse_args(argv)
-    found = re.match(r"round\d+_([a-z]+)", os.path.basename(args.picks))
+    kind = pick_kind(args.picks)
     targets = label_targets(args.root)
-    if not found or found.group(1) not in targets:
+    if kind not in targets:
         raise SystemExit(f"{args.picks}: not a pick file of a kind in data/label_targets.txt ({sorted(targets)})")
-    store, level = targets[found.group(1)]
+    store, level = targets[kind]
     rows = spread_rows(
         args.picks, args.models, os.path.join(args.root, store), level, args.fidelity, args.limit, args.errors
     )
