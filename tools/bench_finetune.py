@@ -158,13 +158,15 @@ def training_sources(model_path: str, workdir: str) -> List[str]:
     return out
 
 
-def replay_files(model_path: str, workdir: str) -> List[str]:
+def replay_files(model_path: str, workdir: str, max_per_file: Optional[int] = None, seed: int = 0) -> List[str]:
     """Copies of the model's training files without the structures of its frozen test split: a
-    replay that trained on them would flatter the old head's test error."""
+    replay that trained on them would flatter the old head's test error.  ``max_per_file`` keeps
+    a random subset of each file (quick runs)."""
     from mfcalc.label.store import LabelStore
 
     test = set(LabelStore(TEST_SPLIT).structures)
     sources = training_sources(model_path, workdir)
+    rng = np.random.default_rng(seed)
     out, dropped, reused = [], 0, 0
     for path in sources:
         copy = os.path.join(workdir, "replay_" + os.path.basename(path)[len("source_") :])
@@ -172,9 +174,17 @@ def replay_files(model_path: str, workdir: str) -> List[str]:
             reused += 1
         else:
             source = LabelStore(path)
-            dropped += len(source) - source.write_copy(copy, drop=test)
+            kept = [k for k in source.structures if k not in test]
+            dropped += len(source) - len(kept)
+            left_out = set(test)
+            if max_per_file is not None and len(kept) > max_per_file:
+                chosen = set(rng.choice(len(kept), max_per_file, replace=False).tolist())
+                left_out.update(k for i, k in enumerate(kept) if i not in chosen)
+            source.write_copy(copy, drop=left_out)
         out.append(copy)
     done = f"{dropped} entries of its {len(test)} test structures left out (a geometry may be in several files)"
+    if max_per_file is not None:
+        done += f"; at most {max_per_file} structures of each file kept (--max-replay)"
     if reused:
         done += f"; {reused} copies reused from an earlier run in this directory"
     print(f"replay: the {len(sources)} training files of the shipped model; {done}", file=sys.stderr, flush=True)
@@ -193,6 +203,9 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget of every run")
     p.add_argument("--epochs", type=int, default=10000, help="epoch cap (the budget normally ends a run first)")
     p.add_argument("--max-dft", type=int, help="use at most this many DFT-only structures (quick runs)")
+    p.add_argument(
+        "--max-replay", type=int, help="replay at most this many structures of each training file (quick runs)"
+    )
     p.add_argument("--trunk-lr", type=float, default=1e-4, help="fine-tuned runs: learning rate of the shared trunk")
     p.add_argument("--train-params", default="all", choices=TRAIN_PARAMS, help="fine-tuned runs: what trains")
     p.add_argument(
@@ -248,7 +261,7 @@ def main(argv=None) -> int:
         runs = {k: v for k, v in runs.items() if k in args.only}
     rows: Dict[str, Dict[str, object]] = {}
     replaying = any(how["init"] and not how.get("branch") for how in runs.values())
-    replay = replay_files(default_model_path(), workdir) if replaying else []
+    replay = replay_files(default_model_path(), workdir, args.max_replay, args.seed) if replaying else []
     for name, how in runs.items():
         cfg = RunConfig(
             out=os.path.join(workdir, name.replace(", ", "_").replace(" ", "_")),

@@ -348,9 +348,9 @@ def test_default_names_the_shipped_model():
 
 
 def test_every_member_is_fine_tuned_unless_the_ensemble_size_is_given(source, tmp_path):
-    assert fine_tune(source, tmp_path / "all") == 0
+    assert fine_tune(source, tmp_path / "all", "--epochs", "1") == 0
     assert json.loads((tmp_path / "all" / "metrics.json").read_text())["ensemble_size"] == 2
-    assert fine_tune(source, tmp_path / "one", "--ensemble", "1") == 0
+    assert fine_tune(source, tmp_path / "one", "--epochs", "1", "--ensemble", "1") == 0
     assert json.loads((tmp_path / "one" / "metrics.json").read_text())["ensemble_size"] == 1
 
 

@@ -194,7 +194,18 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
         pytest.skip("the Goodpaster ethane files are not in ../shared/data/external")
     tool = load_tool("bench_finetune")
     out = tmp_path / "ft.json"
-    argv = ["--minutes", "0.01", "--epochs", "1", "--max-dft", "100", "--workdir", str(tmp_path / "w")]
+    argv = [
+        "--minutes",
+        "0.01",
+        "--epochs",
+        "1",
+        "--max-dft",
+        "100",
+        "--max-replay",
+        "150",
+        "--workdir",
+        str(tmp_path / "w"),
+    ]
     argv += ["--trunk-lr", "0.002", "--train-params", "last-block", "--trunk-anchor", "10", "--branch-blocks", "1"]
     assert tool.main(argv + ["--lr-schedule", "cosine", "--json", str(out)]) == 0
     captured = capsys.readouterr()
@@ -204,10 +215,14 @@ def test_bench_finetune_compares_scratch_and_fine_tuned_on_held_out_caspt2(tmp_p
     assert found, captured.err[-2000:]
     n_files, dropped, n_test = map(int, found.groups())
     from mfcalc import export, keys
+    from mfcalc.label.store import LabelStore
     from mfcalc.models import default_model_path
 
     recorded = export.load(default_model_path())[1][keys.META_TRAINING_SOURCES]
     assert n_files == len(recorded["files"]) >= 2 and n_test > 1000 and dropped >= n_test
+    assert "at most 150 structures of each file kept" in captured.err
+    replayed = sorted((tmp_path / "w").glob("replay_*.h5"))
+    assert len(replayed) == n_files and all(len(LabelStore(str(f))) <= 150 for f in replayed)
     assert "trunk lr 0.002, training last-block" in table and "cosine learning-rate schedule" in table
     assert "| fine-tuned, DFT + CASPT2 |" in table and "C-C stretch" in table
     assert "| shipped model, no training: its `cc` head |" in table
