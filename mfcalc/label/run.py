@@ -24,6 +24,7 @@ from mfcalc.elements import symbols
 from mfcalc.label.levels import LabelError, Level, check_available, get_level
 from mfcalc.label.store import LabelStore
 from mfcalc.progress import ProgressLines, stderr_line
+from mfcalc.workers import exit_with_parent
 
 MIN_DISTANCE = 0.5  # Angstrom: closer atoms make a structure no method should be asked about
 
@@ -43,13 +44,7 @@ Outcome = Tuple[str, Optional[float], Optional[np.ndarray], float, str]  # level
 
 def _init_worker(threads: int) -> None:
     set_threads(threads)
-    try:  # a worker dies with the main process (Linux): a killed run leaves no stray calculations
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    exit_with_parent()  # a killed run leaves no stray calculations
 
 
 def compute(task: Task) -> Tuple[str, List[Outcome]]:

@@ -30,6 +30,7 @@ from mfcalc.train.checkpoint import load_checkpoint, save_checkpoint
 from mfcalc.train.distributed import DistContext
 from mfcalc.train.fit import MemberResult, fit_member
 from mfcalc.train.prepare import RunData
+from mfcalc.workers import exit_with_parent
 
 POLL_SECONDS = 1.0
 
@@ -204,6 +205,7 @@ def _worker(
     messages: Any,
 ) -> None:
     """One member in its own process: the same fit as in the run's own process, reporting back."""
+    exit_with_parent()
     try:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,28 +89,76 @@ def both_past_first_epoch(out):
     return True
 
 
+def children(pid):
+    """The live processes whose parent is ``pid`` (Linux /proc; zombies count as ended)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while listing
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("workers_on_resume", ["2", "1"])
 def test_killed_workers_leave_checkpoints_that_resume(sequential, tmp_path, workers_on_resume):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mfcalc.train", *train_args(out, *COMMON, "--member-workers", "2")]
-    log = tmp_path / "killed.log"  # the run's own output, shown if it does not get that far
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    proc, log = start_run(out, *COMMON, "--member-workers", "2")
     try:
-        # both workers past their first epoch; a shared CI machine may be slow to start three
-        # interpreters, so the wait is long, but it ends at once if the run itself ends
-        deadline = time.time() + 600
-        while not both_past_first_epoch(out):
-            if proc.poll() is not None or time.time() > deadline:
-                state = f"ended with exit code {proc.returncode}" if proc.poll() is not None else "still running"
-                pytest.fail(f"the workers did not finish an epoch ({state}); its output:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_for_first_epochs(proc, out, log)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers, as a machine going down would
         proc.wait()
     assert not (out / "model.pt").exists()
     assert train_main(train_args(out, *COMMON, "--member-workers", workers_on_resume, "--resume")) == 0
     assert_same_run(sequential, out)
+
+
+def test_workers_end_when_the_run_process_alone_is_killed(tmp_path):
+    """``kill PID`` of the run (a batch system's limit, the OOM killer) runs no clean-up; its
+    member workers must not train on as orphans (here they would have hundreds of epochs left)."""
+    out = tmp_path / "orphans"
+    proc, log = start_run(out, "--epochs", "500", "--seed", "5", "--ensemble", "2", "--member-workers", "2")
+    try:
+        wait_for_first_epochs(proc, out, log)
+        workers = children(proc.pid)  # the two members' processes (and multiprocessing's tracker)
+        assert len(workers) >= 2, workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 5  # PR_SET_PDEATHSIG acts at once; the watcher thread within a poll
+        while any(alive(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(w) for w in workers), "worker processes outlived the run's process"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def start_run(out, *args):
+    log = out.parent / f"{out.name}.log"  # the run's own output, shown if it does not get that far
+    cmd = [sys.executable, "-m", "mfcalc.train", *train_args(out, *args)]
+    with open(log, "w") as sink:
+        return subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True), log
+
+
+def wait_for_first_epochs(proc, out, log):
+    # both workers past their first epoch; a shared CI machine may be slow to start three
+    # interpreters, so the wait is long, but it ends at once if the run itself ends
+    deadline = time.time() + 600
+    while not both_past_first_epoch(out):
+        if proc.poll() is not None or time.time() > deadline:
+            state = f"ended with exit code {proc.returncode}" if proc.poll() is not None else "still running"
+            pytest.fail(f"the workers did not finish an epoch ({state}); its output:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
 
 
 def test_member_workers_must_be_positive(tmp_path, capsys):
