@@ -17,8 +17,8 @@
 # FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for a trial build).
 # Planning figure: about 150 s per epoch and member on one core for 47k structures (measured
 # for default_v3, with or without a labelling job on the other core); 324-340 s for 59k
-# structures with MEMBER_WORKERS=2 on 2 cores (default_v4: its 12,040 drug-sized structures
-# carry most of the pairs).  MEMBER_WORKERS may change between starts: the ensemble is the same.
+# structures with MEMBER_WORKERS=2 on 2 cores (default_v4: 858k atoms, a third of them
+# in the 12,040 drug-sized structures of large.h5).  MEMBER_WORKERS may change between starts: the ensemble is the same.
 #
 # The run trains on a snapshot of the labelled files as committed when it first started:
 # the campaign's labelling jobs keep writing to data/campaign/, and a resumed run must see
