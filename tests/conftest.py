@@ -44,6 +44,14 @@ def external_dir() -> Path:
     return EXTERNAL
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (Linux /proc; a zombie, ended but not yet reaped, has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def ethanol() -> tuple[torch.Tensor, torch.Tensor]:
     """A real ethanol geometry (Angstrom) from the reference data, float64."""
     import h5py

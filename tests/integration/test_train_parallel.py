@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_train_cli import train_args
 
+from conftest import process_alive
 from mfcalc.cli.train import main as train_main
 from mfcalc.train.parallel import member_checkpoint
 
@@ -102,13 +103,6 @@ def children(pid):
     return found
 
 
-def alive(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("workers_on_resume", ["2", "1"])
 def test_killed_workers_leave_checkpoints_that_resume(sequential, tmp_path, workers_on_resume):
     out = tmp_path / "killed"
@@ -135,9 +129,9 @@ def test_workers_end_when_the_run_process_alone_is_killed(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.time() + 5  # PR_SET_PDEATHSIG acts at once; the watcher thread within a poll
-        while any(alive(w) for w in workers) and time.time() < deadline:
+        while any(process_alive(w) for w in workers) and time.time() < deadline:
             time.sleep(0.1)
-        assert not any(alive(w) for w in workers), "worker processes outlived the run's process"
+        assert not any(process_alive(w) for w in workers), "worker processes outlived the run's process"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import process_alive
+
 # a parent that starts one spawn worker and waits forever; the worker writes its pid and sleeps
 SCRIPT = textwrap.dedent(
     """
@@ -34,13 +36,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def alive(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux /proc")
 @pytest.mark.parametrize("without_prctl", [False, True], ids=["pdeathsig", "watcher-thread"])
 def test_a_worker_ends_when_its_parent_is_killed(tmp_path, without_prctl):
@@ -54,13 +49,13 @@ def test_a_worker_ends_when_its_parent_is_killed(tmp_path, without_prctl):
         while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
             time.sleep(0.05)
         worker = int(pid_file.read_text())
-        assert alive(worker)
+        assert process_alive(worker)
         os.kill(parent.pid, signal.SIGKILL)  # no clean-up in the parent at all
         parent.wait()
         deadline = time.time() + 5
-        while alive(worker) and time.time() < deadline:
+        while process_alive(worker) and time.time() < deadline:
             time.sleep(0.05)
-        assert not alive(worker), "the worker outlived its parent"
+        assert not process_alive(worker), "the worker outlived its parent"
     finally:
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
