@@ -44,12 +44,29 @@ def external_dir() -> Path:
     return EXTERNAL
 
 
+def _proc_state(stat: Path) -> tuple[str, int] | None:
+    """(state, parent pid) of a /proc/<pid>/stat file; None once the process is gone."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (Linux /proc; a zombie, ended but not yet reaped, has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    state = _proc_state(Path(f"/proc/{pid}/stat"))
+    return state is not None and state[0] != "Z"
+
+
+def child_processes(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (Linux /proc; zombies count as ended)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        state = _proc_state(stat)
+        if state is not None and state[0] != "Z" and state[1] == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def ethanol() -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from test_train_cli import train_args
 
-from conftest import process_alive
+from conftest import child_processes, process_alive
 from mfcalc.cli.train import main as train_main
 from mfcalc.train.parallel import member_checkpoint
 
@@ -90,19 +89,6 @@ def both_past_first_epoch(out):
     return True
 
 
-def children(pid):
-    """The live processes whose parent is ``pid`` (Linux /proc; zombies count as ended)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended while listing
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 @pytest.mark.parametrize("workers_on_resume", ["2", "1"])
 def test_killed_workers_leave_checkpoints_that_resume(sequential, tmp_path, workers_on_resume):
     out = tmp_path / "killed"
@@ -124,7 +110,7 @@ def test_workers_end_when_the_run_process_alone_is_killed(tmp_path):
     proc, log = start_run(out, "--epochs", "500", "--seed", "5", "--ensemble", "2", "--member-workers", "2")
     try:
         wait_for_first_epochs(proc, out, log)
-        workers = children(proc.pid)  # the two members' processes (and multiprocessing's tracker)
+        workers = child_processes(proc.pid)  # the two members' processes (and multiprocessing's tracker)
         assert len(workers) >= 2, workers
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
