@@ -236,8 +236,11 @@ def read_candidates(paths: Sequence[str]) -> MFData:
     return concatenate([read_structures(p)[0] for p in paths])
 
 
-def write_selected(data: MFData, picked: np.ndarray, scores: Scores, out: str) -> None:
-    """The chosen structures as extxyz with their scores and where they came from."""
+def write_selected(
+    data: MFData, picked: np.ndarray, scores: Scores, out: str, numbers: Optional[np.ndarray] = None
+) -> None:
+    """The chosen structures as extxyz with their scores and where they came from (``numbers``:
+    each structure's position in the candidate files, when ``data`` is a subset of them)."""
     import io
 
     import ase.io
@@ -252,7 +255,7 @@ def write_selected(data: MFData, picked: np.ndarray, scores: Scores, out: str) -
         a = Atoms(numbers=np.asarray(data.numbers[atoms]), positions=np.asarray(data.positions[atoms]))
         a.info.update(
             {
-                "candidate": int(i),
+                "candidate": int(i if numbers is None else numbers[i]),
                 "score": float(scores.score[i]),
                 "energy_spread_ev": float(scores.energy_spread[i]),
                 "force_spread_ev_a": float(scores.force_spread[i]),

@@ -12,6 +12,7 @@
 #   tools/campaign.sh committee R  # train the round-R committee on everything labelled so far
 #   tools/campaign.sh select-dft R N / select-cc R N   # pick N structures with the round-R committee
 #   tools/campaign.sh select-dft-relaxed R N           # the same among minima and relaxed scan points only
+#   tools/campaign.sh select-cc-relaxed R N            # CCSD(T) picks among relaxed 1-4-heavy-atom structures
 #   (the wB97X picks are ranked by the committee's force spread, which ranks a structure's force
 #   error best (tools/committee_spread.py --errors, data/README.md); rounds 1-3 were picked by
 #   energy spread: BY=spread repeats them)
@@ -23,7 +24,7 @@ B=data/benchmark
 W=${WORKERS:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 source tools/campaign_data.sh  # the training files, fidelity bindings and label targets, declared once
-stage=${1:?usage: tools/campaign.sh sample|xtb|large|heldout|committee|select-dft|select-cc|dft|cc [ROUND] [N]}
+stage=${1:?usage: tools/campaign.sh sample|xtb|large|heldout|committee|select-dft|select-dft-relaxed|select-cc|select-cc-relaxed|dft|cc [ROUND] [N]}
 case $stage in
   sample)
     mfcalc-sample $C/small.smi $C/medium.smi --out $C/round0_candidates.extxyz --conformers --torsions \
@@ -85,6 +86,15 @@ case $stage in
     skip=(); [[ -f ${LABEL_STORE[cc]} ]] && skip=(--skip-labelled "${LABEL_STORE[cc]}:${LABEL_LEVEL[cc]}")
     mfcalc-select $C/cc_pool.extxyz --model $C/committee$r.pt --n "$n" --by heads:cc,dft \
         --per-molecule 25 "${skip[@]}" --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
+  select-cc-relaxed)
+    # CCSD(T) for minima and relaxed scan points of 1-4 heavy atoms, picked where the committee's cc
+    # and dft heads disagree most: the cc head's correction, learned from hot structures, adds noise
+    # to conformer energies (data/README.md, default_v4).  At most 12 per molecule, picked in passes
+    # over the molecules, so that labelling in file order gives every molecule relative energies early
+    r=${2:?round}; n=${3:?how many}
+    skip=(); [[ -f ${LABEL_STORE[cc]} ]] && skip=(--skip-labelled "${LABEL_STORE[cc]}:${LABEL_LEVEL[cc]}")
+    mfcalc-select $C/campaign.h5 --max-heavy-atoms 4 --relaxed gfn2_xtb:0.05 --model $C/committee$r.pt --n "$n" \
+        --by heads:cc,dft --per-molecule 12 "${skip[@]}" --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
   dft)
     r=${2:?round}
     mfcalc-label $C/round${r}_dft.extxyz --levels "${LABEL_LEVEL[dft]}" --out "${LABEL_STORE[dft]}" --workers "$W" ;;

@@ -39,9 +39,7 @@ def main(argv=None) -> int:
             seen[m] = seen.get(m, -1) + 1
             keep[i] &= seen[m] % args.every == 0
     if args.max_heavy_atoms is not None:
-        owner = np.repeat(np.arange(len(data)), data.n_atoms)
-        heavy = np.bincount(owner, weights=np.asarray(data.numbers) > 1, minlength=len(data))
-        keep &= heavy <= args.max_heavy_atoms
+        keep &= data.heavy_atoms <= args.max_heavy_atoms
     if args.level_missing:
         labelled = read_file(args.source, [FidelitySpec("x", f"{args.level_missing}.energy")])
         keep &= ~np.isfinite(labelled.energy[:, 0])

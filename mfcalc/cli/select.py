@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only candidates whose LEVEL forces in the candidate HDF5 files are all below FMAX eV/A per "
         "component (e.g. gfn2_xtb:0.05): minima and relaxed scan points, the structures conformer ranking rests on",
     )
+    p.add_argument(
+        "--max-heavy-atoms",
+        type=int,
+        metavar="N",
+        help="only candidates with at most N non-hydrogen atoms (CCSD(T) cost grows steeply with size)",
+    )
     p.add_argument("--compare-model", metavar="OLD.pt", help="also report the spreads of an earlier committee")
     p.add_argument("--report", metavar="FILE.json", help="write the spread distributions as JSON")
     p.add_argument("--seed", type=int, default=0, help="breaks ties reproducibly")
@@ -82,7 +88,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.n > 0 and not args.out:
             raise ValueError("--out FILE is needed to write the picked structures")
+        if args.max_heavy_atoms is not None and args.max_heavy_atoms < 1:
+            raise ValueError(f"--max-heavy-atoms wants N >= 1, got {args.max_heavy_atoms}")
         data = read_candidates(args.candidates)
+        numbers = np.arange(len(data))  # each kept candidate's position in the candidate files
+        if args.max_heavy_atoms is not None:
+            numbers = np.nonzero(data.heavy_atoms <= args.max_heavy_atoms)[0]
+            print(f"{len(numbers)} of {len(data)} candidate(s) with at most {args.max_heavy_atoms} heavy atoms")
+            data = data.subset(numbers)
         scores = committee_scores(args.model, data, args.by, args.fidelity, device=args.device)
         note = unscorable_message(data, scores, export.load(args.model)[1][keys.META_SPECIES])
         if note:
@@ -115,9 +128,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{len(data)} candidates, {int(scores.usable.sum())} scored by {args.by}; picked {len(picked)}")
         print(format_report(doc))
         if args.out and len(picked):
-            write_selected(data, picked, scores, args.out)
+            write_selected(data, picked, scores, args.out, numbers)
         if args.report:
-            atomic_write_text(args.report, json.dumps({"by": args.by, "picked": picked.tolist(), **doc}, indent=1))
+            atomic_write_text(
+                args.report, json.dumps({"by": args.by, "picked": numbers[picked].tolist(), **doc}, indent=1)
+            )
         return 0
 
     return run_cli(PROG, body)

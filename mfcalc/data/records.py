@@ -85,6 +85,12 @@ class MFData:
         return np.diff(self.offsets)
 
     @property
+    def heavy_atoms(self) -> np.ndarray:
+        """(S,) number of non-hydrogen atoms of each structure (QM cost grows with it)."""
+        owner = np.repeat(np.arange(len(self)), self.n_atoms)
+        return np.bincount(owner, weights=np.asarray(self.numbers) > 1, minlength=len(self)).astype(np.int64)
+
+    @property
     def energy_mask(self) -> np.ndarray:
         """(S, F) bool: structure carries this fidelity's energy."""
         return np.isfinite(self.energy)

@@ -316,9 +316,7 @@ def forgetting(
 def training_domain(run: RunData) -> Dict[str, Any]:
     """What the training structures covered, for the model card and for domain warnings."""
     data, rows = run.data, run.split["train"]
-    atoms = data.atom_index(rows)
-    owner = np.repeat(np.arange(len(rows)), data.n_atoms[rows])
-    heavy = np.bincount(owner, weights=np.asarray(data.numbers[atoms]) > 1, minlength=len(rows)).astype(int)
+    heavy = data.heavy_atoms[rows]
 
     def elements(structures: np.ndarray) -> List[int]:
         return sorted(int(z) for z in np.unique(np.asarray(data.numbers[data.atom_index(structures)])))

@@ -175,3 +175,29 @@ def test_picks_come_in_passes_over_the_molecules_so_any_prefix_is_diverse():
     molecule = np.empty(40, dtype=object)
     molecule[10:14], molecule[20:22], molecule[30] = "A", "B", "C"
     assert labelling_order(picked, molecule).tolist() == [10, 20, 30, 11, 21, 12, 13]
+
+
+def test_max_heavy_atoms_leaves_out_larger_molecules(candidates, tmp_path, capsys):
+    """Ethanol has 3 heavy atoms; a methane added to the pool has 1. With --max-heavy-atoms 1
+    only the methane can be picked, although the committee disputes the planted ethanol most."""
+    frames = ase.io.read(candidates, index=":")
+    methane = Atoms(
+        "CH4",
+        positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]],
+        info={"smiles": "C"},
+    )
+    pool = tmp_path / "pool.extxyz"
+    ase.io.write(pool, [*frames, methane])
+    assert list(read_candidates([str(pool)]).heavy_atoms) == [3] * len(frames) + [1]
+    out = tmp_path / "picked.extxyz"
+    argv = [str(pool), "--model", default_model_path(), "--n", "3", "--out", str(out), "--min-distance-change", "0"]
+    assert select_main([*argv, "--max-heavy-atoms", "1"]) == 0
+    assert f"1 of {len(frames) + 1} candidate(s) with at most 1 heavy atoms" in capsys.readouterr().out
+    picked = ase.io.read(out, index=":")
+    assert [a.get_chemical_formula() for a in picked] == ["CH4"]
+    assert picked[0].info["candidate"] == len(frames)  # numbered as in the pool, not in the kept subset
+    assert select_main([*argv, "--max-heavy-atoms", "3"]) == 0
+    assert len(ase.io.read(out, index=":")) == 3
+    capsys.readouterr()
+    assert select_main([*argv, "--max-heavy-atoms", "0"]) == 2
+    assert "--max-heavy-atoms wants N >= 1" in capsys.readouterr().err

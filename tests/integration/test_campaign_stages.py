@@ -1,0 +1,71 @@
+"""tools/campaign.sh stages run as written, in a scratch copy of the repository layout."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import ase.io
+import h5py
+import numpy as np
+from ase.build import molecule
+from ase.units import Hartree
+
+from conftest import REFERENCE_H5, REPO
+from mfcalc.label.store import LabelStore
+from mfcalc.models import default_model_path
+
+
+def scratch_repository(root):
+    """tools/ and the two declaration files of data/, nothing else: the stage must find its way."""
+    (root / "tools").mkdir()
+    for name in ("campaign.sh", "campaign_data.sh"):
+        shutil.copy(REPO / "tools" / name, root / "tools" / name)
+    (root / "data" / "campaign").mkdir(parents=True)
+    shutil.copy(REPO / "data" / "label_targets.txt", root / "data" / "label_targets.txt")
+    (root / "data" / "training_files.txt").write_text("")
+
+
+def run_stage(root, *args):
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        ["bash", str(root / "tools" / "campaign.sh"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_select_cc_relaxed_picks_relaxed_small_unlabelled_structures_only(tmp_path):
+    """The candidate file holds 14 ethanol geometries (3 heavy atoms): 3 non-relaxed, one relaxed
+    but already labelled at CCSD(T), 10 relaxed and new; and a relaxed benzene (6 heavy atoms).
+    The stage may pick only the 10 new relaxed ethanols, at most 12 per molecule."""
+    scratch_repository(tmp_path)
+    campaign = tmp_path / "data" / "campaign"
+    with h5py.File(REFERENCE_H5) as f:
+        g = f["C2H6O1"]
+        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:14]
+        ethanol = [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
+    benzene = molecule("C6H6")
+    store = LabelStore(str(campaign / "campaign.h5"))
+    for k, (z, x) in enumerate(ethanol):
+        size = 0.5 if k < 3 else 0.01  # eV/A; the file holds Hartree/A
+        forces = np.full((len(z), 3), size / Hartree)
+        store.record(store.add(z, x, smiles="CCO"), "gfn2_xtb", -15.0, forces, 0.1)
+    forces = np.full((len(benzene), 3), 0.01 / Hartree)
+    store.record(store.add(benzene.numbers, benzene.positions, smiles="c1ccccc1"), "gfn2_xtb", -19.0, forces, 0.1)
+    store.close()
+    labelled = LabelStore(str(campaign / "cc.h5"))
+    labelled.record(labelled.add(*ethanol[3], smiles="CCO"), "ccsd(t)_dz", -154.0, None, 10.0)
+    labelled.close()
+    shutil.copy(default_model_path(), campaign / "committee9.pt")
+
+    done = run_stage(tmp_path, "select-cc-relaxed", "9", "50")
+    assert done.returncode == 0, done.stderr
+    assert "14 of 15 candidate(s) with at most 4 heavy atoms" in done.stdout
+    assert "1 candidate(s) already have ccsd(t)_dz" in done.stdout
+    picked = ase.io.read(campaign / "round9_cc.extxyz", index=":")
+    assert (campaign / "round9_cc_report.json").exists()
+    assert len(picked) == 10 and all(a.info["smiles"] == "CCO" for a in picked)
+    new_relaxed = [x for _, x in ethanol[4:]]
+    for atoms in picked:  # the store may order atoms its own way: compare as sorted rows
+        assert any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in new_relaxed)
+    missing = run_stage(tmp_path, "select-cc-relaxed", "8", "5")  # no committee8.pt
+    assert missing.returncode != 0 and "committee8.pt" in missing.stderr
