@@ -208,9 +208,13 @@ def reference_energies(
     # a reused head without labels in this run (its data not replayed) keeps the file's references
     with_labels = [n for k, n in enumerate(data.fidelities) if np.isfinite(data.energy[rows, k]).any()]
     fitted = np.zeros((len(data.fidelities), len(species)))
-    fitted[[data.fidelities.index(n) for n in with_labels]] = fit_reference_energies(
-        data.with_fidelities(with_labels), species, rows, fallback
-    )
+    # only new heads are fitted whole; a reused head keeps the file's references (below), so
+    # fitting it would only warn about elements its new data happen not to contain
+    new_heads = [n for n in with_labels if n not in source.fidelities]
+    if new_heads:
+        fitted[[data.fidelities.index(n) for n in new_heads]] = fit_reference_energies(
+            data.with_fidelities(new_heads), species, rows, fallback
+        )
     known = [s for s, z in enumerate(species) if z in source.species]
     new = [s for s, z in enumerate(species) if z not in source.species]
     counts = species_counts(data, species, rows)

@@ -115,6 +115,27 @@ def test_an_element_missing_from_a_new_heads_data_takes_the_reference_of_the_hea
     assert abs(new["cc"]["8"] - old["xtb"]["8"]) > 100  # what the first-fidelity rule would have given
 
 
+def test_reused_heads_keep_the_files_references_without_warning_about_elements_their_data_lack(source, tmp_path):
+    """Hydrocarbon data for the existing xtb and dft heads: oxygen is absent from the new data, but
+    the heads keep the file's references, so nothing is refitted and nothing warns about oxygen."""
+    import warnings
+
+    import h5py
+
+    ch = tmp_path / "ch.h5"
+    with h5py.File(REFERENCE_H5) as f, h5py.File(ch, "w") as g:
+        for name in f:
+            if "N" not in name and "O" not in name:
+                f.copy(f[name], g, name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert fine_tune(source, tmp_path / "ft", "--epochs", "0", fidelities=(XTB, DFT), data=ch) == 0
+    assert not [w for w in caught if "occurs in no labelled structure" in str(w.message)]
+    new = export.load(str(tmp_path / "ft" / "model.pt"))[1][keys.META_REFERENCE_ENERGIES]
+    old = export.load(str(source))[1][keys.META_REFERENCE_ENERGIES]
+    assert new == old
+
+
 def test_heads_only_training_leaves_the_trunk_bit_identical(source, tmp_path):
     out = tmp_path / "heads"
     assert (
