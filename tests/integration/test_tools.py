@@ -593,3 +593,58 @@ def test_committee_spread_errors_rank_the_spreads_against_the_models_own_force_e
     spreads = committee_scores(model, truth, by="spread", fidelity="dft")
     assert row["rho_force_spread"] == pytest.approx(spearmanr(spreads.force_spread, error).statistic)
     assert row["rho_energy_spread"] == pytest.approx(spearmanr(spreads.score, error).statistic)
+
+
+def test_label_effect_fine_tunes_without_and_with_the_picks_at_equal_steps_and_scores_both(tmp_path, capsys):
+    """A store of 12 ethanol CCSD(T) energies, 3 of them a round's labelled picks, a fourth pick
+    listed but not computed: the control copy lacks all 4, the treatment copy lacks only the
+    uncomputed one; the control arm runs 11/8 of the treatment's epochs; all three models scored."""
+    import ase.io
+    import h5py
+    import numpy as np
+    from ase import Atoms
+
+    from conftest import REFERENCE_H5
+    from mfcalc.label.store import LabelStore
+    from mfcalc.models import default_model_path
+
+    tool = load_tool("label_effect")
+    with h5py.File(REFERENCE_H5) as f:
+        g = f["C2H6O1"]
+        rows = [k for k in np.nonzero(g["smiles"][()] == b"CCO")[0] if np.isfinite(g["ccsd(t)_dz.energy"][k])][:12]
+        frames = [(g["atomic_numbers"][()], g["coordinates"][k], g["ccsd(t)_dz.energy"][k]) for k in rows]
+    store_path = tmp_path / "cc.h5"
+    store = LabelStore(str(store_path))
+    for k, (z, x, e) in enumerate(frames):
+        key = store.add(z, x, smiles="CCO")
+        if k != 11:  # the last pick is listed, not computed
+            store.record(key, "ccsd(t)_dz", float(e), None, 1.0)
+    store.close()
+    picks = tmp_path / "round9_cc.extxyz"
+    ase.io.write(picks, [Atoms(numbers=z, positions=x, info={"smiles": "CCO"}) for z, x, _ in frames[8:]])
+    conf, small = tmp_path / "conf.smi", tmp_path / "small.smi"
+    conf.write_text("CCO\n")
+    small.write_text("C=O\n")
+    out = tmp_path / "effect"
+    argv = [
+        "--model", default_model_path(), "--store", str(store_path), "--picks", str(picks),
+        "--fidelity", "cc=ccsd(t)_dz.energy", "--out", str(out), "--replay", str(REFERENCE_H5),
+        "--members", "1", "--epochs", "2", "--heads", "cc",
+        "--benchmark", str(REFERENCE_H5), "--conformer-molecules", str(conf), "--small-molecules", str(small),
+    ]  # fmt: skip
+    assert tool.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "11 structures with the picks' labels, 8 without (3 picks)" in printed
+    assert "control: 3 epochs" in printed and "treatment: 2 epochs" in printed
+    assert len(LabelStore(str(out / "stores" / "with_picks.h5"))) == 11
+    for arm, epochs in (("control", 3), ("treatment", 2)):
+        log = (out / arm / "log.csv").read_text().splitlines()
+        assert max(int(line.split(",")[1]) for line in log[1:]) == epochs, arm
+    scores = json.loads((out / "scores.json").read_text())
+    scored = [k for k in scores if k.startswith("mfcalc")]
+    assert len(scored) == 3 and all(scores[k]["conformers n"] > 10 for k in scored)
+    assert tool.main(argv) == 0  # resumed: the finished arms and the snapshot are reused
+    assert "epochs on" not in capsys.readouterr().out
+    ase.io.write(picks, Atoms(numbers=frames[11][0], positions=frames[11][1]))  # listed, never computed
+    with pytest.raises(ValueError, match="none of the 1 structures .* is labelled in"):
+        tool.split_store(str(store_path), str(picks), str(tmp_path / "empty"))
