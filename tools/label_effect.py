@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--replay", nargs="*", help="replayed files (default: data/training_files.txt, store swapped)")
     p.add_argument("--replay-fraction", type=float, default=0.25)
     p.add_argument("--members", type=int, default=2, help="members fine-tuned (the first K of the model)")
+    p.add_argument("--member-workers", type=int, default=1, help="members fine-tuned at once (as mfcalc-train)")
     p.add_argument("--epochs", type=int, default=12, help="epochs of the treatment arm (control: same steps)")
     p.add_argument("--lr", type=float, default=3e-4, help="heads' learning rate")
     p.add_argument("--trunk-lr", type=float, default=1e-4)
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
             "--init-from", args.model, "--ensemble", str(args.members), "--epochs", str(epochs),
             "--lr-schedule", "cosine", "--lr", str(args.lr), "--trunk-lr", str(args.trunk_lr),
             "--replay", *replay, "--replay-fraction", str(args.replay_fraction),
-            "--seed", str(args.seed), "--device", "cpu",
+            "--seed", str(args.seed), "--device", "cpu", "--member-workers", str(args.member_workers),
         ]  # fmt: skip
         if os.path.exists(os.path.join(out, "checkpoint.pt")) and not os.path.exists(os.path.join(out, "model.pt")):
             command.append("--resume")
