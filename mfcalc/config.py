@@ -187,6 +187,14 @@ class TrainSettings:
     max_structures: Optional[int] = field(
         default=None, metadata=_help("train on a random subset of this size (quick experiments)")
     )
+    split_from: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "reuse the train/valid/test split of an earlier run on the same structures (its split.npz): a "
+            "build continued from that run's model on grown labels keeps its test structures unseen",
+            metavar="RUN/split.npz",
+        ),
+    )
 
     def validate(self) -> TrainSettings:
         """Raises ValueError naming the first setting out of range."""
@@ -231,6 +239,8 @@ class TrainSettings:
                 "new_head, replay, trunk_anchor and train_params other than 'all' need init_from "
                 "(a model to start from)"
             )
+        if self.split_from and self.max_structures is not None:
+            raise ValueError("split_from reuses a whole run's split; it cannot be combined with max_structures")
         for text in self.new_head or []:
             new, sep, old = text.partition("=")
             if not sep or not new.strip() or not old.strip():

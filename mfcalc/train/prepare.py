@@ -6,6 +6,7 @@ trains on exactly the same structures with the same reference energies.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -100,6 +101,26 @@ def check_same_data(state: Dict[str, Any], fingerprint: str, n_structures: int) 
         )
 
 
+def read_split(path: str, n_structures: int) -> Dict[str, np.ndarray]:
+    """An earlier run's split.npz, checked against the data it is applied to: every structure
+    in exactly one part (the rows are positions in the files as read, so the same files,
+    grown by labels on existing geometries only, give the same structures)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"split_from: no split file {path}")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("train", "valid", "test") if k not in z.files]
+        if missing:
+            raise ValueError(f"split_from: {path} has no {', '.join(missing)} part (not a split.npz of mfcalc-train)")
+        split = {k: np.asarray(z[k], dtype=np.int64) for k in ("train", "valid", "test")}
+    rows = np.concatenate(list(split.values()))
+    if len(rows) != n_structures or not np.array_equal(np.sort(rows), np.arange(n_structures)):
+        raise ValueError(
+            f"split_from: {path} splits {len(rows)} structures (rows up to {int(rows.max()) if len(rows) else -1}), "
+            f"but the data have {n_structures}: it belongs to other data (a structure added or removed)"
+        )
+    return split
+
+
 def prepare_run(
     cfg: RunConfig,
     data: Optional[MFData] = None,
@@ -131,6 +152,9 @@ def prepare_run(
     elif list(data.fidelities) != bound:
         raise ValueError(f"data fidelities {data.fidelities} differ from the config's {bound}")
     rows = np.arange(len(data))
+    if given_split is None and t_cfg.split_from and state is None:
+        given_split = read_split(t_cfg.split_from, len(data))
+        say(f"split from {t_cfg.split_from}")
     if given_split is not None and t_cfg.max_structures is not None:
         raise ValueError("a given split cannot be combined with max_structures")
     if t_cfg.max_structures is not None and t_cfg.max_structures < len(data):

@@ -355,3 +355,43 @@ def test_a_level_that_never_saw_an_element_borrows_the_nearest_scale_and_its_hea
     assert abs(e_cc - e_dft) < 50.0  # same scale; with xTB's N reference they differed by ~1,400 eV
     with pytest.warns(UserWarning, match=r"'cc' head was trained on no energy"):  # switching back says it again
         methylamine.calc.fidelity = "cc"
+
+
+def test_split_from_reuses_an_earlier_runs_split_on_grown_labels_and_refuses_other_structures(tmp_path, capsys):
+    """A continued build: the same structures with more labels train from run A's model on run
+    A's split, so A's test structures stay unseen; data with a structure less is refused."""
+    import h5py
+
+    small = tmp_path / "small.h5"
+    with h5py.File(REFERENCE_H5) as f, h5py.File(small, "w") as g:
+        for name in list(f)[:3]:
+            f.copy(f[name], g, name)
+        group = next(iter(g.values()))
+        label = float(group["ccsd(t)_dz.energy"][0])
+        group["ccsd(t)_dz.energy"][0] = np.nan  # not labelled yet when run A trains
+    fast = [a for a in SMALL if a not in ("--max-structures", "160")]
+    first = tmp_path / "a"
+    assert train_main(["--data", str(small), "--fidelity", DFT, "--fidelity", CC, "--out", str(first), *fast,
+                       "--epochs", "1", "--seed", "3"]) == 0  # fmt: skip
+    with h5py.File(small, "r+") as g:  # grown labels: a CCSD(T) energy where there was none
+        next(iter(g.values()))["ccsd(t)_dz.energy"][0] = label
+    second = tmp_path / "b"
+    args = ["--data", str(small), "--fidelity", DFT, "--fidelity", CC, *fast, "--epochs", "1", "--seed", "4"]
+    assert train_main([*args, "--out", str(second), "--init-from", str(first / "model.pt"),
+                       "--split-from", str(first / "split.npz")]) == 0  # fmt: skip
+    a, b = np.load(first / "split.npz"), np.load(second / "split.npz")
+    for part in ("train", "valid", "test"):
+        np.testing.assert_array_equal(a[part], b[part])
+    fewer = tmp_path / "fewer.h5"
+    with h5py.File(small) as f, h5py.File(fewer, "w") as g:
+        for name in list(f)[:2]:
+            f.copy(f[name], g, name)
+    capsys.readouterr()
+    args[1] = str(fewer)
+    assert train_main([*args, "--out", str(tmp_path / "c"), "--split-from", str(first / "split.npz")]) == 2
+    assert "belongs to other data" in capsys.readouterr().err
+    assert train_main([*args, "--out", str(tmp_path / "d"), "--split-from", str(tmp_path / "none.npz")]) == 2
+    assert "no split file" in capsys.readouterr().err
+    assert train_main([*args, "--out", str(tmp_path / "e"), "--split-from", str(first / "split.npz"),
+                       "--max-structures", "10"]) == 2  # fmt: skip
+    assert "cannot be combined with max_structures" in capsys.readouterr().err
