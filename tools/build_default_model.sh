@@ -14,7 +14,11 @@
 # (wall-clock budget of each start of the run, shared by the members still to train; 0: none;
 # leave it 0 for a build that spans several starts, so that every member follows the same
 # plan), MEMBERS (4), MEMBER_WORKERS (members trained at once, one process and core each; 1),
-# FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for a trial build).
+# FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for a trial build),
+# CONTINUE_FROM (an earlier build's directory, e.g. data/campaign/default_v4: start every member
+# from that build's model.pt on its split, so that labels added since to the same structures
+# train a few epochs (EPOCHS, e.g. 10) instead of a whole rebuild; its test rows stay unseen,
+# and mfcalc-train refuses data whose structures differ from the split's).
 # Planning figure: about 150 s per epoch and member on one core for 47k structures (measured
 # for default_v3, with or without a labelling job on the other core); 324-340 s for 59k
 # structures with MEMBER_WORKERS=2 on 2 cores (default_v4: 858k atoms, a third of them
@@ -61,11 +65,19 @@ fid=("${FIDELITY_BINDINGS[@]}")
 opt=()
 [[ ${MINUTES:-0} != 0 ]] && opt+=(--max-minutes "$MINUTES")
 [[ ${STRUCTURES:-0} != 0 ]] && opt+=(--max-structures "$STRUCTURES")
+lr=1e-3
+if [[ -n ${CONTINUE_FROM:-} ]]; then
+    for f in "$CONTINUE_FROM/model.pt" "$CONTINUE_FROM/split.npz"; do
+        [[ -f $f ]] || { echo "CONTINUE_FROM: no $f (that build has not finished)" >&2; exit 2; }
+    done
+    opt+=(--init-from "$CONTINUE_FROM/model.pt" --split-from "$CONTINUE_FROM/split.npz")
+    lr=${LR:-3e-4}  # a warm restart: the members are trained already
+fi
 if [[ ! -f $out/model.pt ]]; then
     [[ -f $out/checkpoint.pt ]] && opt+=(--resume)
     mfcalc-train --data "${data[@]}" "${fid[@]}" --out "$out" --split-by random \
         --ensemble "${MEMBERS:-4}" --member-workers "${MEMBER_WORKERS:-1}" --epochs "${EPOCHS:-40}" --lr-schedule "${SCHEDULE:-cosine}" \
-        --batch-size 32 --lr 1e-3 --min-lr 1e-5 --seed 0 \
+        --batch-size 32 --lr "$lr" --min-lr 1e-5 --seed 0 \
         --n-features "${FEATURES:-40}" --cusp-reg 1e-2 --device cpu "${opt[@]}"
 fi
 # the files as committed, in the model file (its "training" paths are the run's copies): what a

@@ -485,6 +485,19 @@ def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tm
     assert build().returncode == 3
     assert (out / "data" / "mf_reference.h5").read_bytes() == committed
 
+    # a build continued from an earlier one starts from its model on its split, at a lower rate
+    earlier = clone / "runs" / "a"
+    earlier.mkdir()
+    env["CONTINUE_FROM"] = "runs/a"
+    res = build()
+    assert res.returncode == 2 and "CONTINUE_FROM: no runs/a/model.pt" in res.stderr
+    (earlier / "model.pt").write_text("")
+    (earlier / "split.npz").write_text("")
+    res = build()
+    assert res.returncode == 3 and "--init-from runs/a/model.pt --split-from runs/a/split.npz" in res.stdout
+    assert "--lr 3e-4" in res.stdout
+    del env["CONTINUE_FROM"]
+
     # a new build on uncommitted labelled files is refused, naming the file
     shutil.rmtree(out)
     res = build()
