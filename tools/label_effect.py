@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--replay-fraction", type=float, default=0.25)
     p.add_argument("--members", type=int, default=2, help="members fine-tuned (the first K of the model)")
     p.add_argument("--member-workers", type=int, default=1, help="members fine-tuned at once (as mfcalc-train)")
-    p.add_argument("--epochs", type=int, default=12, help="epochs of the treatment arm (control: same steps)")
+    p.add_argument("--epochs", type=int, default=40, help="epochs of the treatment arm (control: same steps)")
     p.add_argument("--lr", type=float, default=3e-4, help="heads' learning rate")
     p.add_argument("--trunk-lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
