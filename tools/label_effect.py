@@ -22,25 +22,12 @@ import argparse
 import os
 import subprocess
 import sys
-from typing import List
-
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import bench_accuracy  # noqa: E402
-
-
-def training_files(listing: str) -> List[str]:
-    """The files of a training_files.txt listing that exist (comments and blank lines skipped)."""
-    out = []
-    with open(listing) as fh:
-        for line in fh:
-            path = line.split("#", 1)[0].strip()
-            if path and os.path.exists(os.path.join(REPO, path)):
-                out.append(os.path.join(REPO, path))
-    return out
+from campaign_status import training_files  # noqa: E402
 
 
 def stored(path: str) -> int:
@@ -58,9 +45,7 @@ def split_store(store: str, picks: str, workdir: str) -> None:
 
     picked = set(geometry_keys(read_structures(picks)[0]))
     source = LabelStore(store)  # read only: nothing is merged into the live store
-    unlabelled = {
-        k for k, s in source.structures.items() if not any(np.isfinite(x.energy) for x in s.labels.values())
-    }  # listed but not computed yet (mfcalc-label adds every input first)
+    unlabelled = source.unlabelled()
     labelled_picks = (picked & set(source.structures)) - unlabelled
     if not labelled_picks:
         raise ValueError(
@@ -104,9 +89,8 @@ def main(argv=None) -> int:
     n_with, n_without = stored(treatment), stored(control)
     print(f"{args.store}: {n_with} structures with the picks' labels, {n_without} without ({n_with - n_without} picks)")
     store = os.path.realpath(args.store)
-    replay = (
-        args.replay if args.replay is not None else training_files(os.path.join(REPO, "data", "training_files.txt"))
-    )
+    listed = [os.path.join(REPO, f) for f in training_files(REPO)]
+    replay = args.replay if args.replay is not None else [f for f in listed if os.path.exists(f)]
     replay = [control if os.path.realpath(f) == store else f for f in replay]
     if control not in replay:
         replay.append(control)

@@ -26,7 +26,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, TextIO, Tuple
+from typing import Dict, Iterable, List, Optional, Set, TextIO, Tuple
 
 import numpy as np
 
@@ -101,17 +101,19 @@ class LabelStore:
             found += [lv for lv in s.labels if lv not in found]
         return found
 
+    def unlabelled(self) -> Set[str]:
+        """Keys of the structures with no label at any level (listed, not computed yet: a
+        labelling run adds every input structure before its first calculation)."""
+        return {
+            key for key, s in self.structures.items() if not any(np.isfinite(lab.energy) for lab in s.labels.values())
+        }
+
     def drop_unlabelled(self, keep: Iterable[str]) -> int:
         """Forget structures that have no label at any level, no recorded failure and are not in
         ``keep`` (structures taken out of the input lists before any calculation); returns how
         many.  Nothing computed is ever dropped.  Written at the next merge."""
-        keep = set(keep)
         failed = {key for key, _ in self.failures}
-        gone = [
-            key
-            for key, s in self.structures.items()
-            if key not in keep and key not in failed and not any(np.isfinite(lab.energy) for lab in s.labels.values())
-        ]
+        gone = self.unlabelled() - set(keep) - failed
         for key in gone:
             del self.structures[key]
         self._dirty = self._dirty or bool(gone)
