@@ -22,6 +22,7 @@ TOML layout::
     weight_energy = 1.0
     weight_forces = 1.0
     weight_hier = 1.0
+    weight_relative = 0.0        # energies relative within each molecule (off by default)
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class FidelityConfig:
     weight_energy: float = 1.0
     weight_forces: float = 1.0
     weight_hier: float = 1.0
+    weight_relative: float = 0.0
 
     def spec(self) -> FidelitySpec:
         return FidelitySpec(self.name, self.energy, self.forces, self.energy_unit, self.forces_unit)
@@ -187,6 +189,18 @@ class TrainSettings:
     max_structures: Optional[int] = field(
         default=None, metadata=_help("train on a random subset of this size (quick experiments)")
     )
+    relative_group: int = field(
+        default=4,
+        metadata=_help(
+            "with a relative-energy weight (--loss-weight NAME:relative=W): up to N structures of one molecule "
+            "with the same labels go into a batch together, so that their energies can be compared",
+            metavar="N",
+        ),
+    )
+    molecule_key: str = field(
+        default="smiles",
+        metadata=_help("the group column that names a molecule, for the relative-energy loss", metavar="KEY"),
+    )
     split_from: Optional[str] = field(
         default=None,
         metadata=_help(
@@ -224,6 +238,10 @@ class TrainSettings:
             raise ValueError(f"train_params must be one of {', '.join(TRAIN_PARAMS)}, got {self.train_params!r}")
         if self.trunk_lr is not None and self.trunk_lr < 0:
             raise ValueError(f"trunk_lr must be >= 0, got {self.trunk_lr}")
+        if self.relative_group < 2:
+            raise ValueError(
+                f"relative_group must be >= 2 (structures compared within a molecule), got {self.relative_group}"
+            )
         if self.trunk_anchor < 0:
             raise ValueError(f"trunk_anchor must be >= 0, got {self.trunk_anchor}")
         if isinstance(self.replay, str):  # TOML: replay = "one.h5"
@@ -277,7 +295,7 @@ class RunConfig:
             if f.energy_unit is None and self.energy_unit is not None:
                 f.energy_unit = self.energy_unit
             f.spec()  # checks name and units
-            for w in ("weight_energy", "weight_forces", "weight_hier"):
+            for w in ("weight_energy", "weight_forces", "weight_hier", "weight_relative"):
                 if getattr(f, w) < 0:
                     raise ValueError(f"fidelity {f.name!r}: {w} must be >= 0")
         if self.energy_unit is not None:

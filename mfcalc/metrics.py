@@ -71,6 +71,31 @@ def batch_stats(
     return torch.stack(rows)
 
 
+def group_sums(residual: Tensor, mask: Tensor, group: Tensor, n_groups: int) -> Tensor:
+    """(G, F, 3) [sum of r^2, sum of r, count] of the energy residuals ``r`` (B, F) of each group.
+
+    A group is one molecule's structures (``group`` (B,) in [0, G)); only labelled entries
+    (``mask`` (B, F)) count.  The sums add up exactly over batch shards and ranks, and from
+    them :func:`centred_stats` gives the error of the energies *relative within each molecule*.
+    """
+    m = mask.to(residual.dtype)
+    r = residual * m
+    per_structure = torch.stack([r * r, r, m], dim=-1)  # (B, F, 3)
+    out = torch.zeros(n_groups, residual.shape[1], 3, dtype=residual.dtype, device=residual.device)
+    return out.index_add(0, group, per_structure)
+
+
+def centred_stats(sums: Tensor) -> Tensor:
+    """(F, 2) [sum of squared deviations from each group's mean residual, structures counted]
+    over the groups with at least two labelled structures: the squared error of relative
+    energies within each molecule, a constant offset per molecule removed."""
+    n = sums[..., 2]
+    pairs = n >= 2
+    deviation = sums[..., 0] - sums[..., 1] ** 2 / n.clamp(min=1.0)
+    zero = torch.zeros_like(deviation)
+    return torch.stack([torch.where(pairs, deviation, zero).sum(dim=0), torch.where(pairs, n, zero).sum(dim=0)], dim=-1)
+
+
 def residual_data(data: MFData, species: Sequence[int], reference: np.ndarray) -> MFData:
     """A view of ``data`` whose energies are minus the per-species reference energies.
 
@@ -129,6 +154,8 @@ def accumulate_stats(
     dtype: torch.dtype = torch.float32,
     forces_mask: Optional[np.ndarray] = None,
     predictions: Optional[Dict[str, Dict[str, np.ndarray]]] = None,
+    molecule: Optional[np.ndarray] = None,
+    molecule_sums: Optional[Tensor] = None,
 ) -> torch.Tensor:
     """Summed error statistics (F_data, 2, 3) of ``model`` on ``data`` (residual energies).
 
@@ -140,6 +167,8 @@ def accumulate_stats(
     for parity plots: per data fidelity, where labelled, ``energy_ref`` / ``energy_pred``
     (residual energies per structure, eV), ``n_atoms`` and ``forces_ref`` / ``forces_pred``
     (components, eV/A).
+    ``molecule`` (S,) codes of ``data``'s structures and ``molecule_sums`` (max code + 1, F_data, 3):
+    the per-molecule :func:`group_sums` are added into it in the same pass (relative energies).
     """
     total = torch.zeros(len(data.fidelities), 2, 3, dtype=torch.float64)
     fields = ("energy_ref", "energy_pred", "n_atoms", "forces_ref", "forces_pred")
@@ -158,6 +187,11 @@ def accumulate_stats(
             force_cols,
         )
         total += stats.double().cpu()
+        if molecule is not None and molecule_sums is not None:
+            group = torch.as_tensor(molecule[batch.index.cpu().numpy()], device=levels.device)
+            molecule_sums += (
+                group_sums(levels - batch.energy, batch.energy_mask, group, molecule_sums.shape[0]).double().cpu()
+            )
         if predictions is not None:
             _append_predictions(parts, data.fidelities, batch, levels, pred_f, force_cols)
     if predictions is not None:

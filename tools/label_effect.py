@@ -72,6 +72,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=3e-4, help="heads' learning rate")
     p.add_argument("--trunk-lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--loss-weight", action="append", default=[], metavar="NAME:TERM=W", help="as mfcalc-train (both arms)"
+    )
+    p.add_argument("--relative-group", type=int, help="as mfcalc-train (both arms)")
     p.add_argument("--heads", nargs="+", default=["cc", "dft"], help="heads scored (bench_accuracy --heads)")
     p.add_argument("--benchmark", default=bench_accuracy.DATA, help="held-out benchmark file")
     p.add_argument("--conformer-molecules", help="as bench_accuracy (default: its own)")
@@ -107,7 +111,10 @@ def main(argv=None) -> int:
             "--lr-schedule", "cosine", "--lr", str(args.lr), "--trunk-lr", str(args.trunk_lr),
             "--replay", *replay, "--replay-fraction", str(args.replay_fraction),
             "--seed", str(args.seed), "--device", "cpu", "--member-workers", str(args.member_workers),
+            *[x for w in args.loss_weight for x in ("--loss-weight", w)],
         ]  # fmt: skip
+        if args.relative_group is not None:
+            command += ["--relative-group", str(args.relative_group)]
         if os.path.exists(os.path.join(out, "checkpoint.pt")) and not os.path.exists(os.path.join(out, "model.pt")):
             command.append("--resume")
         if not os.path.exists(os.path.join(out, "model.pt")):

@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--loss-weight",
         action="append",
-        metavar="NAME:energy=W,forces=W,hier=W",
-        help="per-fidelity loss weights (default 1)",
+        metavar="NAME:energy=W,forces=W,hier=W,relative=W",
+        help="per-fidelity loss weights (default 1; relative: energies relative within each molecule, default 0)",
     )
     return p
 
@@ -47,12 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_loss_weight(text: str):
     name, sep, rest = text.partition(":")
     if not sep or not rest:
-        raise ValueError(f"--loss-weight {text!r} must look like NAME:energy=W,forces=W,hier=W")
+        raise ValueError(f"--loss-weight {text!r} must look like NAME:energy=W,forces=W,hier=W,relative=W")
     out = {}
     for item in rest.split(","):
         key, eq, val = item.partition("=")
-        if not eq or key.strip() not in ("energy", "forces", "hier"):
-            raise ValueError(f"--loss-weight {text!r}: terms are energy=W, forces=W, hier=W")
+        if not eq or key.strip() not in ("energy", "forces", "hier", "relative"):
+            raise ValueError(f"--loss-weight {text!r}: terms are energy=W, forces=W, hier=W, relative=W")
         try:
             out["weight_" + key.strip()] = float(val)
         except ValueError:

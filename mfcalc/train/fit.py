@@ -20,13 +20,13 @@ from torch import Tensor, nn
 from mfcalc import keys
 from mfcalc.config import RunConfig, TrainSettings
 from mfcalc.data.dataset import collate
-from mfcalc.metrics import accumulate_stats, batch_stats, stats_to_metrics
+from mfcalc.metrics import accumulate_stats, batch_stats, centred_stats, group_sums, stats_to_metrics
 from mfcalc.model import grad
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.progress import ProgressBar
 from mfcalc.train.distributed import DistContext
 from mfcalc.train.finetune import trainable_groups
-from mfcalc.train.loss import LossWeights, total_loss
+from mfcalc.train.loss import LossWeights, relative_rmse, total_loss
 from mfcalc.train.prepare import RunData
 from mfcalc.train.schedule import IMPROVEMENT, Schedule
 
@@ -123,10 +123,11 @@ class MemberResult:
         }
 
 
-def validation_loss(stats: Tensor, weights: LossWeights) -> float:
-    """Validation objective: the training loss without the regulariser (kcal/mol)."""
+def validation_loss(stats: Tensor, weights: LossWeights, centred: Optional[Tensor] = None) -> float:
+    """Validation objective: the training loss without the regulariser (kcal/mol); its relative
+    term compares the validation structures of each molecule all at once."""
     zero = torch.zeros(stats.shape[0], dtype=stats.dtype)
-    return float(total_loss(stats, zero, torch.tensor(1.0, dtype=stats.dtype), weights))
+    return float(total_loss(stats, zero, torch.tensor(1.0, dtype=stats.dtype), weights, centred))
 
 
 def build_member(
@@ -145,17 +146,79 @@ def build_member(
 def epoch_batches(run: RunData, settings: TrainSettings, rng: np.random.Generator) -> List[np.ndarray]:
     """The global batches of one epoch: the training structures shuffled; with a replay of a
     fine-tuned model's original data, every batch takes ``replay_fraction`` of its structures
-    from it (drawn at random) and the rest from the new data, which defines the epoch."""
+    from it (drawn at random) and the rest from the new data, which defines the epoch.
+
+    With a relative-energy loss (``run.molecule``), structures travel in chunks of up to
+    ``relative_group`` of one molecule with the same labels (see :func:`molecule_chunks`), so
+    that each batch holds structures whose energies can be compared."""
     size = settings.batch_size
     train = run.split["train"]
-    if run.replay is None or settings.replay_fraction == 0:
-        order = rng.permutation(train)
-        return [order[b : b + size] for b in range(0, len(order), size)]
-    is_old = np.isin(train, run.replay)
-    new, old = rng.permutation(train[~is_old]), train[is_old]
-    n_old = min(max(1, int(round(settings.replay_fraction * size))), size - 1)
+    replay = run.replay is not None and settings.replay_fraction > 0
+    is_old = np.isin(train, run.replay) if replay and run.replay is not None else np.zeros(len(train), dtype=bool)
+    n_old = min(max(1, int(round(settings.replay_fraction * size))), size - 1) if replay else 0
     n_new = size - n_old
-    return [np.concatenate([new[b : b + n_new], rng.choice(old, n_old)]) for b in range(0, len(new), n_new)]
+    if run.molecule is None:
+        new = rng.permutation(train[~is_old])
+        batches = [new[b : b + n_new] for b in range(0, len(new), n_new)]
+        if not replay:
+            return batches
+        old = train[is_old]
+        return [np.concatenate([b, rng.choice(old, n_old)]) for b in batches]
+    chunk_key = _chunk_keys(run)
+    batches = _pack(molecule_chunks(train[~is_old], chunk_key, settings.relative_group, rng), n_new)
+    if not replay:
+        return batches
+    old_chunks = molecule_chunks(train[is_old], chunk_key, settings.relative_group, rng)
+    return [np.concatenate([b, _draw_chunks(old_chunks, n_old, rng)]) for b in batches]
+
+
+def _chunk_keys(run: RunData) -> np.ndarray:
+    """(S,) which structures may share a chunk: the same molecule and the same energy labels,
+    for structures labelled at a fidelity with a relative weight; every other structure is a
+    chunk of its own (grouping those would only make batches less diverse)."""
+    assert run.molecule is not None
+    mask = run.residual.energy_mask
+    bits = (mask.astype(np.int64) << np.arange(mask.shape[1], dtype=np.int64)).sum(axis=1)
+    relevant = mask[:, [w > 0 for w in run.weights.relative or []]].any(axis=1)
+    key = run.molecule * (1 << mask.shape[1]) + bits
+    return np.where(relevant, key, -1 - np.arange(len(key)))
+
+
+def molecule_chunks(rows: np.ndarray, key: np.ndarray, size: int, rng: np.random.Generator) -> List[np.ndarray]:
+    """``rows`` cut into chunks of up to ``size`` rows of one ``key``, drawn at random within
+    each key, in random order."""
+    rows = rng.permutation(rows)
+    rows = rows[np.argsort(key[rows], kind="stable")]
+    k = key[rows]
+    bounds = np.flatnonzero(np.r_[True, k[1:] != k[:-1], True])
+    chunks = [rows[c : min(c + size, b)] for a, b in zip(bounds[:-1], bounds[1:]) for c in range(a, b, size)]
+    return [chunks[i] for i in rng.permutation(len(chunks))]
+
+
+def _pack(chunks: List[np.ndarray], size: int) -> List[np.ndarray]:
+    """Whole chunks into batches of at most ``size`` structures, in order."""
+    batches: List[np.ndarray] = []
+    current: List[np.ndarray] = []
+    filled = 0
+    for chunk in chunks:
+        if filled and filled + len(chunk) > size:
+            batches.append(np.concatenate(current))
+            current, filled = [], 0
+        current.append(chunk)
+        filled += len(chunk)
+    if current:
+        batches.append(np.concatenate(current))
+    return batches
+
+
+def _draw_chunks(chunks: List[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` structures as random chunks (the last one cut to fit)."""
+    picked: List[np.ndarray] = []
+    while n > 0:
+        chunk = chunks[int(rng.integers(len(chunks)))][:n]
+        picked.append(chunk)
+        n -= len(chunk)
+    return np.concatenate(picked)
 
 
 class TrunkAnchor:
@@ -213,16 +276,24 @@ def _train_epoch(
             fids,
             energy_per_atom=settings.energy_loss == "atom",
         )
-        packed = torch.cat(
-            [
-                stats.reshape(-1),
-                hier.sum(dim=0),
-                torch.tensor([float(batch.n_mol)], dtype=stats.dtype, device=stats.device),
-            ]
+        parts = [
+            stats,
+            hier.sum(dim=0),
+            torch.tensor([float(batch.n_mol)], dtype=stats.dtype, device=stats.device),
+        ]
+        if run.molecule is not None:  # per-molecule sums over the global batch (same codes on every rank)
+            molecules, local = np.unique(run.molecule[global_batch], return_inverse=True)
+            group = torch.as_tensor(local.reshape(-1)[ctx.rank :: ctx.world], device=pred.device)
+            parts.append(group_sums(pred - batch.energy, batch.energy_mask, group, len(molecules)))
+        summed = ctx.sum_differentiable(torch.cat([p.reshape(-1) for p in parts]))
+        stats_sum, hier_sum, n_sum, *sums = torch.split(summed, [p.numel() for p in parts])
+        loss = total_loss(
+            stats_sum.reshape(stats.shape),
+            hier_sum,
+            n_sum[0],
+            run.weights,
+            centred_stats(sums[0].reshape(parts[3].shape)) if sums else None,
         )
-        packed = ctx.sum_differentiable(packed)
-        n_f = stats.numel()
-        loss = total_loss(packed[:n_f].reshape(stats.shape), packed[n_f:-1], packed[-1], run.weights)
         opt.zero_grad(set_to_none=True)
         (loss if anchor is None else loss + anchor.penalty()).backward()
         if settings.grad_clip > 0:
@@ -316,6 +387,11 @@ def fit_member(
         )
         epoch += 1
         model.eval()
+        vsums = (
+            None
+            if run.molecule is None
+            else torch.zeros(int(run.molecule.max()) + 1, len(fid_names), 3, dtype=torch.float64)
+        )
         vstats = ctx.sum(
             accumulate_stats(
                 model,
@@ -326,9 +402,12 @@ def fit_member(
                 device,
                 dtype,
                 forces_mask=run.forces_mask,
+                molecule=run.molecule,
+                molecule_sums=vsums,
             )
         )
-        vloss = validation_loss(vstats, run.weights)
+        centred = None if vsums is None else centred_stats(ctx.sum(vsums))
+        vloss = validation_loss(vstats, run.weights, centred)
         improved = stopping.update(epoch, vloss)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
@@ -342,6 +421,7 @@ def fit_member(
             train_loss,
             vloss,
             stats_to_metrics(vstats, fid_names),
+            None if centred is None else relative_rmse(centred).tolist(),
         )
         log_rows.append(row)
         say(_log_line(tag, row, settings.epochs, fid_names) + ("  *" if improved else ""))
@@ -382,6 +462,7 @@ def _log_row(
     train_loss: float,
     vloss: float,
     metrics: Dict[str, Dict[str, Any]],
+    relative: Optional[List[float]] = None,
 ) -> Dict[str, Any]:
     row: Dict[str, Any] = {
         "member": member + 1,
@@ -394,6 +475,8 @@ def _log_row(
     for name, m in metrics.items():
         row[f"valid_{name}_energy_rmse_kcal_mol"] = m["energy_rmse_kcal_mol"]
         row[f"valid_{name}_forces_rmse_kcal_mol_a"] = m["forces_rmse_kcal_mol_a"]
+    for name, r in zip(metrics, relative or []):  # within-molecule energies, with a relative loss
+        row[f"valid_{name}_relative_rmse_kcal_mol"] = r
     return row
 
 

@@ -247,6 +247,7 @@ def _export(
                         "weight_energy": f.weight_energy,
                         "weight_forces": f.weight_forces,
                         "weight_hier": f.weight_hier,
+                        "weight_relative": f.weight_relative,
                     }
                     for f in cfg.fidelities
                 },

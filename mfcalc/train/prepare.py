@@ -44,6 +44,8 @@ class RunData:
         initial: members to start from (fine-tuning: adapted from ``init_from``), else None.
         replay: rows of ``data`` that replay the file's original data (fine-tuning), else None.
         source: the model file a fine-tuning run starts from, else None.
+        molecule: (S,) a code per structure naming its molecule, when the loss compares energies
+            within molecules (a relative-energy weight), else None.
     """
 
     data: MFData
@@ -60,6 +62,7 @@ class RunData:
     initial: Optional[List[MultiFidelityHipnn]] = None
     replay: Optional[np.ndarray] = None
     source: Optional[finetune.Source] = None
+    molecule: Optional[np.ndarray] = None
 
 
 def loss_weights(cfg: RunConfig, data: MFData) -> LossWeights:
@@ -71,7 +74,25 @@ def loss_weights(cfg: RunConfig, data: MFData) -> LossWeights:
         energy=[f.weight_energy for f in chosen],
         forces=[f.weight_forces if f.name in data.forces else 0.0 for f in chosen],
         hier=[f.weight_hier for f in chosen],
+        relative=[f.weight_relative for f in chosen],
     )
+
+
+def molecule_codes(data: MFData, key: str) -> np.ndarray:
+    """(S,) one code per molecule, from the group column ``key`` and the atom count (two
+    structures of one name but different sizes are never compared); a structure without a
+    name is a molecule of its own."""
+    if key not in data.groups:
+        raise ValueError(
+            f"the relative-energy loss compares structures of one molecule, named by the group column {key!r}, "
+            f"which the data lack (they have {sorted(data.groups) or 'none'}); set molecule_key"
+        )
+    codes, names = data.groups[key]
+    codes = np.asarray(codes, dtype=np.int64)
+    unnamed = np.isin(codes, [k for k, n in enumerate(names) if n.strip() in ("", "None")])
+    key_rows = np.stack([codes, np.asarray(data.n_atoms, dtype=np.int64)], axis=1)
+    key_rows[unnamed, 0] = -1 - np.nonzero(unnamed)[0]  # unique per unnamed structure
+    return np.unique(key_rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def check_labels(data: MFData, split: Dict[str, np.ndarray], bound: List[str]) -> None:
@@ -215,6 +236,7 @@ def prepare_run(
             "end (README, Fine-tune)"
         )
     weights = loss_weights(cfg, data)
+    molecule = molecule_codes(data, t_cfg.molecule_key) if weights.uses_relative() else None
     residual = residual_data(data, species, reference)
     initial = None
     if source is not None:
@@ -237,6 +259,7 @@ def prepare_run(
         initial=initial,
         replay=replay,
         source=source,
+        molecule=molecule,
     )
 
 

@@ -611,7 +611,8 @@ def test_committee_spread_errors_rank_the_spreads_against_the_models_own_force_e
 def test_label_effect_fine_tunes_without_and_with_the_picks_at_equal_steps_and_scores_both(tmp_path, capsys):
     """A store of 12 ethanol CCSD(T) energies, 3 of them a round's labelled picks, a fourth pick
     listed but not computed: the control copy lacks all 4, the treatment copy lacks only the
-    uncomputed one; the control arm runs 11/8 of the treatment's epochs; all three models scored."""
+    uncomputed one; the control arm runs 11/8 of the treatment's epochs; all three models scored;
+    mfcalc-train's loss options reach both arms."""
     import ase.io
     import h5py
     import numpy as np
@@ -642,7 +643,7 @@ def test_label_effect_fine_tunes_without_and_with_the_picks_at_equal_steps_and_s
     argv = [
         "--model", default_model_path(), "--store", str(store_path), "--picks", str(picks),
         "--fidelity", "cc=ccsd(t)_dz.energy", "--out", str(out), "--replay", str(REFERENCE_H5),
-        "--members", "1", "--epochs", "2", "--heads", "cc",
+        "--members", "1", "--epochs", "2", "--heads", "cc", "--loss-weight", "cc:relative=1", "--relative-group", "3",
         "--benchmark", str(REFERENCE_H5), "--conformer-molecules", str(conf), "--small-molecules", str(small),
     ]  # fmt: skip
     assert tool.main(argv) == 0
@@ -653,6 +654,8 @@ def test_label_effect_fine_tunes_without_and_with_the_picks_at_equal_steps_and_s
     for arm, epochs in (("control", 3), ("treatment", 2)):
         log = (out / arm / "log.csv").read_text().splitlines()
         assert max(int(line.split(",")[1]) for line in log[1:]) == epochs, arm
+        assert "valid_cc_relative_rmse_kcal_mol" in log[0]  # the loss options reach both arms
+        assert "relative_group = 3" in (out / arm / "config.toml").read_text()
     scores = json.loads((out / "scores.json").read_text())
     scored = [k for k in scores if k.startswith("mfcalc")]
     assert len(scored) == 3 and all(scores[k]["conformers n"] > 10 for k in scored)

@@ -357,6 +357,22 @@ def test_a_level_that_never_saw_an_element_borrows_the_nearest_scale_and_its_hea
         methylamine.calc.fidelity = "cc"
 
 
+def test_relative_energy_weight_changes_training_and_is_recorded(tmp_path):
+    """--loss-weight cc:relative=W adds the within-molecule term (it moves the weights) and the
+    model file and config record it."""
+    plain, relative = tmp_path / "plain", tmp_path / "relative"
+    assert train_main(train_args(plain, "--epochs", "1", "--seed", "3")) == 0
+    extra = ["--epochs", "1", "--seed", "3", "--loss-weight", "cc:relative=2", "--relative-group", "3"]
+    assert train_main(train_args(relative, *extra)) == 0
+    a = torch.load(plain / "checkpoint.pt", weights_only=False)["finished"][0]
+    b = torch.load(relative / "checkpoint.pt", weights_only=False)["finished"][0]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    meta = export.load(str(relative / "model.pt"))[1][keys.META_TRAINING]
+    assert meta["fidelities"]["cc"]["weight_relative"] == 2.0 and meta["fidelities"]["dft"]["weight_relative"] == 0.0
+    assert meta["relative_group"] == 3 and meta["molecule_key"] == "smiles"
+    assert "weight_relative = 2.0" in (relative / "config.toml").read_text()
+
+
 def test_split_from_reuses_an_earlier_runs_split_on_grown_labels_and_refuses_other_structures(tmp_path, capsys):
     """A continued build: the same structures with more labels train from run A's model on run
     A's split, so A's test structures stay unseen; data with a structure less is refused."""

@@ -67,8 +67,9 @@ def test_two_process_ddp_equals_single_process(tmp_path):
 
 
 def test_two_process_ddp_fine_tuning_equals_single_process(tmp_path):
-    """--init-from with a new head, replay and the L2-SP trunk anchor: the DDP run equals the
-    one-process run (the anchor term is the same on every rank, and its gradient is averaged)."""
+    """--init-from with a new head, replay, the L2-SP trunk anchor and a relative-energy term:
+    the DDP run equals the one-process run (the anchor term is the same on every rank, and its
+    gradient is averaged; each molecule's sums are added over the ranks before its mean is removed)."""
     source = tmp_path / "source"
     one_epoch = [*ARGS[: ARGS.index("--epochs")], "--epochs", "1", *ARGS[ARGS.index("--max-structures") :]]
     subprocess.run(
@@ -89,6 +90,8 @@ def test_two_process_ddp_fine_tuning_equals_single_process(tmp_path):
         str(REFERENCE_H5),
         "--trunk-anchor",
         "0.5",
+        "--loss-weight",
+        "cc_again:relative=1",
         "--epochs",
         "2",
         "--max-structures",

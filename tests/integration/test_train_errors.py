@@ -78,6 +78,15 @@ def test_missing_data_file_and_bad_binding(tmp_path):
         "--data", str(REFERENCE_H5), "--fidelity", DFT, "--out", str(tmp_path / "o"), "--loss-weight", "cc:energy=1"
     )
     check_clean_error(rc, text, "--loss-weight names fidelity 'cc'")
+    rc, text = run(
+        "--data", str(REFERENCE_H5), "--fidelity", DFT, "--out", str(tmp_path / "o"), "--loss-weight", "dft:relative=x"
+    )
+    check_clean_error(rc, text, "'x' is not a number")
+    rc, text = run(
+        "--data", str(REFERENCE_H5), "--fidelity", DFT, "--out", str(tmp_path / "o"), "--epochs", "1",
+        "--loss-weight", "dft:relative=1", "--molecule-key", "no_such_column",
+    )  # fmt: skip
+    check_clean_error(rc, text, "'no_such_column'", "molecule_key")
 
 
 def test_resume_without_checkpoint(tmp_path):
