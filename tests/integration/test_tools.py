@@ -655,7 +655,8 @@ def test_label_effect_fine_tunes_without_and_with_the_picks_at_equal_steps_and_s
         log = (out / arm / "log.csv").read_text().splitlines()
         assert max(int(line.split(",")[1]) for line in log[1:]) == epochs, arm
         assert "valid_cc_relative_rmse_kcal_mol" in log[0]  # the loss options reach both arms
-        assert "relative_group = 3" in (out / arm / "config.toml").read_text()
+        config = (out / arm / "config.toml").read_text()
+        assert "relative_group = 3" in config and f"early_stopping = {epochs}\n" in config  # never stops early
     scores = json.loads((out / "scores.json").read_text())
     scored = [k for k in scores if k.startswith("mfcalc")]
     assert len(scored) == 3 and all(scores[k]["conformers n"] > 10 for k in scored)
