@@ -18,7 +18,8 @@
 # CONTINUE_FROM (an earlier build's directory, e.g. data/campaign/default_v4: start every member
 # from that build's model.pt on its split, so that labels added since to the same structures
 # train a few epochs (EPOCHS, e.g. 10) instead of a whole rebuild; its test rows stay unseen,
-# and mfcalc-train refuses data whose structures differ from the split's).
+# and mfcalc-train refuses data whose structures differ from the split's), RELATIVE (weight of
+# the cc head's within-molecule relative-energy term, --loss-weight cc:relative=W; 0: off).
 # Planning figure: about 150 s per epoch and member on one core for 47k structures (measured
 # for default_v3, with or without a labelling job on the other core); 324-340 s for 59k
 # structures with MEMBER_WORKERS=2 on 2 cores (default_v4: 858k atoms, a third of them
@@ -65,6 +66,7 @@ fid=("${FIDELITY_BINDINGS[@]}")
 opt=()
 [[ ${MINUTES:-0} != 0 ]] && opt+=(--max-minutes "$MINUTES")
 [[ ${STRUCTURES:-0} != 0 ]] && opt+=(--max-structures "$STRUCTURES")
+[[ ${RELATIVE:-0} != 0 ]] && opt+=(--loss-weight "cc:relative=$RELATIVE")
 lr=1e-3
 if [[ -n ${CONTINUE_FROM:-} ]]; then
     for f in "$CONTINUE_FROM/model.pt" "$CONTINUE_FROM/split.npz"; do

@@ -488,15 +488,15 @@ def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tm
     # a build continued from an earlier one starts from its model on its split, at a lower rate
     earlier = clone / "runs" / "a"
     earlier.mkdir()
-    env["CONTINUE_FROM"] = "runs/a"
+    env["CONTINUE_FROM"], env["RELATIVE"] = "runs/a", "2"
     res = build()
     assert res.returncode == 2 and "CONTINUE_FROM: no runs/a/model.pt" in res.stderr
     (earlier / "model.pt").write_text("")
     (earlier / "split.npz").write_text("")
     res = build()
     assert res.returncode == 3 and "--init-from runs/a/model.pt --split-from runs/a/split.npz" in res.stdout
-    assert "--lr 3e-4" in res.stdout
-    del env["CONTINUE_FROM"]
+    assert "--lr 3e-4" in res.stdout and "--loss-weight cc:relative=2" in res.stdout
+    del env["CONTINUE_FROM"], env["RELATIVE"]
 
     # a new build on uncommitted labelled files is refused, naming the file
     shutil.rmtree(out)
