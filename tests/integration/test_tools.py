@@ -504,6 +504,57 @@ def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tm
     assert res.returncode == 2 and "data/mf_reference.h5 has changes that are not committed" in res.stderr
 
 
+def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with_its_own_replay(tmp_path):
+    """tune_cc_head.sh refuses an unfinished base, snapshots cc.h5 as committed, replays the
+    base build's own data copies, and trains the cc head with the relative-energy term."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    shutil.copy(REPO / "tools" / "tune_cc_head.sh", clone / "tools" / "tune_cc_head.sh")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mfcalc-train").write_text('#!/bin/sh\necho "train $*"\nexit 3\n')  # stop the script here
+    (fake / "mfcalc-train").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "RELATIVE": "2", "EPOCHS": "7"}
+
+    def tune():
+        return subprocess.run(
+            ["bash", "tools/tune_cc_head.sh", "runs/base", "runs/tuned"],
+            cwd=clone,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    base = clone / "runs" / "base"
+    (base / "data").mkdir(parents=True)
+    res = tune()
+    assert res.returncode == 2 and "BASE: no runs/base/model.pt" in res.stderr
+    (base / "model.pt").write_text("")
+    (base / "data_source").write_text("abc\ndata/mf_reference.h5\ndata/campaign/cc.h5\n")
+    (base / "data" / "mf_reference.h5").write_text("")
+    res = tune()
+    assert res.returncode == 2 and "no runs/base/data/cc.h5" in res.stderr
+    (base / "data" / "cc.h5").write_text("")
+    res = tune()
+    assert res.returncode == 3, res.stderr
+    assert "--replay runs/base/data/mf_reference.h5 runs/base/data/cc.h5 " in res.stdout
+    assert "--init-from runs/base/model.pt --data runs/tuned/data/cc.h5" in res.stdout
+    assert "--loss-weight cc:relative=2" in res.stdout and "--epochs 7 --early-stopping 7" in res.stdout
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
+    assert (clone / "runs" / "tuned" / "data_source").read_text().split() == [head, "data/campaign/cc.h5"]
+    committed = subprocess.run(["git", "show", "HEAD:data/campaign/cc.h5"], cwd=clone, capture_output=True).stdout
+    assert (clone / "runs" / "tuned" / "data" / "cc.h5").read_bytes() == committed
+    assert "--resume" not in res.stdout
+    (clone / "runs" / "tuned" / "checkpoint.pt").write_text("")
+    assert "--resume" in tune().stdout
+
+
 def test_committee_spread_splits_a_rounds_picks_by_labelled_and_scores_them_as_the_selector_does(tmp_path, capsys):
     """Three water picks, one labelled: per model, counts and medians equal the selector's own scores."""
     import os
