@@ -484,7 +484,13 @@ def _log_line(tag: str, row: Dict[str, Any], epochs: int, fid_names: List[str]) 
     parts = []
     for name in fid_names:
         e, f = row[f"valid_{name}_energy_rmse_kcal_mol"], row[f"valid_{name}_forces_rmse_kcal_mol_a"]
-        parts.append(f"{name} E {e:.3f}" + (f" F {f:.3f}" if f is not None else "") if e is not None else f"{name} -")
+        if e is None:
+            parts.append(f"{name} -")
+            continue
+        rel = row.get(f"valid_{name}_relative_rmse_kcal_mol")  # with a relative-energy loss
+        parts.append(
+            f"{name} E {e:.3f}" + (f" F {f:.3f}" if f is not None else "") + (f" rel {rel:.3f}" if rel else "")
+        )
     return (
         f"{tag}epoch {row['epoch']:4d}/{epochs}  {row['seconds']:6.1f}s  lr {row['lr']:.2e}  "
         f"train {row['train_loss']:8.3f}  valid {row['valid_loss']:8.3f}  | " + " | ".join(parts)

@@ -145,3 +145,15 @@ def test_grouped_epoch_with_a_replay_fills_every_batch_with_the_replay_share():
 def test_relative_group_below_two_is_refused():
     with pytest.raises(ValueError, match="relative_group"):
         TrainSettings(relative_group=1).validate()
+
+
+def test_epoch_line_shows_the_within_molecule_error_where_the_loss_has_it():
+    from mfcalc.train.fit import _log_line, _log_row
+
+    metrics = {
+        "cc": {"energy_rmse_kcal_mol": 1.0, "forces_rmse_kcal_mol_a": None},
+        "dft": {"energy_rmse_kcal_mol": None, "forces_rmse_kcal_mol_a": None},
+    }
+    line = _log_line("", _log_row(0, 1, 1.0, 1e-3, 2.0, 3.0, metrics, [0.5, 0.0]), 3, ["cc", "dft"])
+    assert line.endswith("cc E 1.000 rel 0.500 | dft -")
+    assert "rel" not in _log_line("", _log_row(0, 1, 1.0, 1e-3, 2.0, 3.0, metrics), 3, ["cc", "dft"])
