@@ -186,6 +186,14 @@ class TrainSettings:
         ),
     )
     replay_fraction: float = field(default=0.25, metadata=_help("fraction of every batch taken from --replay"))
+    replay_split: Optional[str] = field(
+        default=None,
+        metadata=_help(
+            "fine-tune: split the replay as the run that trained on the same files split it (its split.npz), "
+            "so that run's test structures stay unseen here too (else the replay is split anew)",
+            metavar="RUN/split.npz",
+        ),
+    )
     max_structures: Optional[int] = field(
         default=None, metadata=_help("train on a random subset of this size (quick experiments)")
     )
@@ -257,6 +265,8 @@ class TrainSettings:
                 "new_head, replay, trunk_anchor and train_params other than 'all' need init_from "
                 "(a model to start from)"
             )
+        if self.replay_split and not self.replay:
+            raise ValueError("replay_split splits the replayed data: it needs replay (the files of that run)")
         if self.split_from and self.max_structures is not None:
             raise ValueError("split_from reuses a whole run's split; it cannot be combined with max_structures")
         for text in self.new_head or []:

@@ -13,13 +13,14 @@
 # early stop), MEMBERS (4, the first K of the base), MEMBER_WORKERS (1).  Resumable: run it
 # again after a kill.  The CCSD(T) store is taken as committed at the first start (OUT/data,
 # recorded in OUT/data_source, as the build does); the replay is the base build's own snapshot
-# (BASE/data, restored from git by running the build script on BASE again).
+# (BASE/data, restored from git by running the build script on BASE again), split as the base
+# build split it, so the base's test structures stay unseen here too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# == 2 ]] || { echo "usage: $0 BASE OUT" >&2; exit 2; }
 base=$1 out=$2
 store=data/campaign/cc.h5
-for f in "$base/model.pt" "$base/data_source"; do
+for f in "$base/model.pt" "$base/split.npz" "$base/data_source"; do
     [[ -f $f ]] || { echo "BASE: no $f (run tools/build_default_model.sh $base to finish it)" >&2; exit 2; }
 done
 mapfile -t recorded < "$base/data_source"
@@ -47,7 +48,7 @@ opt=()
 if [[ ! -f $out/model.pt ]]; then
     [[ -f $out/checkpoint.pt ]] && opt+=(--resume)
     mfcalc-train --init-from "$base/model.pt" --data "$out/data/cc.h5" --fidelity "cc=ccsd(t)_dz.energy" \
-        --out "$out" --replay "${replay[@]}" --replay-fraction 0.25 \
+        --out "$out" --replay "${replay[@]}" --replay-split "$base/split.npz" --replay-fraction 0.25 \
         --ensemble "${MEMBERS:-4}" --member-workers "${MEMBER_WORKERS:-1}" \
         --epochs "$epochs" --early-stopping "$epochs" --lr-schedule cosine --lr 3e-4 --trunk-lr 1e-4 \
         --loss-weight "cc:relative=${RELATIVE:-4}" --seed 0 --device cpu "${opt[@]}"

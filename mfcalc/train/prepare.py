@@ -142,6 +142,24 @@ def read_split(path: str, n_structures: int) -> Dict[str, np.ndarray]:
     return split
 
 
+def read_replay_split(path: str, old: MFData, source: Optional[finetune.Source]) -> Dict[str, np.ndarray]:
+    """The split of the run that trained on the replayed files (``read_split``), checked against
+    that run's data fingerprint where its checkpoint lies next to the split: the same files read
+    the same way give the same rows."""
+    split = read_split(path, len(old))
+    checkpoint = os.path.join(os.path.dirname(path), "checkpoint.pt")
+    if source is not None and os.path.exists(checkpoint):
+        import torch
+
+        recorded = torch.load(checkpoint, map_location="cpu", weights_only=False).get("data_fingerprint")
+        if recorded is not None and recorded != old.with_fidelities(source.fidelities).fingerprint():
+            raise ValueError(
+                f"replay_split: {path} belongs to other data than the replay (its run's checkpoint records other "
+                "structures or labels): replay exactly the files that run trained on"
+            )
+    return split
+
+
 def prepare_run(
     cfg: RunConfig,
     data: Optional[MFData] = None,
@@ -209,7 +227,13 @@ def prepare_run(
                 seed=t_cfg.seed,
             )
         if replay is not None:  # the original data get their own split: its test part scores forgetting
-            old_split = split_indices(data.subset(replay), t_cfg.valid_fraction, t_cfg.test_fraction, seed=t_cfg.seed)
+            if t_cfg.replay_split:
+                old_split = read_replay_split(t_cfg.replay_split, data.subset(replay), source)
+                say(f"replay split from {t_cfg.replay_split}")
+            else:
+                old_split = split_indices(
+                    data.subset(replay), t_cfg.valid_fraction, t_cfg.test_fraction, seed=t_cfg.seed
+                )
             old_split = cap_replay_validation(old_split, len(split["valid"]), t_cfg.seed)
             split = {k: np.concatenate([split[k], replay[old_split[k]]]) for k in split}
         species = sorted(cfg.model.species or np.unique(np.asarray(data.numbers)).astype(int).tolist())

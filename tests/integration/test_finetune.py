@@ -395,3 +395,45 @@ def test_trunk_anchor_holds_the_trunk_near_the_source_model(source, tmp_path):
     held = trunk_change(tmp_path / "held", "--trunk-anchor", "1000")
     assert free > 0 and held < 0.1 * free, (held, free)
     assert train_main(["--data", str(hco), "--fidelity", XTB, "--out", str(tmp_path / "x"), "--trunk-anchor", "1"]) == 2
+
+
+def test_replay_split_keeps_the_source_runs_test_structures_out_of_training(tmp_path, capsys):
+    """--replay-split RUN/split.npz: the replayed rows are split exactly as the run that trained
+    on those files split them; a split or checkpoint of other data is refused by name."""
+    import h5py
+    import numpy as np
+
+    small = tmp_path / "small.h5"
+    with h5py.File(REFERENCE_H5) as f, h5py.File(small, "w") as g:
+        for name in list(f)[:3]:
+            f.copy(f[name], g, name)
+    base = tmp_path / "base"
+    tiny = ["--n-features", "6", "--n-sensitivities", "4", "--n-atom-layers", "1", "--epochs", "1"]
+    common = ["--batch-size", "16", "--device", "cpu", "--seed", "0", "--dtype", "float64"]
+    assert (
+        train_main(["--data", str(small), "--fidelity", XTB, "--fidelity", DFT, "--out", str(base), *tiny, *common])
+        == 0
+    )
+    base_split = dict(np.load(base / "split.npz"))
+    tuned = tmp_path / "tuned"
+    args = ["--init-from", str(base / "model.pt"), "--data", str(small), "--fidelity", DFT, "--epochs", "1"]
+    args += ["--replay", str(small), "--replay-split", str(base / "split.npz"), *common]
+    assert train_main([*args, "--out", str(tuned)]) == 0
+    split = dict(np.load(tuned / "split.npz"))  # the replay's parts, as rows of the replay
+    np.testing.assert_array_equal(np.sort(split["replay_test"]), np.sort(base_split["test"]))
+    assert not np.isin(base_split["test"], split["replay_train"]).any()
+
+    relabelled = tmp_path / "relabelled.h5"  # the same structures with other labels: other data
+    with h5py.File(small) as f, h5py.File(relabelled, "w") as g:
+        for name in f:
+            f.copy(f[name], g, name)
+            g[name]["wb97x_dz.energy"][...] = f[name]["wb97x_dz.energy"][()] + 1e-3
+    bad = [a if a != str(small) else str(relabelled) for a in args]
+    capsys.readouterr()
+    assert train_main([*bad, "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "replay_split: " in err and "belongs to other data" in err, err
+    with pytest.raises(ValueError, match="replay_split .* needs replay"):
+        from mfcalc.config import TrainSettings
+
+        TrainSettings(init_from="m.pt", replay_split="s.npz").validate()

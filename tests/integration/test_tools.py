@@ -536,6 +536,8 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
     res = tune()
     assert res.returncode == 2 and "BASE: no runs/base/model.pt" in res.stderr
     (base / "model.pt").write_text("")
+    assert "BASE: no runs/base/split.npz" in tune().stderr
+    (base / "split.npz").write_text("")
     (base / "data_source").write_text("abc\ndata/mf_reference.h5\ndata/campaign/cc.h5\n")
     (base / "data" / "mf_reference.h5").write_text("")
     res = tune()
@@ -543,7 +545,9 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
     (base / "data" / "cc.h5").write_text("")
     res = tune()
     assert res.returncode == 3, res.stderr
-    assert "--replay runs/base/data/mf_reference.h5 runs/base/data/cc.h5 " in res.stdout
+    assert (
+        "--replay runs/base/data/mf_reference.h5 runs/base/data/cc.h5 --replay-split runs/base/split.npz" in res.stdout
+    )
     assert "--init-from runs/base/model.pt --data runs/tuned/data/cc.h5" in res.stdout
     assert "--loss-weight cc:relative=2" in res.stdout and "--epochs 7 --early-stopping 7" in res.stdout
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
