@@ -33,7 +33,7 @@ def test_best_epoch_first_waits_for_min_epochs_and_warns(tmp_path, monkeypatch, 
     import mfcalc.train.fit as fit
 
     rising = iter(range(1, 1000))  # every validation loss after the first is worse
-    monkeypatch.setattr(fit, "validation_loss", lambda stats, weights: float(next(rising)))
+    monkeypatch.setattr(fit, "validation_loss", lambda stats, weights, centred=None: float(next(rising)))
     assert train_main([*ARGS, "--out", str(tmp_path / "run"), "--min-epochs", "6"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
