@@ -187,11 +187,11 @@ def accumulate_stats(
             force_cols,
         )
         total += stats.double().cpu()
-        if molecule is not None and molecule_sums is not None:
-            group = torch.as_tensor(molecule[batch.index.cpu().numpy()], device=levels.device)
-            molecule_sums += (
-                group_sums(levels - batch.energy, batch.energy_mask, group, molecule_sums.shape[0]).double().cpu()
-            )
+        if molecule is not None and molecule_sums is not None:  # sums of the batch's molecules only
+            codes, local = np.unique(molecule[batch.index.cpu().numpy()], return_inverse=True)
+            group = torch.as_tensor(local.reshape(-1), device=levels.device)
+            sums = group_sums(levels - batch.energy, batch.energy_mask, group, len(codes))
+            molecule_sums.index_add_(0, torch.as_tensor(codes), sums.double().cpu())
         if predictions is not None:
             _append_predictions(parts, data.fidelities, batch, levels, pred_f, force_cols)
     if predictions is not None:

@@ -157,3 +157,24 @@ def test_epoch_line_shows_the_within_molecule_error_where_the_loss_has_it():
     line = _log_line("", _log_row(0, 1, 1.0, 1e-3, 2.0, 3.0, metrics, [0.5, 0.0]), 3, ["cc", "dft"])
     assert line.endswith("cc E 1.000 rel 0.500 | dft -")
     assert "rel" not in _log_line("", _log_row(0, 1, 1.0, 1e-3, 2.0, 3.0, metrics), 3, ["cc", "dft"])
+
+
+def test_validation_pass_adds_each_batchs_molecule_sums_into_the_whole_sets(reference_h5):
+    """accumulate_stats, batch by batch, gives the per-molecule sums of one pass over all structures."""
+    from mfcalc.data import collate, parse_fidelity, read_hdf5
+    from mfcalc.metrics import accumulate_stats
+    from mfcalc.model import MultiFidelityHipnn
+
+    data = read_hdf5(str(reference_h5), [parse_fidelity("cc=ccsd(t)_dz.energy")]).subset(np.arange(200))
+    molecule = molecule_codes(data, "smiles")
+    torch.manual_seed(0)
+    model = MultiFidelityHipnn([1, 6, 7, 8], ["cc"], n_features=4, n_sensitivities=4, n_atom_layers=1).double()
+    sums = torch.zeros(int(molecule.max()) + 1, 1, 3, dtype=torch.float64)
+    rows = np.arange(200)
+    accumulate_stats(model, data, rows, ["cc"], 16, dtype=torch.float64, molecule=molecule, molecule_sums=sums)
+    batch = collate(data, rows, dtype=torch.float64)
+    out = model(batch.numbers, batch.positions, batch.mol_index, batch.n_mol, batch.cell, batch.pbc)
+    residual = out["energy_levels"][:, 1:].sum(dim=1).detach() - batch.energy
+    whole = group_sums(residual, batch.energy_mask, torch.as_tensor(molecule), sums.shape[0])
+    torch.testing.assert_close(sums, whole, rtol=1e-9, atol=1e-9)
+    assert float(sums[..., 2].sum()) == float(batch.energy_mask.sum())
