@@ -14,7 +14,9 @@
 # again after a kill.  The CCSD(T) store is taken as committed at the first start (OUT/data,
 # recorded in OUT/data_source, as the build does); the replay is the base build's own snapshot
 # (BASE/data, restored from git by running the build script on BASE again), split as the base
-# build split it, so the base's test structures stay unseen here too.
+# build split it, so the base's test structures stay unseen here too; the CCSD(T) structures
+# the base already had (most of cc.h5) take the part they had there, and only new ones are
+# split anew.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# == 2 ]] || { echo "usage: $0 BASE OUT" >&2; exit 2; }

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from mfcalc.config import FidelityConfig, RunConfig, load_run_data
 from mfcalc.data.dataset import fit_reference_energies, split_indices
+from mfcalc.data.identity import geometry_keys
 from mfcalc.data.records import MFData, concatenate
 from mfcalc.metrics import residual_data
 from mfcalc.model.hipnn import MultiFidelityHipnn
@@ -235,6 +236,9 @@ def prepare_run(
                     data.subset(replay), t_cfg.valid_fraction, t_cfg.test_fraction, seed=t_cfg.seed
                 )
             old_split = cap_replay_validation(old_split, len(split["valid"]), t_cfg.seed)
+            split, moved = follow_replay_roles(split, data.subset(np.arange(n_new)), data.subset(replay), old_split)
+            if moved:
+                say(f"{moved} new structure(s) are also in the replay: each takes its replayed copy's part")
             split = {k: np.concatenate([split[k], replay[old_split[k]]]) for k in split}
         species = sorted(cfg.model.species or np.unique(np.asarray(data.numbers)).astype(int).tolist())
         if source is not None:  # the file's elements stay; new ones are added
@@ -285,6 +289,33 @@ def prepare_run(
         source=source,
         molecule=molecule,
     )
+
+
+def follow_replay_roles(
+    split: Dict[str, np.ndarray], new: MFData, old: MFData, old_split: Dict[str, np.ndarray]
+) -> Tuple[Dict[str, np.ndarray], int]:
+    """One geometry, one part: a new structure that the replay also holds (the same geometry,
+    :func:`geometry_key`) goes where its replayed copy is.  Otherwise a structure the original
+    run held out for testing could train here as new data, or be tested here while its
+    replayed copy trains, and the test scores would flatter the model.  A geometry in several
+    parts of the replay counts as test before valid before train.
+
+    Returns:
+        the new data's split, and how many structures changed part.
+    """
+    role: Dict[str, str] = {}
+    for part in ("train", "valid", "test"):  # later parts win
+        keys = geometry_keys(old.subset(np.asarray(old_split[part], dtype=np.int64)))
+        role.update(dict.fromkeys(keys, part))
+    where = np.empty(len(new), dtype=object)
+    for part, rows in split.items():
+        where[rows] = part
+    moved = 0
+    for i, key in enumerate(geometry_keys(new)):
+        if key in role and role[key] != where[i]:
+            where[i] = role[key]
+            moved += 1
+    return {part: np.flatnonzero(where == part).astype(np.int64) for part in ("train", "valid", "test")}, moved
 
 
 def cap_replay_validation(old_split: Dict[str, np.ndarray], n_new_valid: int, seed: int) -> Dict[str, np.ndarray]:

@@ -417,11 +417,17 @@ def test_replay_split_keeps_the_source_runs_test_structures_out_of_training(tmp_
     base_split = dict(np.load(base / "split.npz"))
     tuned = tmp_path / "tuned"
     args = ["--init-from", str(base / "model.pt"), "--data", str(small), "--fidelity", DFT, "--epochs", "1"]
-    args += ["--replay", str(small), "--replay-split", str(base / "split.npz"), *common]
+    args += ["--replay", str(small), "--replay-split", str(base / "split.npz"), *common, "--seed", "1"]
     assert train_main([*args, "--out", str(tuned)]) == 0
     split = dict(np.load(tuned / "split.npz"))  # the replay's parts, as rows of the replay
     np.testing.assert_array_equal(np.sort(split["replay_test"]), np.sort(base_split["test"]))
     assert not np.isin(base_split["test"], split["replay_train"]).any()
+    # the new data are the same structures: each takes its replayed copy's part, so none of the
+    # base's test structures trains here as new data either (drawn anew with another seed,
+    # about 80 % would)
+    for part in ("train", "valid", "test"):
+        np.testing.assert_array_equal(np.sort(split[part]), np.sort(split[f"replay_{part}"]))
+    assert "also in the replay: each takes its replayed copy's part" in capsys.readouterr().out
 
     relabelled = tmp_path / "relabelled.h5"  # the same structures with other labels: other data
     with h5py.File(small) as f, h5py.File(relabelled, "w") as g:
