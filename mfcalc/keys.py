@@ -63,7 +63,8 @@ META_DOMAIN: Final = "domain"  # what the training data covered: {"elements": [Z
 # "elements_by_fidelity": {name: [Z with an energy label of that level]}, ...}
 META_TRAINING_SOURCES: Final = "training_sources"  # {"commit": git commit, "files": [repository paths]}:
 # the labelled files a build in this repository trained on, as committed (tools/build_default_model.sh);
-# the paths under "training" are the build's own copies
+# a second stage (tools/tune_cc_head.sh) records a list of such entries, one per commit; the paths
+# under "training" are the build's own copies
 
 MODEL_FORMAT: Final = "mfcalc-model"
 # 1: forward, energy_and_forces, energy_forces_spread; 2: adds compute (one call for

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,15 @@ REFERENCE_FIDELITY_ARGS = [
     "--fidelity",
     "cc=ccsd(t)_dz.energy",
 ]
+
+
+def load_tool(name):
+    """A script of tools/ as a module (the tools are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config, items):

@@ -147,14 +147,17 @@ def training_sources(model_path: str, workdir: str) -> List[str]:
             "a model built by tools/build_default_model.sh does"
         )
     out = []
-    for rel in sources["files"]:
-        path = os.path.join(workdir, "source_" + os.path.basename(rel))
-        if not os.path.exists(path):
-            blob = subprocess.run(
-                ["git", "-C", REPO, "show", f"{sources['commit']}:{rel}"], check=True, capture_output=True
-            ).stdout
-            atomic_write(path, lambda tmp, blob=blob: open(tmp, "wb").write(blob))
-        out.append(path)
+    for entry in sources if isinstance(sources, list) else [sources]:  # a second stage: one per commit
+        for rel in entry["files"]:
+            path = os.path.join(workdir, "source_" + os.path.basename(rel))
+            if path in out:
+                raise SystemExit(f"{model_path}: two training files named {os.path.basename(rel)} in {sources}")
+            if not os.path.exists(path):
+                blob = subprocess.run(
+                    ["git", "-C", REPO, "show", f"{entry['commit']}:{rel}"], check=True, capture_output=True
+                ).stdout
+                atomic_write(path, lambda tmp, blob=blob: open(tmp, "wb").write(blob))
+            out.append(path)
     return out
 
 

@@ -84,12 +84,7 @@ if [[ ! -f $out/model.pt ]]; then
 fi
 # the files as committed, in the model file (its "training" paths are the run's copies): what a
 # benchmark that replays its training data (tools/bench_finetune.py) takes out of git
-python - "$source_list" "$out/model.pt" <<'PY'
-import sys
-from mfcalc import export, keys
-rev, *files = open(sys.argv[1]).read().split()
-export.update_metadata(sys.argv[2], **{keys.META_TRAINING_SOURCES: {"commit": rev, "files": files}})
-PY
+python tools/record_sources.py "$out/model.pt" "$source_list"
 # test split of the run, as it bound the data (CCSD(T) energies only: the CCSD(T) forces are
 # measured on the held-out benchmark below)
 mfcalc-eval --model "$out/model.pt" --config "$out/config.toml" --split "$out/split.npz:test" \
@@ -99,14 +94,6 @@ python tools/spread_threshold.py "$out/model.pt" "$out" --split-name valid
 if [[ -f data/benchmark/heldout.h5 ]]; then
     python tools/bench_accuracy.py --model "$out/model.pt" --json "$out/bench_accuracy.json" | tee "$out/bench_accuracy.md"
 fi
-# install: the model, and its test split frozen into a file of its own (the campaign files grow,
-# and the split's row numbers would then name other structures) with the card's metrics
-# measured on that file (tests/integration/test_default_model.py reproduces them)
 if [[ ${INSTALL:-1} == 1 ]]; then
-    cp "$out/model.pt" models/default.pt
-    rm -f models/default_test.h5
-    python tools/freeze_split.py "$out" --split test --out models/default_test.h5
-    mfcalc-eval --model models/default.pt --data models/default_test.h5 "${fid[@]}" --json models/default_metrics.json
-    # the frozen file must hold the same structures and labels as the run's test rows
-    python tools/same_metrics.py "$out/eval_test.json" models/default_metrics.json
+    tools/install_default_model.sh "$out"
 fi

@@ -10,7 +10,8 @@
 #   tools/tune_cc_head.sh BASE OUT      # e.g. data/campaign/default_v4 data/campaign/default_v5
 #
 # Settings by environment: RELATIVE (4: --loss-weight cc:relative=W), EPOCHS (40, cosine, no
-# early stop), MEMBERS (4, the first K of the base), MEMBER_WORKERS (1).  Resumable: run it
+# early stop), MEMBERS (4, the first K of the base), MEMBER_WORKERS (1), INSTALL (0: a candidate;
+# 1: install it as the shipped model with tools/install_default_model.sh).  Resumable: run it
 # again after a kill.  The CCSD(T) store is taken as committed at the first start (OUT/data,
 # recorded in OUT/data_source, as the build does); the replay is the base build's own snapshot
 # (BASE/data, restored from git by running the build script on BASE again), split as the base
@@ -55,10 +56,15 @@ if [[ ! -f $out/model.pt ]]; then
         --epochs "$epochs" --early-stopping "$epochs" --lr-schedule cosine --lr 3e-4 --trunk-lr 1e-4 \
         --loss-weight "cc:relative=${RELATIVE:-4}" --seed 0 --device cpu "${opt[@]}"
 fi
+# the files it trained on, as committed: the base build's snapshot and this stage's cc.h5
+python tools/record_sources.py "$out/model.pt" "$base/data_source" "$out/data_source"
 # the warning threshold from the base build's validation structures, as the base read them (this
-# run's config holds only the CCSD(T) store; its replay split is drawn anew, so some of those
-# structures trained here at a low rate)
+# run's config holds only the CCSD(T) store; the replay keeps the base's split except that its
+# validation part is capped, so some of those structures trained here at a low rate)
 python tools/spread_threshold.py "$out/model.pt" "$base" --split-name valid
 if [[ -f data/benchmark/heldout.h5 ]]; then
     python tools/bench_accuracy.py --model "$out/model.pt" --json "$out/bench_accuracy.json" | tee "$out/bench_accuracy.md"
+fi
+if [[ ${INSTALL:-0} == 1 ]]; then
+    tools/install_default_model.sh "$out"
 fi

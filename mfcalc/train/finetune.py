@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from mfcalc import export, keys
-from mfcalc.config import RunConfig
+from mfcalc.config import FidelityConfig, RunConfig
 from mfcalc.data.dataset import fit_reference_energies, species_counts
 from mfcalc.data.records import MFData
 from mfcalc.model.ensemble import Ensemble
@@ -139,14 +139,8 @@ def _branch(cfg: RunConfig, source: Source) -> Dict[str, Any]:
     return {"branch_blocks": int(depth), "branch_heads": new}
 
 
-def read_replay(source: Source, paths: Sequence[str], names: Sequence[str]) -> MFData:
-    """The file's original data, read with the key bindings and units the model file records
-    for its heads, in the columns of ``names``.  Several files are read as a training run reads
-    them: a level missing from a file is no label there, and one geometry labelled in several
-    files (one file per level of theory) becomes one structure."""
-    from mfcalc.config import FidelityConfig, load_run_data
-
-    shown = ", ".join(paths)
+def replay_bindings(source: Source, paths: Sequence[str]) -> List[FidelityConfig]:
+    """The key bindings and units the model file records for its heads, bound to ``paths``."""
     recorded = (source.meta.get(keys.META_TRAINING) or {}).get("fidelities") or {}
     heads = [
         FidelityConfig(
@@ -162,9 +156,21 @@ def read_replay(source: Source, paths: Sequence[str], names: Sequence[str]) -> M
     ]
     if not heads:
         raise ValueError(
-            f"--replay: {source.path} records no key bindings of its heads, so {shown} cannot be read "
-            "as its original data"
+            f"--replay: {source.path} records no key bindings of its heads, so {', '.join(paths)} cannot be "
+            "read as its original data"
         )
+    return heads
+
+
+def read_replay(source: Source, paths: Sequence[str], names: Sequence[str]) -> MFData:
+    """The file's original data, read with the key bindings and units the model file records
+    for its heads, in the columns of ``names``.  Several files are read as a training run reads
+    them: a level missing from a file is no label there, and one geometry labelled in several
+    files (one file per level of theory) becomes one structure."""
+    from mfcalc.config import load_run_data
+
+    shown = ", ".join(paths)
+    heads = replay_bindings(source, paths)
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise ValueError(f"--replay: data file not found: {', '.join(missing)}")

@@ -428,6 +428,7 @@ def test_replay_split_keeps_the_source_runs_test_structures_out_of_training(tmp_
     for part in ("train", "valid", "test"):
         np.testing.assert_array_equal(np.sort(split[part]), np.sort(split[f"replay_{part}"]))
     assert "also in the replay: each takes its replayed copy's part" in capsys.readouterr().out
+    frozen_has_both_parts(tuned, small, split)
 
     relabelled = tmp_path / "relabelled.h5"  # the same structures with other labels: other data
     with h5py.File(small) as f, h5py.File(relabelled, "w") as g:
@@ -443,3 +444,22 @@ def test_replay_split_keeps_the_source_runs_test_structures_out_of_training(tmp_
         from mfcalc.config import TrainSettings
 
         TrainSettings(init_from="m.pt", replay_split="s.npz").validate()
+
+
+def frozen_has_both_parts(run, data_file, split):
+    """tools/freeze_split.py on a fine-tuning run with a replay: the test structures of the new
+    data and of the replay, each geometry once, with the labels of both (the replay's xTB)."""
+    import numpy as np
+
+    from conftest import load_tool
+    from mfcalc.config import RunConfig, load_run_data
+    from mfcalc.data.identity import geometry_keys
+
+    frozen = run.parent / f"{run.name}_test.h5"
+    load_tool("freeze_split").main([str(run), "--split", "test", "--out", str(frozen)])
+    bind = {"xtb": {"energy": "gfn2_xtb.energy", "forces": "gfn2_xtb.forces"}, "dft": {"energy": "wb97x_dz.energy"}}
+    source = load_run_data(RunConfig.from_dict({"data": [str(data_file)], "fidelity": bind}), say=lambda m: None)
+    got = load_run_data(RunConfig.from_dict({"data": [str(frozen)], "fidelity": bind}), say=lambda m: None)
+    want = set(geometry_keys(source.subset(np.union1d(split["test"], split["replay_test"]))))
+    assert sorted(geometry_keys(got)) == sorted(want)
+    assert np.isfinite(got.energy).all() and np.isfinite(got.forces["xtb"]).all()

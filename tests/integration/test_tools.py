@@ -1,21 +1,12 @@
 """The benchmark tools run end to end on a tiny budget (their numbers are not checked here)."""
 
-import importlib.util
 import json
 import re
 import sys
 
 import pytest
 
-from conftest import REPO, SHARED
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from conftest import REPO, SHARED, load_tool
 
 
 def test_mfl_benchmark_prints_the_table_and_writes_json(tmp_path, capsys):
@@ -443,6 +434,59 @@ def test_bench_conformers_runs_from_saved_geometries(tmp_path, monkeypatch, caps
     # file: the step counts may differ by a few)
     rows = [r for r in second.splitlines() if r.startswith("| ") and "converged" in r]
     assert len(rows) == 3 and all(" 2 converged" in r for r in rows), second
+
+
+def test_record_sources_writes_one_entry_per_commit_and_bench_finetune_takes_them_out_of_git(tmp_path):
+    """A second stage records its base's snapshot and its own newer cc.h5 (the later entry
+    replaces the same path); bench_finetune brings back each file from its own commit."""
+    import shutil
+    import subprocess
+
+    from mfcalc import export, keys
+    from mfcalc.model import MultiFidelityHipnn
+    from mfcalc.model.ensemble import Ensemble
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs the git checkout")
+    tool = load_tool("record_sources")
+    older, newer = "1" * 40, "2" * 40
+    base, stage = tmp_path / "base_source", tmp_path / "stage_source"
+    base.write_text(f"{older}\ndata/mf_reference.h5\ndata/campaign/cc.h5\n")
+    stage.write_text(f"{newer}\ndata/campaign/cc.h5\n")
+    members = [MultiFidelityHipnn([1, 8], ["xtb"], n_features=4, n_sensitivities=4)]
+    model = tmp_path / "m.pt"
+    export.save(Ensemble(members), str(model), export.build_metadata(Ensemble(members)))
+    tool.main([str(model), str(base), str(stage)])
+    assert export.load(str(model))[1][keys.META_TRAINING_SOURCES] == [
+        {"commit": older, "files": ["data/mf_reference.h5"]},
+        {"commit": newer, "files": ["data/campaign/cc.h5"]},
+    ]
+    tool.main([str(model), str(base)])  # a build: one entry, the format it always had
+    assert export.load(str(model))[1][keys.META_TRAINING_SOURCES] == {
+        "commit": older,
+        "files": ["data/mf_reference.h5", "data/campaign/cc.h5"],
+    }
+    (tmp_path / "bad").write_text("abc\n")
+    with pytest.raises(SystemExit, match="expected a commit on line 1"):
+        tool.main([str(model), str(tmp_path / "bad")])
+
+    # two real commits: the file as it was at each
+    log = subprocess.run(
+        ["git", "-C", str(REPO), "log", "--format=%H", "-n", "2", "--", "data/campaign/cc.h5"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if len(log) < 2:
+        pytest.skip("needs two commits of cc.h5")
+    base.write_text(f"{log[1]}\ndata/mf_reference.h5\ndata/campaign/cc.h5\n")
+    stage.write_text(f"{log[0]}\ndata/campaign/cc.h5\n")
+    tool.main([str(model), str(base), str(stage)])
+    got = load_tool("bench_finetune").training_sources(str(model), str(tmp_path / "w"))
+    assert [p.split("/")[-1] for p in got] == ["source_mf_reference.h5", "source_cc.h5"]
+    for path, (commit, rel) in zip(got, [(log[1], "data/mf_reference.h5"), (log[0], "data/campaign/cc.h5")]):
+        blob = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:{rel}"], capture_output=True).stdout
+        assert open(path, "rb").read() == blob
 
 
 def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tmp_path):
