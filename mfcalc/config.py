@@ -159,6 +159,14 @@ class TrainSettings:
             metavar="NEW=OLD",
         ),
     )
+    restart_head: Optional[List[str]] = field(
+        default=None,
+        metadata=_help(
+            "fine-tune: restart an existing head from another head's weights, HEAD=OTHER (it keeps its own "
+            "reference energies), e.g. cc=dft: a coupled-cluster head learns its correction from the DFT head",
+            metavar="HEAD=OTHER",
+        ),
+    )
     train_params: str = field(
         default="all",
         metadata=_help(
@@ -260,9 +268,11 @@ class TrainSettings:
             raise ValueError(f"replay must be a file name or a list of them, got {self.replay!r}")
         if not 0 <= self.replay_fraction < 1:
             raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
-        if (self.new_head or self.replay or self.train_params != "all" or self.trunk_anchor) and not self.init_from:
+        if (
+            self.new_head or self.restart_head or self.replay or self.train_params != "all" or self.trunk_anchor
+        ) and not self.init_from:
             raise ValueError(
-                "new_head, replay, trunk_anchor and train_params other than 'all' need init_from "
+                "new_head, restart_head, replay, trunk_anchor and train_params other than 'all' need init_from "
                 "(a model to start from)"
             )
         if self.replay_split and not self.replay:
@@ -273,6 +283,10 @@ class TrainSettings:
             new, sep, old = text.partition("=")
             if not sep or not new.strip() or not old.strip():
                 raise ValueError(f"new_head {text!r} must look like NEW=OLD, e.g. caspt2=cc")
+        for text in self.restart_head or []:
+            head, sep, other = text.partition("=")
+            if not sep or not head.strip() or not other.strip() or head.strip() == other.strip():
+                raise ValueError(f"restart_head {text!r} must look like HEAD=OTHER with two heads, e.g. cc=dft")
         return self
 
 

@@ -11,7 +11,9 @@
 #
 # Settings by environment: RELATIVE (4: --loss-weight cc:relative=W), EPOCHS (40, cosine, no
 # early stop), MEMBERS (4, the first K of the base), MEMBER_WORKERS (1), INSTALL (0: a candidate;
-# 1: install it as the shipped model with tools/install_default_model.sh).  Resumable: run it
+# 1: install it as the shipped model with tools/install_default_model.sh), CC_FROM (empty: the cc
+# head continues from the base's cc head; dft: it restarts from the base's dft head, --restart-head,
+# and learns its correction from there, as ANI-1ccx starts its coupled-cluster model from the DFT one).  Resumable: run it
 # again after a kill.  The CCSD(T) store is taken as committed at the first start (OUT/data,
 # recorded in OUT/data_source, as the build does); the replay is the base build's own snapshot
 # (BASE/data, restored from git by running the build script on BASE again), split as the base
@@ -50,6 +52,7 @@ epochs=${EPOCHS:-40}
 opt=()
 if [[ ! -f $out/model.pt ]]; then
     [[ -f $out/checkpoint.pt ]] && opt+=(--resume)
+    [[ -n ${CC_FROM:-} ]] && opt+=(--restart-head "cc=$CC_FROM")
     mfcalc-train --init-from "$base/model.pt" --data "$out/data/cc.h5" --fidelity "cc=ccsd(t)_dz.energy" \
         --out "$out" --replay "${replay[@]}" --replay-split "$base/split.npz" --replay-fraction 0.25 \
         --ensemble "${MEMBERS:-4}" --member-workers "${MEMBER_WORKERS:-1}" \

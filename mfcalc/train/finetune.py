@@ -202,6 +202,23 @@ def new_head_sources(cfg: RunConfig, source: Source) -> Dict[str, str]:
     return out
 
 
+def restart_head_sources(cfg: RunConfig, source: Source) -> Dict[str, str]:
+    """``{head: other head whose weights it restarts from}`` from ``--restart-head HEAD=OTHER``."""
+    out: Dict[str, str] = {}
+    names = [f.name for f in cfg.fidelities]
+    for text in cfg.train.restart_head or []:
+        head, _, other = (t.strip() for t in text.partition("="))
+        for name in (head, other):
+            if name not in source.fidelities:
+                raise ValueError(
+                    f"--restart-head {text}: {name!r} is not a head of {source.path} ({', '.join(source.fidelities)})"
+                )
+        if head not in names:
+            raise ValueError(f"--restart-head {text}: this run binds no data to {head!r}, so it would not train")
+        out[head] = other
+    return out
+
+
 def reference_energies(
     source: Source, data: MFData, species: Sequence[int], rows: np.ndarray, new_from: Dict[str, str]
 ) -> np.ndarray:
@@ -251,8 +268,11 @@ def adapt_member(
     settings: ModelSettings,
     reference: np.ndarray,
     new_from: Dict[str, str],
+    restart_from: Optional[Dict[str, str]] = None,
 ) -> MultiFidelityHipnn:
-    """A member for this run's species and fidelities, initialised from a trained one."""
+    """A member for this run's species and fidelities, initialised from a trained one: a head
+    from the head of its name, or of ``new_from`` (new heads) or ``restart_from`` (restarted
+    ones); the first level is always ``reference``."""
     model = MultiFidelityHipnn(list(species), list(fidelities), settings).to(next(member.parameters()).dtype)
     old_cols = [list(species).index(z) for z in member.species]
     new_cols = [s for s, z in enumerate(species) if z not in member.species]
@@ -284,7 +304,7 @@ def adapt_member(
             continue
         weight, bias = torch.zeros_like(lin.weight), torch.zeros_like(lin.bias)
         for k, name in enumerate(fidelities):
-            origin = name if name in member.fidelities else new_from.get(name)
+            origin = (restart_from or {}).get(name) or (name if name in member.fidelities else new_from.get(name))
             if origin is not None:
                 j = member.fidelities.index(origin)
                 weight[k], bias[k] = source_heads[n].weight[j], source_heads[n].bias[j]

@@ -245,6 +245,7 @@ def prepare_run(
             species = sorted(set(species) | set(source.species))
     check_labels(data, split, bound)
     new_from = finetune.new_head_sources(cfg, source) if source is not None else {}
+    restart_from = finetune.restart_head_sources(cfg, source) if source is not None else {}
     if reference is None:
         reference = (
             finetune.reference_energies(source, data, species, split["train"], new_from)
@@ -269,7 +270,9 @@ def prepare_run(
     initial = None
     if source is not None:
         initial = [
-            finetune.adapt_member(source.ensemble.member(k), species, names, cfg.model, reference, new_from)
+            finetune.adapt_member(
+                source.ensemble.member(k), species, names, cfg.model, reference, new_from, restart_from
+            )
             for k in range(t_cfg.ensemble)
         ]
     return RunData(

@@ -94,6 +94,31 @@ def test_before_any_step_old_heads_and_elements_are_unchanged_and_new_heads_foll
     assert after_copy["cc"] == pytest.approx(baseline + dft_above, abs=1e-6)  # the dft head's levels 1..L
 
 
+def test_a_restarted_head_starts_as_the_other_heads_levels_above_its_own_references(source, tmp_path):
+    """--restart-head dft=xtb: before any step the dft head is the xtb head's levels 1..L above the
+    dft head's own reference energies, the xtb head is unchanged; misnamed heads are clear errors."""
+    from mfcalc.config import TrainSettings
+
+    data = source.parent.parent / "hco.h5"  # the source's own elements
+    out = tmp_path / "restarted"
+    assert fine_tune(source, out, "--epochs", "0", "--restart-head", "dft=xtb", fidelities=(XTB, DFT), data=data) == 0
+    z, x = ethanol()
+    before, after = energies(source, z, x), energies(out / "model.pt", z, x)
+    counts = {1: 6, 6: 2, 8: 1}
+    refs = export.load(str(source))[1][keys.META_REFERENCE_ENERGIES]
+    assert export.load(str(out / "model.pt"))[1][keys.META_REFERENCE_ENERGIES]["dft"] == refs["dft"]
+    above = {h: before[h] - sum(n * refs[h][str(e)] for e, n in counts.items()) for h in ("xtb", "dft")}
+    assert after["xtb"] == pytest.approx(before["xtb"], abs=1e-6)
+    assert after["dft"] == pytest.approx(before["dft"] - above["dft"] + above["xtb"], abs=1e-6)
+    assert abs(above["dft"] - above["xtb"]) > 1e-3  # the two heads differed, so the test can tell
+    assert fine_tune(source, tmp_path / "x", "--epochs", "0", "--restart-head", "cc=dft") == 2  # no cc head
+    assert fine_tune(source, tmp_path / "y", "--epochs", "0", "--restart-head", "xtb=dft", fidelities=(DFT,)) == 2
+    with pytest.raises(ValueError, match="restart_head 'dft=dft' must look like HEAD=OTHER"):
+        TrainSettings(init_from="m.pt", restart_head=["dft=dft"]).validate()
+    with pytest.raises(ValueError, match="restart_head, replay"):
+        TrainSettings(restart_head=["dft=xtb"]).validate()
+
+
 def test_an_element_missing_from_a_new_heads_data_takes_the_reference_of_the_head_it_starts_from(source, tmp_path):
     """Hydrocarbon data for a new head copied from dft: oxygen, known to the model but absent from
     the new data, takes the source dft head's reference energy (not xTB's, hundreds of eV away)."""

@@ -564,7 +564,7 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
     fake.mkdir()
     (fake / "mfcalc-train").write_text('#!/bin/sh\necho "train $*"\nexit 3\n')  # stop the script here
     (fake / "mfcalc-train").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "RELATIVE": "2", "EPOCHS": "7"}
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "RELATIVE": "2", "EPOCHS": "7", "CC_FROM": "dft"}
 
     def tune():
         return subprocess.run(
@@ -594,6 +594,7 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
     )
     assert "--init-from runs/base/model.pt --data runs/tuned/data/cc.h5" in res.stdout
     assert "--loss-weight cc:relative=2" in res.stdout and "--epochs 7 --early-stopping 7" in res.stdout
+    assert "--restart-head cc=dft" in res.stdout
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     assert (clone / "runs" / "tuned" / "data_source").read_text().split() == [head, "data/campaign/cc.h5"]
     committed = subprocess.run(["git", "show", "HEAD:data/campaign/cc.h5"], cwd=clone, capture_output=True).stdout
