@@ -235,8 +235,10 @@ def prepare_run(
                 old_split = split_indices(
                     data.subset(replay), t_cfg.valid_fraction, t_cfg.test_fraction, seed=t_cfg.seed
                 )
-            old_split = cap_replay_validation(old_split, len(split["valid"]), t_cfg.seed)
-            split, moved = follow_replay_roles(split, data.subset(np.arange(n_new)), data.subset(replay), old_split)
+            new_keys, old_keys = geometry_keys(data.subset(np.arange(n_new))), geometry_keys(data.subset(replay))
+            twins = np.flatnonzero(np.isin(old_keys, new_keys))  # replayed rows the new data also hold
+            old_split = cap_replay_validation(old_split, len(split["valid"]), t_cfg.seed, keep=twins)
+            split, moved = follow_replay_roles(split, new_keys, old_keys, old_split)
             if moved:
                 say(f"{moved} new structure(s) are also in the replay: each takes its replayed copy's part")
             split = {k: np.concatenate([split[k], replay[old_split[k]]]) for k in split}
@@ -295,44 +297,50 @@ def prepare_run(
 
 
 def follow_replay_roles(
-    split: Dict[str, np.ndarray], new: MFData, old: MFData, old_split: Dict[str, np.ndarray]
+    split: Dict[str, np.ndarray], new_keys: List[str], old_keys: List[str], old_split: Dict[str, np.ndarray]
 ) -> Tuple[Dict[str, np.ndarray], int]:
-    """One geometry, one part: a new structure that the replay also holds (the same geometry,
-    :func:`geometry_key`) goes where its replayed copy is.  Otherwise a structure the original
-    run held out for testing could train here as new data, or be tested here while its
-    replayed copy trains, and the test scores would flatter the model.  A geometry in several
-    parts of the replay counts as test before valid before train.
+    """One geometry, one part: a new structure that the replay also holds (the same
+    :func:`geometry_key`, given for the new data and the replay) goes where its replayed copy
+    is.  Otherwise a structure the original run held out for testing could train here as new
+    data, or be tested here while its replayed copy trains, and the test scores would flatter
+    the model.  A geometry in several parts of the replay counts as test before valid before train.
 
     Returns:
         the new data's split, and how many structures changed part.
     """
     role: Dict[str, str] = {}
     for part in ("train", "valid", "test"):  # later parts win
-        keys = geometry_keys(old.subset(np.asarray(old_split[part], dtype=np.int64)))
-        role.update(dict.fromkeys(keys, part))
-    where = np.empty(len(new), dtype=object)
+        role.update((old_keys[int(i)], part) for i in old_split[part])
+    where = np.empty(len(new_keys), dtype=object)
     for part, rows in split.items():
         where[rows] = part
     moved = 0
-    for i, key in enumerate(geometry_keys(new)):
+    for i, key in enumerate(new_keys):
         if key in role and role[key] != where[i]:
             where[i] = role[key]
             moved += 1
     return {part: np.flatnonzero(where == part).astype(np.int64) for part in ("train", "valid", "test")}, moved
 
 
-def cap_replay_validation(old_split: Dict[str, np.ndarray], n_new_valid: int, seed: int) -> Dict[str, np.ndarray]:
+def cap_replay_validation(
+    old_split: Dict[str, np.ndarray], n_new_valid: int, seed: int, keep: Optional[np.ndarray] = None
+) -> Dict[str, np.ndarray]:
     """The replay's validation part, at most as large as the new data's (and at least
     :data:`MIN_REPLAY_VALID`): a replay file of the original model's tens of thousands of
     structures would otherwise make every epoch's validation cost more than its training.
-    The rest trains; the test part, which scores forgetting once before and after, stays whole."""
+    The rest trains; the test part, which scores forgetting once before and after, stays whole.
+    Rows in ``keep`` (the replayed copies of new structures, whose twins validate with them)
+    stay in the validation part beyond the cap."""
     cap = max(n_new_valid, MIN_REPLAY_VALID)
     valid = old_split["valid"]
-    if len(valid) <= cap:
+    kept = valid[np.isin(valid, keep)] if keep is not None else valid[:0]
+    others = np.setdiff1d(valid, kept)
+    room = max(cap - len(kept), 0)
+    if len(others) <= room:
         return old_split
-    chosen = np.random.default_rng(seed).permutation(valid)
+    chosen = np.random.default_rng(seed).permutation(others)
     return {
-        "train": np.sort(np.concatenate([old_split["train"], chosen[cap:]])),
-        "valid": np.sort(chosen[:cap]),
+        "train": np.sort(np.concatenate([old_split["train"], chosen[room:]])),
+        "valid": np.sort(np.concatenate([kept, chosen[:room]])),
         "test": old_split["test"],
     }

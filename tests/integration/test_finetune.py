@@ -384,6 +384,13 @@ def test_a_large_replay_validates_on_no_more_structures_than_the_new_data():
     assert np.array_equal(np.sort(np.concatenate(list(capped.values()))), np.arange(10000))
     assert len(cap_replay_validation(old, 300, seed=0)["valid"]) == 300
     assert cap_replay_validation(old, 5000, seed=0) is old  # nothing to cap
+    # the replayed copies of new structures stay with their twins in the validation part
+    twins = np.arange(8500, 8800)
+    kept = cap_replay_validation(old, 40, seed=0, keep=np.concatenate([twins, [5, 9500]]))
+    assert np.isin(twins, kept["valid"]).all() and np.isin([5], kept["train"]) and np.isin([9500], kept["test"])
+    assert np.array_equal(np.sort(np.concatenate(list(kept.values()))), np.arange(10000))
+    some = cap_replay_validation(old, 150, seed=0, keep=twins[:100])
+    assert len(some["valid"]) == 150 and np.isin(twins[:100], some["valid"]).all()
 
 
 def test_default_names_the_shipped_model():
