@@ -215,28 +215,38 @@ def test_a_saddle_point_is_pushed_off_and_only_the_minimum_is_ranked(ethanol_res
 
 
 def test_a_molecule_outside_the_domain_is_warned_about_before_optimising(tmp_path):
-    """Ibuprofen (15 heavy atoms, an aromatic ring) on the shipped model (trained on smaller
-    molecules): the warning names the reason before any optimisation step, and the JSON
-    carries it per conformer."""
+    """Diphenhydramine (19 heavy atoms) on the shipped model (trained on molecules of up to 15):
+    the warning names the reason before any optimisation step, and the JSON carries it per
+    conformer."""
     span = export.load(default_model_path())[1][keys.META_DOMAIN]["heavy_atoms"]
-    assert span[1] < 15  # the precondition: the shipped model's molecules are smaller
+    assert span[1] < 19  # the precondition: the shipped model's molecules are smaller
     lines = []
     with pytest.warns(UserWarning, match="heavy atoms"):
-        result = conformers.rank("CC(C)Cc1ccc(cc1)C(C)C(=O)O", n_conformers=2, max_steps=3, log=lines.append)
+        result = conformers.rank("CN(C)CCOC(c1ccccc1)c1ccccc1", n_conformers=2, max_steps=3, log=lines.append)
     first_step = next(i for i, line in enumerate(lines) if "step" in line)
     assert any(
-        "WARNING" in line and "15 heavy atoms" in line and f"{span[0]} to {span[1]}" in line
+        "WARNING" in line and "19 heavy atoms" in line and f"{span[0]} to {span[1]}" in line
         for line in lines[:first_step]
     )
-    assert any("15 heavy atoms" in w for w in result.warnings)
+    assert any("19 heavy atoms" in w for w in result.warnings)
     assert all(r.initial_spread_ev is not None and r.initial_spread_ev > 0 for r in result.records)
-    path = tmp_path / "ibu.json"
+    path = tmp_path / "dph.json"
     conformers.write_json(result, str(path))
     doc = json.loads(path.read_text())
     assert doc["warnings"] == result.warnings
     fields = {"initial_spread_ev", "spread_ev", "domain_spread_ev", "initial_domain_spread_ev", "outside_domain"}
     assert fields <= set(doc["conformers"][0])
     assert "WARNING" in conformers.format_table(result)
+
+
+def test_the_readmes_drug_sized_molecules_are_in_the_shipped_models_domain():
+    """Ibuprofen and paracetamol (15 and 11 heavy atoms; never trained on) get neither the
+    size nor the spread warning from the shipped model (issue #14's in-domain molecules)."""
+    for smiles in ("CC(C)Cc1ccc(cc1)C(C)C(=O)O", "CC(=O)Nc1ccc(O)cc1"):
+        lines = []
+        result = conformers.rank(smiles, n_conformers=3, max_steps=3, log=lines.append)
+        assert result.warnings == [] and not any("WARNING" in line for line in lines), (smiles, result.warnings)
+        assert not any(r.outside_domain for r in result.records)
 
 
 def test_an_in_domain_molecule_gets_no_domain_warning(ethanol_result):
