@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from mfcalc.data.fidelity import head_index
 from mfcalc.data.records import MFData
 from mfcalc.device import resolve_device
 from mfcalc.elements import symbols
+from mfcalc.progress import ProgressLines, stderr_line
 
 QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
@@ -60,8 +61,10 @@ def committee_scores(
     fidelity: Optional[str] = None,
     batch_size: int = 32,
     device: str = "cpu",
+    progress: Optional[Callable[[str], None]] = None,
 ) -> Scores:
-    """Score every structure of ``data`` with the ensemble in ``model_path``.
+    """Score every structure of ``data`` with the ensemble in ``model_path``; ``progress``
+    receives a line every few seconds (tens of thousands of candidates take minutes).
 
     Raises:
         ValueError: unknown criterion or head, or a spread asked of a single model.
@@ -90,6 +93,8 @@ def committee_scores(
     usable[np.unique(owner[unknown_atoms])] = False
     e_spread, f_spread, gap = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     rows = np.nonzero(usable)[0]
+    lines = ProgressLines(progress or stderr_line, interval=10.0)
+    done = 0
     for batch in iterate_batches(data, rows, batch_size, dtype=torch.float64):
         b = batch.to(dev)
         idx = batch.index.numpy()
@@ -103,6 +108,8 @@ def committee_scores(
             with torch.no_grad():
                 energy = model(b.numbers, b.positions, b.mol_index, b.n_mol)[keys.ENERGY]
             gap[idx] = (energy[:, pair[0]] - energy[:, pair[1]]).cpu().numpy()
+        done += len(idx)
+        lines(f"{done}/{len(rows)} candidates scored by {by}", force=done == len(rows))
     sqrt_n = np.sqrt(data.n_atoms.astype(np.float64))
     if pair is not None:
         counts = species_counts(data, sorted(known), rows)

@@ -42,6 +42,14 @@ def test_the_disputed_structure_is_picked_first_and_only_once(candidates):
     assert len(choose(scores.score, data, 10, per_molecule=4)) == 4  # one molecule: the cap holds
 
 
+def test_scoring_reports_progress_to_the_end(candidates):
+    data = read_candidates([str(candidates)])
+    lines = []
+    committee_scores(default_model_path(), data, "force-spread", batch_size=8, progress=lines.append)
+    assert lines[0].endswith(f"8/{len(data)} candidates scored by force-spread")
+    assert lines[-1].endswith(f"{len(data)}/{len(data)} candidates scored by force-spread")
+
+
 def test_heads_criterion_removes_the_element_offset(candidates):
     data = read_candidates([str(candidates)])
     scores = committee_scores(default_model_path(), data, "heads:cc,dft")
