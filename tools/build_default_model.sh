@@ -25,12 +25,11 @@
 # structures with MEMBER_WORKERS=2 on 2 cores (default_v4: 858k atoms, a third of them
 # in the 12,040 drug-sized structures of large.h5).  MEMBER_WORKERS may change between starts: the ensemble is the same.
 #
-# The run trains on a snapshot of the labelled files as committed when it first started:
-# the campaign's labelling jobs keep writing to data/campaign/, and a resumed run must see
-# the structures its split was drawn from (mfcalc-train refuses other data).  OUT/data_source
-# records that commit and the files; OUT/data/ holds them, taken out of git (git show), so a
-# build kept in git (data/campaign/default_vN: its checkpoint, split and data_source, not the
-# copies) resumes in a fresh clone.  The labelled files must be committed before the first start.
+# The run trains on a snapshot of the labelled files as committed when it first started
+# (tools/snapshot_data.sh: OUT/data_source records the commit and the files, OUT/data/ holds
+# them), so a build kept in git (data/campaign/default_vN: its checkpoint, split and
+# data_source, not the copies) resumes in a fresh clone.  The labelled files must be committed
+# before the first start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/default}
@@ -40,26 +39,10 @@ case ${DATA:-all} in
   reference) sources=(data/mf_reference.h5) ;;
   *) echo "DATA must be 'all' or 'reference', got '$DATA'" >&2; exit 2 ;;
 esac
-mkdir -p "$out"
+tools/snapshot_data.sh "$out" "${sources[@]}"
 source_list=$out/data_source  # line 1: the commit; then one labelled file per line
-if [[ ! -f $source_list ]]; then
-    for f in "${sources[@]}"; do
-        if ! git ls-files --error-unmatch "$f" >/dev/null 2>&1 || ! git diff --quiet HEAD -- "$f"; then
-            echo "$f has changes that are not committed: commit the labelled files first (the run trains on them as committed)" >&2
-            exit 2
-        fi
-    done
-    { git rev-parse HEAD; printf '%s\n' "${sources[@]}"; } > "$source_list.partial"
-    mv "$source_list.partial" "$source_list"
-fi
 mapfile -t recorded < "$source_list"
-rev=${recorded[0]}
 sources=("${recorded[@]:1}")
-if [[ ! -d $out/data ]]; then  # the snapshot, written whole or not at all
-    rm -rf "$out/data.partial" && mkdir "$out/data.partial"
-    for f in "${sources[@]}"; do git show "$rev:$f" > "$out/data.partial/$(basename "$f")"; done
-    mv "$out/data.partial" "$out/data"
-fi
 data=()
 for f in "${sources[@]}"; do data+=("$out/data/$(basename "$f")"); done
 fid=("${FIDELITY_BINDINGS[@]}")

@@ -5,7 +5,8 @@
 # CCSD(T).  In the full build the ~2,000 CCSD(T) energies are a few per cent of each epoch and
 # the cc head ranks held-out conformers worse than the dft head; measured with
 # tools/label_effect.py (data/README.md, row `relative loss`), this stage brings its conformer
-# error from 0.95 to 0.81-0.86 kcal/mol.  Then the base build's measurements are repeated.
+# error from 0.95 to 0.81-0.86 kcal/mol; with CC_FROM=dft on default_v4 it gave the shipped
+# default_v6 (0.70).  Then the base build's measurements are repeated.
 #
 #   tools/tune_cc_head.sh BASE OUT      # e.g. data/campaign/default_v4 data/campaign/default_v5
 #
@@ -13,9 +14,9 @@
 # early stop), MEMBERS (4, the first K of the base), MEMBER_WORKERS (1), INSTALL (0: a candidate;
 # 1: install it as the shipped model with tools/install_default_model.sh), CC_FROM (empty: the cc
 # head continues from the base's cc head; dft: it restarts from the base's dft head, --restart-head,
-# and learns its correction from there, as ANI-1ccx starts its coupled-cluster model from the DFT one).  Resumable: run it
-# again after a kill.  The CCSD(T) store is taken as committed at the first start (OUT/data,
-# recorded in OUT/data_source, as the build does); the replay is the base build's own snapshot
+# and learns its correction from there, as ANI-1ccx starts its coupled-cluster model from the DFT
+# one).  Resumable: run it again after a kill.  The CCSD(T) store is taken as committed at the
+# first start (tools/snapshot_data.sh, as the build does); the replay is the base build's own snapshot
 # (BASE/data, restored from git by running the build script on BASE again), split as the base
 # build split it, so the base's test structures stay unseen here too; the CCSD(T) structures
 # the base already had (most of cc.h5) take the part they had there, and only new ones are
@@ -34,20 +35,7 @@ for f in "${recorded[@]:1}"; do
     [[ -f $base/data/$(basename "$f") ]] || { echo "BASE: no $base/data/$(basename "$f") (run tools/build_default_model.sh $base to restore it)" >&2; exit 2; }
     replay+=("$base/data/$(basename "$f")")
 done
-mkdir -p "$out"
-if [[ ! -f $out/data_source ]]; then
-    if ! git ls-files --error-unmatch "$store" >/dev/null 2>&1 || ! git diff --quiet HEAD -- "$store"; then
-        echo "$store has changes that are not committed: commit it first (the run trains on it as committed)" >&2
-        exit 2
-    fi
-    { git rev-parse HEAD; echo "$store"; } > "$out/data_source.partial"
-    mv "$out/data_source.partial" "$out/data_source"
-fi
-if [[ ! -f $out/data/cc.h5 ]]; then
-    mkdir -p "$out/data"
-    git show "$(head -1 "$out/data_source"):$store" > "$out/data/cc.h5.partial"
-    mv "$out/data/cc.h5.partial" "$out/data/cc.h5"
-fi
+tools/snapshot_data.sh "$out" "$store"
 epochs=${EPOCHS:-40}
 opt=()
 if [[ ! -f $out/model.pt ]]; then

@@ -502,7 +502,7 @@ def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tm
         pytest.skip("needs the git checkout")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    for script in ("build_default_model.sh", "campaign_data.sh"):  # the scripts under test, as they are here
+    for script in ("build_default_model.sh", "campaign_data.sh", "snapshot_data.sh"):  # as they are here
         shutil.copy(REPO / "tools" / script, clone / "tools" / script)
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -560,7 +560,8 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
         pytest.skip("needs the git checkout")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    shutil.copy(REPO / "tools" / "tune_cc_head.sh", clone / "tools" / "tune_cc_head.sh")
+    for script in ("tune_cc_head.sh", "snapshot_data.sh"):  # the scripts under test, as they are here
+        shutil.copy(REPO / "tools" / script, clone / "tools" / script)
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "mfcalc-train").write_text('#!/bin/sh\necho "train $*"\nexit 3\n')  # stop the script here
