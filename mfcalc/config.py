@@ -32,7 +32,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from mfcalc import units
 from mfcalc.data.dataset import HDF5_SUFFIXES, read_file
@@ -68,6 +68,13 @@ class FidelityConfig:
 
 TRAIN_PARAMS = ("all", "heads", "last-block", "branch")  # what a fine-tuning run trains
 LR_SCHEDULES = ("plateau", "cosine")  # mfcalc.train.schedule
+
+
+def head_pair(text: str) -> Tuple[str, str]:
+    """``"A=B"`` (``--new-head``, ``--restart-head``) -> ``("A", "B")``, blanks stripped; an
+    empty name where a side or the ``=`` is missing."""
+    first, sep, second = (t.strip() for t in text.partition("="))
+    return (first, second) if sep else (first, "")
 
 
 def _help(text: str, **extra: Any) -> Dict[str, Any]:
@@ -280,12 +287,11 @@ class TrainSettings:
         if self.split_from and self.max_structures is not None:
             raise ValueError("split_from reuses a whole run's split; it cannot be combined with max_structures")
         for text in self.new_head or []:
-            new, sep, old = text.partition("=")
-            if not sep or not new.strip() or not old.strip():
+            if not all(head_pair(text)):
                 raise ValueError(f"new_head {text!r} must look like NEW=OLD, e.g. caspt2=cc")
         for text in self.restart_head or []:
-            head, sep, other = text.partition("=")
-            if not sep or not head.strip() or not other.strip() or head.strip() == other.strip():
+            head, other = head_pair(text)
+            if not head or not other or head == other:
                 raise ValueError(f"restart_head {text!r} must look like HEAD=OTHER with two heads, e.g. cc=dft")
         return self
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from mfcalc import export, keys
-from mfcalc.config import FidelityConfig, RunConfig
+from mfcalc.config import FidelityConfig, RunConfig, head_pair
 from mfcalc.data.dataset import fit_reference_energies, species_counts
 from mfcalc.data.records import MFData
 from mfcalc.model.ensemble import Ensemble
@@ -189,7 +189,7 @@ def new_head_sources(cfg: RunConfig, source: Source) -> Dict[str, str]:
     out: Dict[str, str] = {}
     names = [f.name for f in cfg.fidelities]
     for text in cfg.train.new_head or []:
-        new, _, old = (t.strip() for t in text.partition("="))
+        new, old = head_pair(text)
         if old not in source.fidelities:
             raise ValueError(
                 f"--new-head {text}: {old!r} is not a head of {source.path} ({', '.join(source.fidelities)})"
@@ -207,7 +207,7 @@ def restart_head_sources(cfg: RunConfig, source: Source) -> Dict[str, str]:
     out: Dict[str, str] = {}
     names = [f.name for f in cfg.fidelities]
     for text in cfg.train.restart_head or []:
-        head, _, other = (t.strip() for t in text.partition("="))
+        head, other = head_pair(text)
         for name in (head, other):
             if name not in source.fidelities:
                 raise ValueError(
