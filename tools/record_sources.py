@@ -11,25 +11,25 @@ to replay the model's own data.
 """
 
 import argparse
-from typing import Dict, List, Union
+from typing import Any, Dict, List, Union
 
 from mfcalc import export, keys
 
 
-def read_data_source(path: str) -> Dict[str, object]:
+def read_data_source(path: str) -> Dict[str, Any]:
     lines = open(path).read().split()
     if len(lines) < 2 or len(lines[0]) != 40:
         raise SystemExit(f"{path}: expected a commit on line 1 and one repository path per line after it")
     return {"commit": lines[0], "files": lines[1:]}
 
 
-def combine(entries: List[Dict[str, object]]) -> Union[Dict[str, object], List[Dict[str, object]]]:
+def combine(entries: List[Dict[str, Any]]) -> Union[Dict[str, Any], List[Dict[str, Any]]]:
     """Later entries' paths replace earlier ones'; one entry stays a plain dict (the format a
     single build has always recorded)."""
-    out: List[Dict[str, object]] = []
+    out: List[Dict[str, Any]] = []
     for i, entry in enumerate(entries):
-        later = {f for e in entries[i + 1 :] for f in e["files"]}  # type: ignore[attr-defined]
-        kept = [f for f in entry["files"] if f not in later]  # type: ignore[attr-defined]
+        later = {f for e in entries[i + 1 :] for f in e["files"]}
+        kept = [f for f in entry["files"] if f not in later]
         if kept:
             out.append({"commit": entry["commit"], "files": kept})
     return out[0] if len(out) == 1 else out
