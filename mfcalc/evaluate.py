@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from mfcalc import export, keys
-from mfcalc.data.dataset import load_data
+from mfcalc.data.dataset import load_data, molecule_codes
 from mfcalc.data.fidelity import FidelitySpec
 from mfcalc.data.records import MFData
-from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
+from mfcalc.metrics import accumulate_stats, centred_stats, residual_data, stats_to_metrics
 
 
 def evaluate_file(
@@ -41,10 +41,14 @@ def evaluate(
     device: str = "cpu",
     dtype: str = "float64",
     predictions: bool = False,
+    molecule_key: Optional[str] = "smiles",
 ) -> Tuple[Dict[str, Dict[str, Any]], Optional[Dict[str, Dict[str, np.ndarray]]]]:
     """``(metrics per fidelity, predictions or None)`` of the model file on ``data``, whose
     fidelity names must be heads of the model.  ``predictions``: also the reference and
-    predicted values behind the metrics (for parity plots)."""
+    predicted values behind the metrics (for parity plots).  Where the data name each
+    structure's molecule (group column ``molecule_key``), the metrics also hold the error of
+    energies relative within each molecule, which decides conformer rankings and which a
+    total-energy RMSE hides under per-molecule offsets."""
     model, meta = export.load(model_path, device=device)
     known = list(meta[keys.META_FIDELITIES])
     for name in data.fidelities:
@@ -61,5 +65,11 @@ def evaluate(
         raise ValueError("no structures to evaluate")
     dev = torch.device(device)
     preds: Optional[Dict[str, Dict[str, np.ndarray]]] = {} if predictions else None
-    stats = accumulate_stats(model, resid, idx, known, batch_size, dev, torch_dtype, predictions=preds)
-    return stats_to_metrics(stats, data.fidelities), preds
+    molecule = molecule_codes(data, molecule_key) if molecule_key and molecule_key in data.groups else None
+    sums = (
+        None if molecule is None else torch.zeros(int(molecule.max()) + 1, len(data.fidelities), 3, dtype=torch.float64)
+    )
+    stats = accumulate_stats(
+        model, resid, idx, known, batch_size, dev, torch_dtype, predictions=preds, molecule=molecule, molecule_sums=sums
+    )
+    return stats_to_metrics(stats, data.fidelities, None if sums is None else centred_stats(sums)), preds

@@ -96,6 +96,19 @@ def centred_stats(sums: Tensor) -> Tensor:
     return torch.stack([torch.where(pairs, deviation, zero).sum(dim=0), torch.where(pairs, n, zero).sum(dim=0)], dim=-1)
 
 
+def relative_rmse(centred: Tensor) -> Tensor:
+    """(F,) RMSE of relative energies within molecules in kcal/mol from (F, 2) eV statistics
+    (:func:`centred_stats`); 0 where no molecule had two labelled structures (the loss term)."""
+    n = centred[:, 1]
+    mse = centred[:, 0].clamp(min=0.0) / n.clamp(min=1.0) / KCAL_MOL_EV**2
+    return torch.where(n > 0, torch.sqrt(mse + 1e-20), torch.zeros_like(mse))
+
+
+def relative_rmse_values(centred: Tensor) -> List[Optional[float]]:
+    """:func:`relative_rmse` for reports: ``None``, not 0, where nothing was compared."""
+    return [float(r) if n > 0 else None for r, n in zip(relative_rmse(centred), centred[:, 1])]
+
+
 def residual_data(data: MFData, species: Sequence[int], reference: np.ndarray) -> MFData:
     """A view of ``data`` whose energies are minus the per-species reference energies.
 
@@ -214,9 +227,15 @@ def _append_predictions(parts, fidelities: Sequence[str], batch, levels: Tensor,
             p["forces_pred"].append(pred_f[:, k].cpu().numpy()[atoms].reshape(-1))
 
 
-def stats_to_metrics(stats: torch.Tensor, fidelities: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-    """Per-fidelity metrics dict from summed statistics; ``None`` where there are no labels."""
+def stats_to_metrics(
+    stats: torch.Tensor, fidelities: Sequence[str], centred: Optional[Tensor] = None
+) -> Dict[str, Dict[str, Any]]:
+    """Per-fidelity metrics dict from summed statistics; ``None`` where there are no labels.
+    With ``centred`` (:func:`centred_stats`) also the RMSE of energies relative within each
+    molecule (``relative_rmse_kcal_mol``: each molecule's mean error removed, what conformer
+    rankings depend on) and ``n_relative``, the structures of molecules with at least two."""
     out: Dict[str, Dict[str, Any]] = {}
+    relative = None if centred is None else relative_rmse_values(centred)
     for k, name in enumerate(fidelities):
         row: Dict[str, Any] = {}
         for term, label, unit_ev, unit_kcal in (
@@ -233,6 +252,9 @@ def stats_to_metrics(stats: torch.Tensor, fidelities: Sequence[str]) -> Dict[str
             row[f"{label}_mae_{unit_kcal}"] = mae / KCAL_MOL_EV if mae is not None else None
         row["n_energy"] = int(stats[k, ENERGY, COUNT])
         row["n_force_components"] = int(stats[k, FORCES, COUNT])
+        if centred is not None and relative is not None:
+            row["relative_rmse_kcal_mol"] = relative[k]
+            row["n_relative"] = int(centred[k, 1])
         out[name] = row
     return out
 
@@ -254,6 +276,10 @@ def format_table(metrics: Dict[str, Dict[str, Any]], title: str = "") -> str:
         f"{'':<10} {'':>6} {'kcal/mol':>9} {'kcal/mol':>9} {'meV':>9} {'comp.':>7} {'kcal/mol/A':>9} "
         f"{'kcal/mol/A':>9} {'meV/A':>9}"
     )
+    relative = any("n_relative" in m for m in metrics.values())
+    if relative:
+        lines[-2] += f" {'n_rel':>6} {'relE RMSE':>9}"
+        lines[-1] += f" {'':>6} {'kcal/mol':>9}"
     for name, m in metrics.items():
         e_mev = m["energy_rmse_ev"] * 1000 if m["energy_rmse_ev"] is not None else None
         f_mev = m["forces_rmse_ev_a"] * 1000 if m["forces_rmse_ev_a"] is not None else None
@@ -262,4 +288,8 @@ def format_table(metrics: Dict[str, Dict[str, Any]], title: str = "") -> str:
             f"{f(e_mev, '{:9.2f}')} {m['n_force_components']:>7d} {f(m['forces_rmse_kcal_mol_a'])} "
             f"{f(m['forces_mae_kcal_mol_a'])} {f(f_mev, '{:9.2f}')}"
         )
+        if relative:
+            lines[-1] += f" {m.get('n_relative', 0):>6d} {f(m.get('relative_rmse_kcal_mol'))}"
+    if relative:
+        lines.append("relE: energies relative within each molecule (its mean error removed), over molecules with 2+")
     return "\n".join(lines)

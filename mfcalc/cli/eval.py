@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR/split.npz:NAME",
         help="evaluate only one split of a training run, e.g. run/split.npz:test",
     )
+    p.add_argument(
+        "--molecule-key",
+        help="group column naming each structure's molecule, for the error of energies relative within "
+        "each molecule (default: smiles where the data have it)",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
     p.add_argument("--plot", metavar="DIR", help="write parity plots and error histograms per fidelity (matplotlib)")
     p.add_argument("--device", default="cpu")
@@ -65,6 +70,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             specs = [parse_fidelity(t, energy_unit=args.energy_unit) for t in args.fidelity]
             data = load_data(list(args.data), specs)
             source = ", ".join(args.data)
+        if args.molecule_key and args.molecule_key not in data.groups:
+            raise ValueError(
+                f"--molecule-key {args.molecule_key!r}: the data have no such group column "
+                f"(they have {sorted(data.groups) or 'none'})"
+            )
         structures = None
         if args.split:
             path, _, name = args.split.rpartition(":")
@@ -75,7 +85,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                     raise ValueError(f"--split: no split {name!r} in {path}; it has {sorted(npz.files)}")
                 structures = npz[name]
         metrics, predictions = evaluate(
-            args.model, data, structures, batch_size=args.batch_size, device=args.device, predictions=bool(args.plot)
+            args.model,
+            data,
+            structures,
+            batch_size=args.batch_size,
+            device=args.device,
+            predictions=bool(args.plot),
+            molecule_key=args.molecule_key or "smiles",
         )
         title = f"{args.model} on {source}" + (f" ({args.split})" if args.split else "")
         print(format_table(metrics, title=title))

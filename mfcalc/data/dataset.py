@@ -151,6 +151,23 @@ class Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
+def molecule_codes(data: MFData, key: str) -> np.ndarray:
+    """(S,) one code per molecule, from the group column ``key`` and the atom count (two
+    structures of one name but different sizes are never compared); a structure without a
+    name is a molecule of its own."""
+    if key not in data.groups:
+        raise ValueError(
+            f"relative energies compare structures of one molecule, named by the group column {key!r}, "
+            f"which the data lack (they have {sorted(data.groups) or 'none'}); set molecule_key"
+        )
+    codes, names = data.groups[key]
+    codes = np.asarray(codes, dtype=np.int64)
+    unnamed = np.isin(codes, [k for k, n in enumerate(names) if n.strip() in ("", "None")])
+    key_rows = np.stack([codes, np.asarray(data.n_atoms, dtype=np.int64)], axis=1)
+    key_rows[unnamed, 0] = -1 - np.nonzero(unnamed)[0]  # unique per unnamed structure
+    return np.unique(key_rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
 def collate(
     data: MFData, structures: np.ndarray, dtype: torch.dtype = torch.float32, forces_mask: Optional[np.ndarray] = None
 ) -> Batch:

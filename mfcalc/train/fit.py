@@ -20,13 +20,20 @@ from torch import Tensor, nn
 from mfcalc import keys
 from mfcalc.config import RunConfig, TrainSettings
 from mfcalc.data.dataset import collate
-from mfcalc.metrics import accumulate_stats, batch_stats, centred_stats, group_sums, stats_to_metrics
+from mfcalc.metrics import (
+    accumulate_stats,
+    batch_stats,
+    centred_stats,
+    group_sums,
+    relative_rmse_values,
+    stats_to_metrics,
+)
 from mfcalc.model import grad
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.progress import ProgressBar
 from mfcalc.train.distributed import DistContext
 from mfcalc.train.finetune import trainable_groups
-from mfcalc.train.loss import LossWeights, relative_rmse, total_loss
+from mfcalc.train.loss import LossWeights, total_loss
 from mfcalc.train.prepare import RunData
 from mfcalc.train.schedule import IMPROVEMENT, Schedule
 
@@ -421,7 +428,7 @@ def fit_member(
             train_loss,
             vloss,
             stats_to_metrics(vstats, fid_names),
-            None if centred is None else relative_rmse(centred).tolist(),
+            None if centred is None else relative_rmse_values(centred),
         )
         log_rows.append(row)
         say(_log_line(tag, row, settings.epochs, fid_names) + ("  *" if improved else ""))

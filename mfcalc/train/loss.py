@@ -29,7 +29,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from mfcalc.metrics import COUNT, ENERGY, FORCES, SUMABS, SUMSQ
+from mfcalc.metrics import COUNT, ENERGY, FORCES, SUMABS, SUMSQ, relative_rmse
 from mfcalc.units import KCAL_MOL_EV
 
 
@@ -82,11 +82,3 @@ def total_loss(
             + (torch.tensor(weights.relative, dtype=stats.dtype, device=stats.device) * relative_rmse(centred)).sum()
         )
     return loss
-
-
-def relative_rmse(centred: Tensor) -> Tensor:
-    """(F,) RMSE of relative energies within molecules in kcal/mol from (F, 2) eV statistics;
-    0 where no molecule had two labelled structures."""
-    n = centred[:, 1]
-    mse = centred[:, 0].clamp(min=0.0) / n.clamp(min=1.0) / KCAL_MOL_EV**2
-    return torch.where(n > 0, torch.sqrt(mse + 1e-20), torch.zeros_like(mse))

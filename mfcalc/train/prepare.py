@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from mfcalc.config import FidelityConfig, RunConfig, load_run_data
-from mfcalc.data.dataset import fit_reference_energies, split_indices
+from mfcalc.data.dataset import fit_reference_energies, molecule_codes, split_indices
 from mfcalc.data.identity import geometry_keys
 from mfcalc.data.records import MFData, concatenate
 from mfcalc.metrics import residual_data
@@ -77,23 +77,6 @@ def loss_weights(cfg: RunConfig, data: MFData) -> LossWeights:
         hier=[f.weight_hier for f in chosen],
         relative=[f.weight_relative for f in chosen],
     )
-
-
-def molecule_codes(data: MFData, key: str) -> np.ndarray:
-    """(S,) one code per molecule, from the group column ``key`` and the atom count (two
-    structures of one name but different sizes are never compared); a structure without a
-    name is a molecule of its own."""
-    if key not in data.groups:
-        raise ValueError(
-            f"the relative-energy loss compares structures of one molecule, named by the group column {key!r}, "
-            f"which the data lack (they have {sorted(data.groups) or 'none'}); set molecule_key"
-        )
-    codes, names = data.groups[key]
-    codes = np.asarray(codes, dtype=np.int64)
-    unnamed = np.isin(codes, [k for k, n in enumerate(names) if n.strip() in ("", "None")])
-    key_rows = np.stack([codes, np.asarray(data.n_atoms, dtype=np.int64)], axis=1)
-    key_rows[unnamed, 0] = -1 - np.nonzero(unnamed)[0]  # unique per unnamed structure
-    return np.unique(key_rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def check_labels(data: MFData, split: Dict[str, np.ndarray], bound: List[str]) -> None:

@@ -411,3 +411,39 @@ def test_split_from_reuses_an_earlier_runs_split_on_grown_labels_and_refuses_oth
     assert train_main([*args, "--out", str(tmp_path / "e"), "--split-from", str(first / "split.npz"),
                        "--max-structures", "10"]) == 2  # fmt: skip
     assert "cannot be combined with max_structures" in capsys.readouterr().err
+
+
+def test_eval_scores_energies_relative_within_each_molecule(run_dir, capsys):
+    """The relE column: each molecule's mean error removed, molecules with one structure left
+    out; recomputed here by hand from the per-structure predictions; a data set without a
+    molecule column has none, and a stated column the data lack is a clear error."""
+    from mfcalc.data import parse_fidelity
+    from mfcalc.data.dataset import load_data, molecule_codes
+    from mfcalc.evaluate import evaluate
+    from mfcalc.units import KCAL_MOL_EV
+
+    data = load_data([str(REFERENCE_H5)], [parse_fidelity(DFT), parse_fidelity(CC)])
+    rows = np.arange(0, len(data), 3)  # every third structure: some molecules keep only one
+    metrics, pred = evaluate(str(run_dir / "model.pt"), data, rows, predictions=True)
+    codes = molecule_codes(data, "smiles")
+    for k, fid in enumerate(data.fidelities):
+        labelled = rows[np.isfinite(data.energy[rows, k])]
+        err = (pred[fid]["energy_pred"] - pred[fid]["energy_ref"]) / KCAL_MOL_EV
+        assert len(err) == len(labelled)
+        squares, counted = 0.0, 0
+        for code in np.unique(codes[labelled]):
+            e = err[codes[labelled] == code]
+            if len(e) >= 2:
+                squares += float(((e - e.mean()) ** 2).sum())
+                counted += len(e)
+        assert metrics[fid]["n_relative"] == counted > 0
+        assert metrics[fid]["relative_rmse_kcal_mol"] == pytest.approx(np.sqrt(squares / counted), rel=1e-9)
+        # the offsets removed: below the total-energy RMSE, which carries them
+        assert metrics[fid]["relative_rmse_kcal_mol"] < metrics[fid]["energy_rmse_kcal_mol"]
+    plain, _ = evaluate(str(run_dir / "model.pt"), data, rows, molecule_key=None)
+    assert "relative_rmse_kcal_mol" not in plain["dft"]
+    argv = ["--model", str(run_dir / "model.pt"), "--data", str(REFERENCE_H5), "--fidelity", DFT]
+    assert eval_main(argv) == 0
+    assert "relE RMSE" in capsys.readouterr().out
+    assert eval_main([*argv, "--molecule-key", "no_such_column"]) == 2
+    assert "'no_such_column'" in capsys.readouterr().err

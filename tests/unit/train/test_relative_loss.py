@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from mfcalc.config import TrainSettings
+from mfcalc.data.dataset import molecule_codes
 from mfcalc.data.records import MFData, encode_groups
-from mfcalc.metrics import centred_stats, group_sums
+from mfcalc.metrics import centred_stats, group_sums, relative_rmse
 from mfcalc.train.fit import epoch_batches
-from mfcalc.train.loss import LossWeights, relative_rmse, total_loss
-from mfcalc.train.prepare import molecule_codes
+from mfcalc.train.loss import LossWeights, total_loss
 from mfcalc.units import KCAL_MOL_EV
 
 
