@@ -469,7 +469,7 @@ def _log_row(
     train_loss: float,
     vloss: float,
     metrics: Dict[str, Dict[str, Any]],
-    relative: Optional[List[float]] = None,
+    relative: Optional[List[Optional[float]]] = None,
 ) -> Dict[str, Any]:
     row: Dict[str, Any] = {
         "member": member + 1,
