@@ -15,7 +15,10 @@
 # 1: install it as the shipped model with tools/install_default_model.sh), CC_FROM (empty: the cc
 # head continues from the base's cc head; dft: it restarts from the base's dft head, --restart-head,
 # and learns its correction from there, as ANI-1ccx starts its coupled-cluster model from the DFT
-# one).  Resumable: run it again after a kill.  The CCSD(T) store is taken as committed at the
+# one), DFT_RELATIVE (empty: off; W: the committed wB97X store trains too, with its own
+# within-molecule term --loss-weight dft:relative=W, so that the dft head, which the cc head starts
+# from, ranks conformers better; EPOCHS then defaults to 16, about the optimiser steps of 40 epochs
+# over the CCSD(T) energies alone).  Resumable: run it again after a kill.  The stores are taken as committed at the
 # first start (tools/snapshot_data.sh, as the build does); the replay is the base build's own snapshot
 # (BASE/data, restored from git by running the build script on BASE again), split as the base
 # build split it, so the base's test structures stay unseen here too; the CCSD(T) structures
@@ -25,7 +28,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# == 2 ]] || { echo "usage: $0 BASE OUT" >&2; exit 2; }
 base=$1 out=$2
-store=data/campaign/cc.h5
+stores=(data/campaign/cc.h5)
+bindings=(--fidelity "cc=ccsd(t)_dz.energy")
+weights=(--loss-weight "cc:relative=${RELATIVE:-4}")
+epochs=${EPOCHS:-40}
+if [[ -n ${DFT_RELATIVE:-} ]]; then
+    stores+=(data/campaign/dft.h5)
+    bindings+=(--fidelity "dft=wb97x_dz.energy,wb97x_dz.forces")
+    weights+=(--loss-weight "dft:relative=$DFT_RELATIVE")
+    epochs=${EPOCHS:-16}
+fi
 for f in "$base/model.pt" "$base/split.npz" "$base/data_source"; do
     [[ -f $f ]] || { echo "BASE: no $f (run tools/build_default_model.sh $base to finish it)" >&2; exit 2; }
 done
@@ -35,22 +47,23 @@ for f in "${recorded[@]:1}"; do
     [[ -f $base/data/$(basename "$f") ]] || { echo "BASE: no $base/data/$(basename "$f") (run tools/build_default_model.sh $base to restore it)" >&2; exit 2; }
     replay+=("$base/data/$(basename "$f")")
 done
-tools/snapshot_data.sh "$out" "$store"
-epochs=${EPOCHS:-40}
+tools/snapshot_data.sh "$out" "${stores[@]}"
+snapshots=()
+for f in "${stores[@]}"; do snapshots+=("$out/data/$(basename "$f")"); done
 opt=()
 if [[ ! -f $out/model.pt ]]; then
     [[ -f $out/checkpoint.pt ]] && opt+=(--resume)
     [[ -n ${CC_FROM:-} ]] && opt+=(--restart-head "cc=$CC_FROM")
-    mfcalc-train --init-from "$base/model.pt" --data "$out/data/cc.h5" --fidelity "cc=ccsd(t)_dz.energy" \
+    mfcalc-train --init-from "$base/model.pt" --data "${snapshots[@]}" "${bindings[@]}" \
         --out "$out" --replay "${replay[@]}" --replay-split "$base/split.npz" --replay-fraction 0.25 \
         --ensemble "${MEMBERS:-4}" --member-workers "${MEMBER_WORKERS:-1}" \
         --epochs "$epochs" --early-stopping "$epochs" --lr-schedule cosine --lr 3e-4 --trunk-lr 1e-4 \
-        --loss-weight "cc:relative=${RELATIVE:-4}" --seed 0 --device cpu "${opt[@]}"
+        "${weights[@]}" --seed 0 --device cpu "${opt[@]}"
 fi
-# the files it trained on, as committed: the base build's snapshot and this stage's cc.h5
+# the files it trained on, as committed: the base build's snapshot and this stage's stores
 python tools/record_sources.py "$out/model.pt" "$base/data_source" "$out/data_source"
 # the warning threshold from the base build's validation structures, as the base read them (this
-# run's config holds only the CCSD(T) store; the replay keeps the base's split except that its
+# run's config holds only the stage's stores; the replay keeps the base's split except that its
 # validation part is capped, so some of those structures trained here at a low rate)
 python tools/spread_threshold.py "$out/model.pt" "$base" --split-name valid
 if [[ -f data/benchmark/heldout.h5 ]]; then

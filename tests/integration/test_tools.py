@@ -550,8 +550,9 @@ def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tm
 
 
 def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with_its_own_replay(tmp_path):
-    """tune_cc_head.sh refuses an unfinished base, snapshots cc.h5 as committed, replays the
-    base build's own data copies, and trains the cc head with the relative-energy term."""
+    """tune_cc_head.sh refuses an unfinished base, snapshots cc.h5 (and with DFT_RELATIVE also
+    dft.h5) as committed, replays the base build's own data copies, and trains the cc head (and
+    the dft head) with the relative-energy term."""
     import os
     import shutil
     import subprocess
@@ -602,8 +603,29 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
     committed = subprocess.run(["git", "show", "HEAD:data/campaign/cc.h5"], cwd=clone, capture_output=True).stdout
     assert (clone / "runs" / "tuned" / "data" / "cc.h5").read_bytes() == committed
     assert "--resume" not in res.stdout
+    assert "dft=" not in res.stdout and "dft:relative" not in res.stdout  # CCSD(T) only unless asked
     (clone / "runs" / "tuned" / "checkpoint.pt").write_text("")
     assert "--resume" in tune().stdout
+
+    # DFT_RELATIVE: the committed wB97X store trains too, with its own relative term, over fewer epochs
+    del env["EPOCHS"]
+    env["DFT_RELATIVE"] = "3"
+    res = subprocess.run(
+        ["bash", "tools/tune_cc_head.sh", "runs/base", "runs/tuned_dft"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 3, res.stderr
+    assert "--data runs/tuned_dft/data/cc.h5 runs/tuned_dft/data/dft.h5" in res.stdout
+    assert "--fidelity cc=ccsd(t)_dz.energy --fidelity dft=wb97x_dz.energy,wb97x_dz.forces" in res.stdout
+    assert "--loss-weight cc:relative=2 --loss-weight dft:relative=3" in res.stdout
+    assert "--epochs 16 --early-stopping 16" in res.stdout
+    listed = (clone / "runs" / "tuned_dft" / "data_source").read_text().split()
+    assert listed == [head, "data/campaign/cc.h5", "data/campaign/dft.h5"]
+    committed = subprocess.run(["git", "show", "HEAD:data/campaign/dft.h5"], cwd=clone, capture_output=True).stdout
+    assert (clone / "runs" / "tuned_dft" / "data" / "dft.h5").read_bytes() == committed
 
 
 def test_committee_spread_splits_a_rounds_picks_by_labelled_and_scores_them_as_the_selector_does(tmp_path, capsys):
