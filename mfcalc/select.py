@@ -220,6 +220,27 @@ def relaxed(data: MFData, paths: Sequence[str], level: str, fmax: float) -> np.n
     return np.array([largest.get(k, np.inf) < fmax for k in geometry_keys(data)], dtype=bool)
 
 
+def matching_substructure(data: MFData, smarts: str) -> np.ndarray:
+    """(S,) True where the candidate's molecule (its SMILES) contains the SMARTS pattern: a
+    round aimed at a chemical motif that the benchmark or a user found weak (intramolecular
+    hydrogen bonds, say), picked by the committee within it.  Candidates without a SMILES
+    never match."""
+    from mfcalc.conformers.molecules import rdkit_chem
+
+    Chem = rdkit_chem()
+    pattern = Chem.MolFromSmarts(smarts)
+    if pattern is None:
+        raise ValueError(f"--smarts: RDKit cannot read the pattern {smarts!r}")
+    if "smiles" not in data.groups:
+        raise ValueError("--smarts: the candidates carry no SMILES (mfcalc-sample writes them)")
+    codes, names = data.groups["smiles"]
+    hits = np.zeros(len(names), dtype=bool)
+    for k, name in enumerate(names):
+        mol = Chem.MolFromSmiles(name) if str(name).strip() not in ("", "None") else None
+        hits[k] = mol is not None and mol.HasSubstructMatch(pattern)
+    return hits[np.asarray(codes)]
+
+
 def _distances(data: MFData, i: int) -> np.ndarray:
     x = np.asarray(data.positions[data.offsets[i] : data.offsets[i + 1]])
     return np.linalg.norm(x[:, None] - x[None], axis=2)

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="only candidates with at most N non-hydrogen atoms (CCSD(T) cost grows steeply with size)",
     )
+    p.add_argument(
+        "--smarts",
+        metavar="PATTERN",
+        help="only candidates whose molecule (SMILES) contains this substructure, e.g. "
+        "'[OX2H]-[CX4]-[CX4]-[N,O,F]' for 1,2-donor/acceptor pairs that form intramolecular hydrogen bonds (RDKit)",
+    )
     p.add_argument("--compare-model", metavar="OLD.pt", help="also report the spreads of an earlier committee")
     p.add_argument("--report", metavar="FILE.json", help="write the spread distributions as JSON")
     p.add_argument("--seed", type=int, default=0, help="breaks ties reproducibly")
@@ -79,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             choose,
             committee_scores,
             format_report,
+            matching_substructure,
             read_candidates,
             relaxed,
             report,
@@ -96,6 +103,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             numbers = np.nonzero(data.heavy_atoms <= args.max_heavy_atoms)[0]
             print(f"{len(numbers)} of {len(data)} candidate(s) with at most {args.max_heavy_atoms} heavy atoms")
             data = data.subset(numbers)
+        if args.smarts:
+            keep = np.nonzero(matching_substructure(data, args.smarts))[0]
+            n_mol = len(set(data.group_labels("smiles")[keep]))
+            print(f"{len(keep)} of {len(data)} candidate(s), {n_mol} molecule(s), match {args.smarts}")
+            if len(keep) == 0:
+                raise ValueError(f"--smarts: no candidate molecule contains {args.smarts}")
+            numbers, data = numbers[keep], data.subset(keep)
         scores = committee_scores(args.model, data, args.by, args.fidelity, device=args.device)
         note = unscorable_message(data, scores, export.load(args.model)[1][keys.META_SPECIES])
         if note:

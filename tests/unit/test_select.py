@@ -209,3 +209,34 @@ def test_max_heavy_atoms_leaves_out_larger_molecules(candidates, tmp_path, capsy
     capsys.readouterr()
     assert select_main([*argv, "--max-heavy-atoms", "0"]) == 2
     assert "--max-heavy-atoms wants N >= 1" in capsys.readouterr().err
+
+
+def test_smarts_keeps_only_molecules_with_the_motif(candidates, tmp_path, capsys):
+    """The pool: the ethanol snapshots (an O-H on a CH2: '[OX2H]-[CX4]') and a methane (none).
+    With --smarts only ethanol can be picked, numbered as in the pool, after --max-heavy-atoms;
+    a pattern nothing matches, or one RDKit cannot read, is a clear error."""
+    pytest.importorskip("rdkit")
+    frames = ase.io.read(candidates, index=":")
+    methane = Atoms(
+        "CH4",
+        positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]],
+        info={"smiles": "C"},
+    )
+    pool = tmp_path / "pool.extxyz"
+    ase.io.write(pool, [methane, *frames])
+    out = tmp_path / "picked.extxyz"
+    argv = [str(pool), "--model", default_model_path(), "--n", "30", "--out", str(out), "--min-distance-change", "0"]
+    assert select_main([*argv, "--smarts", "[OX2H]-[CX4]"]) == 0
+    assert (
+        f"{len(frames)} of {len(frames) + 1} candidate(s), 1 molecule(s), match [OX2H]-[CX4]" in capsys.readouterr().out
+    )
+    picked = ase.io.read(out, index=":")
+    assert len(picked) == len(frames) and {a.get_chemical_formula() for a in picked} == {"C2H6O"}
+    assert sorted(a.info["candidate"] for a in picked) == list(range(1, len(frames) + 1))  # pool numbering
+    assert select_main([*argv, "--smarts", "[CX4]", "--max-heavy-atoms", "1", "--n", "3"]) == 0
+    assert [a.get_chemical_formula() for a in ase.io.read(out, index=":")] == ["CH4"]
+    capsys.readouterr()
+    assert select_main([*argv, "--smarts", "[Cl]"]) == 2
+    assert "no candidate molecule contains [Cl]" in capsys.readouterr().err
+    assert select_main([*argv, "--smarts", "[C"]) == 2
+    assert "cannot read the pattern '[C'" in capsys.readouterr().err
