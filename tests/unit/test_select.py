@@ -11,6 +11,12 @@ from mfcalc.cli.select import main as select_main
 from mfcalc.models import default_model_path
 from mfcalc.select import choose, committee_scores, read_candidates
 
+METHANE = Atoms(
+    "CH4",
+    positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]],
+    info={"smiles": "C"},
+)
+
 
 @pytest.fixture(scope="module")
 def candidates(tmp_path_factory):
@@ -189,13 +195,8 @@ def test_max_heavy_atoms_leaves_out_larger_molecules(candidates, tmp_path, capsy
     """Ethanol has 3 heavy atoms; a methane added to the pool has 1. With --max-heavy-atoms 1
     only the methane can be picked, although the committee disputes the planted ethanol most."""
     frames = ase.io.read(candidates, index=":")
-    methane = Atoms(
-        "CH4",
-        positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]],
-        info={"smiles": "C"},
-    )
     pool = tmp_path / "pool.extxyz"
-    ase.io.write(pool, [*frames, methane])
+    ase.io.write(pool, [*frames, METHANE])
     assert list(read_candidates([str(pool)]).heavy_atoms) == [3] * len(frames) + [1]
     out = tmp_path / "picked.extxyz"
     argv = [str(pool), "--model", default_model_path(), "--n", "3", "--out", str(out), "--min-distance-change", "0"]
@@ -217,13 +218,8 @@ def test_smarts_keeps_only_molecules_with_the_motif(candidates, tmp_path, capsys
     a pattern nothing matches, or one RDKit cannot read, is a clear error."""
     pytest.importorskip("rdkit")
     frames = ase.io.read(candidates, index=":")
-    methane = Atoms(
-        "CH4",
-        positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]],
-        info={"smiles": "C"},
-    )
     pool = tmp_path / "pool.extxyz"
-    ase.io.write(pool, [methane, *frames])
+    ase.io.write(pool, [METHANE, *frames])
     out = tmp_path / "picked.extxyz"
     argv = [str(pool), "--model", default_model_path(), "--n", "30", "--out", str(out), "--min-distance-change", "0"]
     assert select_main([*argv, "--smarts", "[OX2H]-[CX4]"]) == 0
