@@ -32,6 +32,10 @@
 # before the first start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# one thread per process unless told otherwise: this project labels beside its builds, and a
+# 2-thread torch process sharing a busy core waits in OpenMP spin loops (tools/BENCHMARKS.md,
+# "Threads on a busy machine"): default_v8's export took over 20 minutes beside a labeller on 2 threads, under 1 on 1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 out=${1:-runs/default}
 source tools/campaign_data.sh  # LABELLED_FILES, FIDELITY_BINDINGS
 case ${DATA:-all} in

@@ -26,6 +26,10 @@
 # split anew.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# one thread per process unless told otherwise: this project labels beside its builds, and a
+# 2-thread torch process sharing a busy core waits in OpenMP spin loops (tools/BENCHMARKS.md,
+# "Threads on a busy machine"): default_v8's export took over 20 minutes beside a labeller on 2 threads, under 1 on 1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 [[ $# == 2 ]] || { echo "usage: $0 BASE OUT" >&2; exit 2; }
 base=$1 out=$2
 stores=(data/campaign/cc.h5)
