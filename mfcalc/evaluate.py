@@ -17,7 +17,7 @@ from mfcalc import export, keys
 from mfcalc.data.dataset import load_data, molecule_codes
 from mfcalc.data.fidelity import FidelitySpec
 from mfcalc.data.records import MFData
-from mfcalc.metrics import accumulate_stats, centred_stats, residual_data, stats_to_metrics
+from mfcalc.metrics import accumulate_stats, centred_stats, group_sums_buffer, residual_data, stats_to_metrics
 
 
 def evaluate_file(
@@ -66,9 +66,7 @@ def evaluate(
     dev = torch.device(device)
     preds: Optional[Dict[str, Dict[str, np.ndarray]]] = {} if predictions else None
     molecule = molecule_codes(data, molecule_key) if molecule_key and molecule_key in data.groups else None
-    sums = (
-        None if molecule is None else torch.zeros(int(molecule.max()) + 1, len(data.fidelities), 3, dtype=torch.float64)
-    )
+    sums = group_sums_buffer(molecule, len(data.fidelities))
     stats = accumulate_stats(
         model, resid, idx, known, batch_size, dev, torch_dtype, predictions=preds, molecule=molecule, molecule_sums=sums
     )

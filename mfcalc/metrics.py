@@ -85,6 +85,14 @@ def group_sums(residual: Tensor, mask: Tensor, group: Tensor, n_groups: int) -> 
     return out.index_add(0, group, per_structure)
 
 
+def group_sums_buffer(molecule: Optional[np.ndarray], n_fidelities: int) -> Optional[Tensor]:
+    """Zeroed (molecules, F, 3) float64 sums for :func:`accumulate_stats`'s ``molecule_sums``,
+    or ``None`` where no molecule codes are given."""
+    if molecule is None:
+        return None
+    return torch.zeros(int(molecule.max()) + 1, n_fidelities, 3, dtype=torch.float64)
+
+
 def centred_stats(sums: Tensor) -> Tensor:
     """(F, 2) [sum of squared deviations from each group's mean residual, structures counted]
     over the groups with at least two labelled structures: the squared error of relative

@@ -225,7 +225,7 @@ def matching_substructure(data: MFData, smarts: str) -> np.ndarray:
     round aimed at a chemical motif that the benchmark or a user found weak (intramolecular
     hydrogen bonds, say), picked by the committee within it.  Candidates without a SMILES
     never match."""
-    from mfcalc.conformers.molecules import rdkit_chem
+    from mfcalc.chem import rdkit_chem
 
     Chem = rdkit_chem()
     pattern = Chem.MolFromSmarts(smarts)

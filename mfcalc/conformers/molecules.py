@@ -6,15 +6,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-
-def rdkit_chem() -> Any:
-    """``rdkit.Chem`` with RDKit's log silenced, or a clear error naming the extra to install."""
-    try:
-        from rdkit import Chem, RDLogger
-    except ImportError:  # pragma: no cover - rdkit is an extra
-        raise ValueError("conformer search needs RDKit: pip install 'mfcalc[conformers]'") from None
-    RDLogger.DisableLog("rdApp.*")  # type: ignore[attr-defined]  # RDKit's stubs lag its API
-    return Chem
+from mfcalc.chem import rdkit_chem
 
 
 def read_smiles_list(path: str) -> List[str]:

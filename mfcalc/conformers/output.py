@@ -6,7 +6,7 @@ import io
 import json
 from typing import Dict
 
-from mfcalc.conformers.molecules import rdkit_chem
+from mfcalc.chem import rdkit_chem
 from mfcalc.conformers.rank import RankResult
 from mfcalc.files import atomic_write_text
 

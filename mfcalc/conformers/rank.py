@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mfcalc import export, keys
+from mfcalc.chem import rdkit_chem
 from mfcalc.conformers.hessian import SADDLE_CURVATURE, lowest_curvature
 from mfcalc.conformers.molecules import (
     atomic_numbers,
@@ -25,7 +26,6 @@ from mfcalc.conformers.molecules import (
     conformer_coordinates,
     distinct,
     embed_smiles,
-    rdkit_chem,
     read_conformers,
 )
 from mfcalc.conformers.optimize import STALL_STEPS, model_evaluator, optimize

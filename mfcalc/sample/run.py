@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mfcalc.conformers.molecules import atomic_numbers, embed_smiles, rdkit_chem, read_conformers, read_smiles_list
+from mfcalc.chem import rdkit_chem
+from mfcalc.conformers.molecules import atomic_numbers, embed_smiles, read_conformers, read_smiles_list
 from mfcalc.elements import symbols
 from mfcalc.files import atomic_write_text
 from mfcalc.progress import stderr_line

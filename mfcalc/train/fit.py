@@ -25,6 +25,7 @@ from mfcalc.metrics import (
     batch_stats,
     centred_stats,
     group_sums,
+    group_sums_buffer,
     relative_rmse_values,
     stats_to_metrics,
 )
@@ -394,11 +395,7 @@ def fit_member(
         )
         epoch += 1
         model.eval()
-        vsums = (
-            None
-            if run.molecule is None
-            else torch.zeros(int(run.molecule.max()) + 1, len(fid_names), 3, dtype=torch.float64)
-        )
+        vsums = group_sums_buffer(run.molecule, len(fid_names))
         vstats = ctx.sum(
             accumulate_stats(
                 model,

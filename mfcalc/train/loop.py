@@ -22,9 +22,10 @@ from torch import Tensor
 
 from mfcalc import export, keys
 from mfcalc.config import RunConfig
+from mfcalc.data.dataset import molecule_codes
 from mfcalc.data.records import MFData
 from mfcalc.device import resolve_device, resolve_dtype
-from mfcalc.metrics import accumulate_stats, residual_data, stats_to_metrics
+from mfcalc.metrics import accumulate_stats, centred_stats, group_sums_buffer, residual_data, stats_to_metrics
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.train import outputs, parallel
@@ -207,7 +208,9 @@ def _export(
         members.append(m)
     ensemble = Ensemble(members).eval()
     metrics: Dict[str, Any] = {}
+    molecule = scored_molecules(run, cfg.train.molecule_key)
     for name in ("valid", "test"):
+        sums = group_sums_buffer(molecule, len(fid_names))
         stats = ctx.sum(
             accumulate_stats(
                 ensemble,
@@ -218,9 +221,11 @@ def _export(
                 device,
                 dtype,
                 forces_mask=run.forces_mask,
+                molecule=molecule,
+                molecule_sums=sums,
             )
         )
-        metrics[name] = stats_to_metrics(stats, fid_names)
+        metrics[name] = stats_to_metrics(stats, fid_names, None if sums is None else centred_stats(ctx.sum(sums)))
     if run.replay is not None and run.source is not None:
         metrics["replay_test"] = forgetting(run, ensemble, cfg.train.batch_size, device, dtype)
     metrics["ensemble_size"] = len(members)
@@ -287,6 +292,14 @@ def carried_bindings(run: RunData) -> Dict[str, Any]:
         return {}
     recorded = (run.source.meta.get(keys.META_TRAINING) or {}).get("fidelities") or {}
     return {name: b for name, b in recorded.items() if name in run.fidelities}
+
+
+def scored_molecules(run: RunData, key: str) -> Optional[np.ndarray]:
+    """Molecule codes for the final valid/test metrics' within-molecule errors (relE): those of
+    a relative-energy loss, else from the data's ``key`` column where it has one."""
+    if run.molecule is not None:
+        return run.molecule
+    return molecule_codes(run.data, key) if key in run.data.groups else None
 
 
 def forgetting(

@@ -415,8 +415,9 @@ def test_split_from_reuses_an_earlier_runs_split_on_grown_labels_and_refuses_oth
 
 def test_eval_scores_energies_relative_within_each_molecule(run_dir, capsys):
     """The relE column: each molecule's mean error removed, molecules with one structure left
-    out; recomputed here by hand from the per-structure predictions; a data set without a
-    molecule column has none, and a stated column the data lack is a clear error."""
+    out; recomputed here by hand from the per-structure predictions, and reported by the
+    training run for its test split too; a data set without a molecule column has none, and a
+    stated column the data lack is a clear error."""
     from mfcalc.data import parse_fidelity
     from mfcalc.data.dataset import load_data, molecule_codes
     from mfcalc.evaluate import evaluate
@@ -440,6 +441,13 @@ def test_eval_scores_energies_relative_within_each_molecule(run_dir, capsys):
         assert metrics[fid]["relative_rmse_kcal_mol"] == pytest.approx(np.sqrt(squares / counted), rel=1e-9)
         # the offsets removed: below the total-energy RMSE, which carries them
         assert metrics[fid]["relative_rmse_kcal_mol"] < metrics[fid]["energy_rmse_kcal_mol"]
+    # the training run reports the same column for its own test split (float32 there)
+    saved = json.loads((run_dir / "metrics.json").read_text())["test"]
+    with np.load(run_dir / "split.npz") as npz:
+        again, _ = evaluate(str(run_dir / "model.pt"), data, npz["test"])
+    for fid in data.fidelities:
+        assert saved[fid]["n_relative"] == again[fid]["n_relative"] > 0
+        assert saved[fid]["relative_rmse_kcal_mol"] == pytest.approx(again[fid]["relative_rmse_kcal_mol"], rel=1e-3)
     plain, _ = evaluate(str(run_dir / "model.pt"), data, rows, molecule_key=None)
     assert "relative_rmse_kcal_mol" not in plain["dft"]
     argv = ["--model", str(run_dir / "model.pt"), "--data", str(REFERENCE_H5), "--fidelity", DFT]

@@ -9,7 +9,7 @@ from conftest import REPO
 
 # data -> neighbours -> model -> export -> training / calculator -> applications -> commands
 LAYERS = [
-    ["units", "keys", "files", "device", "progress", "elements", "models", "workers"],
+    ["units", "keys", "files", "device", "progress", "elements", "chem", "models", "workers"],
     ["data"],
     ["neighbors"],
     ["model"],
