@@ -35,7 +35,7 @@ import torch
 from mfcalc import export, keys
 from mfcalc.data.dataset import iterate_batches, read_structures, species_counts
 from mfcalc.data.fidelity import head_index
-from mfcalc.data.records import MFData
+from mfcalc.data.records import MFData, unnamed
 from mfcalc.device import resolve_device
 from mfcalc.elements import symbols
 from mfcalc.progress import ProgressLines, stderr_line
@@ -236,7 +236,7 @@ def matching_substructure(data: MFData, smarts: str) -> np.ndarray:
     codes, names = data.groups["smiles"]
     hits = np.zeros(len(names), dtype=bool)
     for k, name in enumerate(names):
-        mol = Chem.MolFromSmiles(name) if str(name).strip() not in ("", "None") else None
+        mol = None if unnamed(name) else Chem.MolFromSmiles(name)
         hits[k] = mol is not None and mol.HasSubstructMatch(pattern)
     return hits[np.asarray(codes)]
 

@@ -12,7 +12,7 @@ import torch
 from mfcalc.data.ase_io import read_ase
 from mfcalc.data.fidelity import FidelitySpec
 from mfcalc.data.hdf5 import read_hdf5
-from mfcalc.data.records import MFData, concatenate
+from mfcalc.data.records import MFData, concatenate, unnamed
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
@@ -162,9 +162,9 @@ def molecule_codes(data: MFData, key: str) -> np.ndarray:
         )
     codes, names = data.groups[key]
     codes = np.asarray(codes, dtype=np.int64)
-    unnamed = np.isin(codes, [k for k, n in enumerate(names) if n.strip() in ("", "None")])
+    nameless = np.isin(codes, [k for k, n in enumerate(names) if unnamed(n)])
     key_rows = np.stack([codes, np.asarray(data.n_atoms, dtype=np.int64)], axis=1)
-    key_rows[unnamed, 0] = -1 - np.nonzero(unnamed)[0]  # unique per unnamed structure
+    key_rows[nameless, 0] = -1 - np.nonzero(nameless)[0]  # unique per unnamed structure
     return np.unique(key_rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 

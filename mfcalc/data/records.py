@@ -37,6 +37,11 @@ from mfcalc.files import atomic_write_text
 GroupColumn = Tuple[np.ndarray, List[str]]
 
 
+def unnamed(label: str) -> bool:
+    """Whether a group label names nothing (an empty SMILES, or one written as ``None``)."""
+    return str(label).strip() in ("", "None")
+
+
 @dataclass
 class MFData:
     """Columnar multi-fidelity data set (see module docstring for the fields)."""
