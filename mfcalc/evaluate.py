@@ -8,7 +8,7 @@ numbers are exact to the model's precision rather than to float32 totals.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +17,14 @@ from mfcalc import export, keys
 from mfcalc.data.dataset import load_data, molecule_codes
 from mfcalc.data.fidelity import FidelitySpec
 from mfcalc.data.records import MFData
-from mfcalc.metrics import accumulate_stats, centred_stats, group_sums_buffer, residual_data, stats_to_metrics
+from mfcalc.metrics import (
+    accumulate_stats,
+    centred_stats,
+    group_sums_buffer,
+    molecule_relative_rmse,
+    residual_data,
+    stats_to_metrics,
+)
 
 
 def evaluate_file(
@@ -42,13 +49,15 @@ def evaluate(
     dtype: str = "float64",
     predictions: bool = False,
     molecule_key: Optional[str] = "smiles",
+    per_molecule: bool = False,
 ) -> Tuple[Dict[str, Dict[str, Any]], Optional[Dict[str, Dict[str, np.ndarray]]]]:
     """``(metrics per fidelity, predictions or None)`` of the model file on ``data``, whose
     fidelity names must be heads of the model.  ``predictions``: also the reference and
     predicted values behind the metrics (for parity plots).  Where the data name each
     structure's molecule (group column ``molecule_key``), the metrics also hold the error of
     energies relative within each molecule, which decides conformer rankings and which a
-    total-energy RMSE hides under per-molecule offsets."""
+    total-energy RMSE hides under per-molecule offsets; ``per_molecule``: also that error for
+    each molecule (``molecules``, worst first), to see which chemistry a model ranks worst."""
     model, meta = export.load(model_path, device=device)
     known = list(meta[keys.META_FIDELITIES])
     for name in data.fidelities:
@@ -70,4 +79,31 @@ def evaluate(
     stats = accumulate_stats(
         model, resid, idx, known, batch_size, dev, torch_dtype, predictions=preds, molecule=molecule, molecule_sums=sums
     )
-    return stats_to_metrics(stats, data.fidelities, None if sums is None else centred_stats(sums)), preds
+    metrics = stats_to_metrics(stats, data.fidelities, None if sums is None else centred_stats(sums))
+    if per_molecule and sums is not None and molecule is not None and molecule_key is not None:
+        for name, rows in zip(data.fidelities, _molecule_rows(data, molecule_key, molecule, sums)):
+            metrics[name]["molecules"] = rows
+    return metrics, preds
+
+
+def _molecule_rows(data: MFData, key: str, molecule: np.ndarray, sums: torch.Tensor) -> List[List[Dict[str, Any]]]:
+    """Per fidelity, ``{molecule, n_atoms, n, relative_rmse_kcal_mol}`` of every molecule with
+    two or more labelled structures evaluated, worst first."""
+    rmse, count = molecule_relative_rmse(sums)
+    codes, names = data.groups[key]
+    first = np.full(len(sums), -1, dtype=np.int64)
+    present, first_index = np.unique(molecule, return_index=True)
+    first[present] = first_index  # a structure of each molecule, for its name and size
+    out: List[List[Dict[str, Any]]] = []
+    for k in range(rmse.shape[1]):
+        rows = [
+            {
+                "molecule": str(names[codes[first[g]]]),
+                "n_atoms": int(data.n_atoms[first[g]]),
+                "n": int(count[g, k]),
+                "relative_rmse_kcal_mol": float(rmse[g, k]),
+            }
+            for g in np.nonzero(np.isfinite(rmse[:, k].numpy()))[0]
+        ]
+        out.append(sorted(rows, key=lambda r: -r["relative_rmse_kcal_mol"]))
+    return out

@@ -8,7 +8,7 @@ same statistics; evaluation uses them without importing the training package.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -110,6 +110,16 @@ def relative_rmse(centred: Tensor) -> Tensor:
     n = centred[:, 1]
     mse = centred[:, 0].clamp(min=0.0) / n.clamp(min=1.0) / KCAL_MOL_EV**2
     return torch.where(n > 0, torch.sqrt(mse + 1e-20), torch.zeros_like(mse))
+
+
+def molecule_relative_rmse(sums: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(rmse (G, F) kcal/mol, count (G, F))`` of the energies relative within each molecule
+    from :func:`group_sums`'s sums: which molecules a model ranks worst; NaN where a molecule
+    has fewer than two labelled structures."""
+    n = sums[..., 2]
+    deviation = (sums[..., 0] - sums[..., 1] ** 2 / n.clamp(min=1.0)).clamp(min=0.0)
+    rmse = torch.sqrt(deviation / n.clamp(min=1.0)) / KCAL_MOL_EV
+    return torch.where(n >= 2, rmse, torch.full_like(rmse, float("nan"))), n
 
 
 def relative_rmse_values(centred: Tensor) -> List[Optional[float]]:
@@ -300,4 +310,22 @@ def format_table(metrics: Dict[str, Dict[str, Any]], title: str = "") -> str:
             lines[-1] += f" {m.get('n_relative', 0):>6d} {f(m.get('relative_rmse_kcal_mol'))}"
     if relative:
         lines.append("relE: energies relative within each molecule (its mean error removed), over molecules with 2+")
+    return "\n".join(lines)
+
+
+def format_molecules(metrics: Dict[str, Dict[str, Any]], top: int) -> str:
+    """Per fidelity, the ``top`` molecules with the largest relE RMSE (``molecules`` of
+    :func:`mfcalc.evaluate.evaluate` with ``per_molecule``), worst first."""
+    lines: List[str] = []
+    for name, m in metrics.items():
+        rows = m.get("molecules")
+        if rows is None:
+            continue
+        lines.append(f"{name}: {min(top, len(rows))} of {len(rows)} molecules with the largest relE RMSE")
+        lines.append(f"  {'relE RMSE':>9} {'n':>5} {'atoms':>5}  molecule")
+        lines.extend(
+            f"  {r['relative_rmse_kcal_mol']:9.3f} {r['n']:>5d} {r['n_atoms']:>5d}  {r['molecule']}" for r in rows[:top]
+        )
+    if not lines:
+        return "no per-molecule errors: the data name no molecules (group column, --molecule-key)"
     return "\n".join(lines)

@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="group column naming each structure's molecule, for the error of energies relative within "
         "each molecule (default: smiles where the data have it)",
     )
+    p.add_argument(
+        "--per-molecule",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also list, per fidelity, the N molecules whose relative energies the model gets most wrong "
+        "(--json then holds every molecule)",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the metrics as JSON")
     p.add_argument("--plot", metavar="DIR", help="write parity plots and error histograms per fidelity (matplotlib)")
     p.add_argument("--device", default="cpu")
@@ -57,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from mfcalc.data.dataset import load_data
         from mfcalc.data.fidelity import parse_fidelity
         from mfcalc.evaluate import evaluate
-        from mfcalc.metrics import format_table
+        from mfcalc.metrics import format_molecules, format_table
 
         if args.config:
             if args.data or args.fidelity:
@@ -70,6 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             specs = [parse_fidelity(t, energy_unit=args.energy_unit) for t in args.fidelity]
             data = load_data(list(args.data), specs)
             source = ", ".join(args.data)
+        if args.per_molecule < 0:
+            raise ValueError(f"--per-molecule {args.per_molecule}: give a number of molecules, 1 or more")
         if args.molecule_key and args.molecule_key not in data.groups:
             raise ValueError(
                 f"--molecule-key {args.molecule_key!r}: the data have no such group column "
@@ -92,9 +102,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             device=args.device,
             predictions=bool(args.plot),
             molecule_key=args.molecule_key or "smiles",
+            per_molecule=args.per_molecule > 0,
         )
         title = f"{args.model} on {source}" + (f" ({args.split})" if args.split else "")
         print(format_table(metrics, title=title))
+        if args.per_molecule > 0:
+            print(format_molecules(metrics, args.per_molecule))
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(metrics, fh, indent=1)

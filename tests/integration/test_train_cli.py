@@ -455,3 +455,44 @@ def test_eval_scores_energies_relative_within_each_molecule(run_dir, capsys):
     assert "relE RMSE" in capsys.readouterr().out
     assert eval_main([*argv, "--molecule-key", "no_such_column"]) == 2
     assert "'no_such_column'" in capsys.readouterr().err
+
+
+def test_eval_lists_each_molecules_relative_error_worst_first(run_dir, capsys):
+    """--per-molecule: each molecule's relE, recomputed here by hand from the predictions,
+    worst first, and pooling them back (weighted by structures) gives the table's relE; the
+    CLI prints the worst N and the JSON holds every molecule."""
+    from mfcalc.data import parse_fidelity
+    from mfcalc.data.dataset import load_data
+    from mfcalc.evaluate import evaluate
+    from mfcalc.units import KCAL_MOL_EV
+
+    data = load_data([str(REFERENCE_H5)], [parse_fidelity(DFT), parse_fidelity(CC)])
+    rows = np.arange(0, len(data), 2)
+    metrics, pred = evaluate(str(run_dir / "model.pt"), data, rows, predictions=True, per_molecule=True)
+    codes, names = data.groups["smiles"]
+    for k, fid in enumerate(data.fidelities):
+        listed = metrics[fid]["molecules"]
+        values = [m["relative_rmse_kcal_mol"] for m in listed]
+        assert len(listed) >= 2 and values == sorted(values, reverse=True)
+        labelled = rows[np.isfinite(data.energy[rows, k])]
+        err = (pred[fid]["energy_pred"] - pred[fid]["energy_ref"]) / KCAL_MOL_EV
+        by_name = {}
+        for code in np.unique(codes[labelled]):
+            e = err[codes[labelled] == code]
+            if len(e) >= 2:
+                by_name[str(names[code])] = (len(e), float(np.sqrt(((e - e.mean()) ** 2).mean())))
+        listed_by_name = {m["molecule"]: (m["n"], m["relative_rmse_kcal_mol"]) for m in listed}
+        assert listed_by_name == {name: (n, pytest.approx(v, rel=1e-9)) for name, (n, v) in by_name.items()}
+        pooled = sum(m["n"] * m["relative_rmse_kcal_mol"] ** 2 for m in listed) / sum(m["n"] for m in listed)
+        assert np.sqrt(pooled) == pytest.approx(metrics[fid]["relative_rmse_kcal_mol"], rel=1e-9)
+    assert "molecules" not in evaluate(str(run_dir / "model.pt"), data, rows)[0]["dft"]
+    out = run_dir / "per_molecule.json"
+    argv = ["--model", str(run_dir / "model.pt"), "--data", str(REFERENCE_H5), "--fidelity", DFT]
+    assert eval_main([*argv, "--per-molecule", "2", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())["dft"]["molecules"]
+    assert len(saved) > 2 and f"2 of {len(saved)} molecules" in printed
+    shown = [line.split()[-1] for line in printed.splitlines()[-2:]]
+    assert shown == [m["molecule"] for m in saved[:2]]
+    assert eval_main([*argv, "--per-molecule", "-1"]) == 2
+    assert "--per-molecule" in capsys.readouterr().err
