@@ -11,7 +11,8 @@ on), forces, and seconds per epoch.  Resumable: a finished variant is not retrai
 killed one resumes from its checkpoint.
 
     python tools/size_study.py --out runs/size --data FILE... --structures 8000 --epochs 30 \\
-        --variant f40:--n-features=40 --variant f64:--n-features=64 --variant i3:--n-interactions=3
+        --variant f40: --variant f64:--n-features=64 --variant i3:--n-interactions=3 \\
+        --variant f40-long:--epochs=50,--early-stopping=50
 
 The test part is never scored: a size chosen here is measured on the held-out benchmark
 only once, after the full build.
@@ -59,7 +60,7 @@ def variant(text: str) -> tuple:
 def train(run: str, args: argparse.Namespace, flags: str) -> None:
     if os.path.exists(os.path.join(run, "model.pt")):
         return
-    cmd = ["mfcalc-train", "--data", *args.data, "--out", run, "--seed", "0", "--split-by", "random"]
+    cmd = ["mfcalc-train", "--data", *args.data, "--out", run, "--seed", str(args.seed), "--split-by", "random"]
     for b in BINDINGS:
         cmd += ["--fidelity", b]
     cmd += [
@@ -87,10 +88,11 @@ def score(run: str, part: str) -> Dict[str, dict]:
         return json.load(fh)
 
 
-def seconds_per_epoch(run: str) -> float:
+def epochs_run(run: str) -> tuple:
+    """(epochs trained, median seconds per epoch) from the run's log."""
     with open(os.path.join(run, "log.csv")) as fh:
         rows = list(csv.DictReader(fh))
-    return float(np.median([float(r["seconds"]) for r in rows]))
+    return len(rows), float(np.median([float(r["seconds"]) for r in rows]))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -98,7 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--data", nargs="+", required=True, metavar="FILE")
     p.add_argument("--structures", type=int, default=8000, help="random subset of the data (same for every variant)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="unless a variant's flags set --epochs and --early-stopping")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset, split and weights; repeat with another")
     p.add_argument("--variant", type=variant, action="append", required=True, metavar="NAME:FLAGS")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -113,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not all(np.array_equal(a[k], b[k]) for k in ("train", "valid")):
                 raise SystemExit(f"{run} split its data differently from {first}: the comparison would not be fair")
         tr, va = score(run, "train"), score(run, "valid")
-        rows.append((name, flags, seconds_per_epoch(run), tr, va))
+        rows.append((name, flags, *epochs_run(run), tr, va))
 
     def rel(m: dict, fid: str) -> str:
         v = m.get(fid, {}).get("relative_rmse_kcal_mol")
@@ -123,12 +126,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         v = m.get(fid, {}).get("forces_rmse_kcal_mol_a")
         return "-" if v is None else f"{v:.2f}"
 
-    print(f"\n{args.structures} structures (random, seed 0), {args.epochs} epochs, one member each; kcal/mol(/A)")
-    print("| variant | flags | s/epoch | train relE xtb | valid relE xtb / dft / cc | valid F xtb / dft |")
-    print("|---|---|---|---|---|---|")
-    for name, flags, sec, tr, va in rows:
+    print(f"\n{args.structures} structures (random, seed {args.seed}), one member each; kcal/mol(/A)")
+    print("| variant | flags | epochs | s/epoch | train relE xtb | valid relE xtb / dft / cc | valid F xtb / dft |")
+    print("|---|---|---|---|---|---|---|")
+    for name, flags, epochs, sec, tr, va in rows:
         print(
-            f"| {name} | `{flags or '(shipped)'}` | {sec:.0f} | {rel(tr, 'xtb')} | "
+            f"| {name} | `{flags or '(shipped)'}` | {epochs} | {sec:.0f} | {rel(tr, 'xtb')} | "
             f"{rel(va, 'xtb')} / {rel(va, 'dft')} / {rel(va, 'cc')} | {force(va, 'xtb')} / {force(va, 'dft')} |"
         )
     return 0

@@ -789,3 +789,38 @@ def test_label_effect_fine_tunes_without_and_with_the_picks_at_equal_steps_and_s
     ase.io.write(picks, Atoms(numbers=frames[11][0], positions=frames[11][1]))  # listed, never computed
     with pytest.raises(ValueError, match="none of the 1 structures .* is labelled in"):
         tool.split_store(str(store_path), str(picks), str(tmp_path / "empty"))
+
+
+def test_size_study_trains_each_variant_on_one_split_and_scores_train_and_valid(tmp_path, capsys):
+    """Two variants on one subset of the reference data: the second gets its flags (24
+    features in its model file), both the same split, one table row each with relE on train
+    and valid; run again, nothing retrains; a malformed variant is refused."""
+    import os
+
+    import numpy as np
+
+    from conftest import REFERENCE_H5
+    from mfcalc import export, keys
+
+    tool = load_tool("size_study")
+    out = tmp_path / "size"
+    argv = ["--out", str(out), "--data", str(REFERENCE_H5), "--structures", "300", "--epochs", "2"]
+    argv += ["--variant", "base:", "--variant", "narrow:--n-features=24,--n-sensitivities=8"]
+    assert tool.main(argv) == 0
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| base") or line.startswith("| narrow")
+    ]
+    assert len(rows) == 2 and all(re.search(r"\| \d\.\d\d / \d\.\d\d / ", r) for r in rows)
+    _, meta = export.load(str(out / "narrow" / "model.pt"))
+    hparams = meta[keys.META_HPARAMS]
+    assert (hparams["n_features"], hparams["n_sensitivities"]) == (24, 8)
+    assert export.load(str(out / "base" / "model.pt"))[1][keys.META_HPARAMS]["n_features"] == 40  # the shipped width
+    with np.load(out / "base" / "split.npz") as a, np.load(out / "narrow" / "split.npz") as b:
+        assert np.array_equal(a["valid"], b["valid"]) and np.array_equal(a["train"], b["train"])
+    stamp = os.path.getmtime(out / "narrow" / "model.pt")
+    assert tool.main(argv) == 0
+    assert os.path.getmtime(out / "narrow" / "model.pt") == stamp
+    with pytest.raises(SystemExit):
+        tool.main([*argv[:8], "--variant", "no-colon"])
