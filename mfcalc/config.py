@@ -184,6 +184,15 @@ class TrainSettings:
         ),
     )
     trunk_lr: Optional[float] = field(default=None, metadata=_help("learning rate of the shared trunk (default: --lr)"))
+    grow_interactions: int = field(
+        default=0,
+        metadata=_help(
+            "fine-tune: add N interaction blocks on top of the file's, started as the identity (zero residual "
+            "outputs and zero energy heads), so that the deeper model predicts exactly what the file predicts "
+            "and training goes on from there instead of from random weights; needs a residual (resnet) model",
+            metavar="N",
+        ),
+    )
     trunk_anchor: float = field(
         default=0.0,
         metadata=_help(
@@ -259,6 +268,8 @@ class TrainSettings:
             raise ValueError(f"max_structures must be >= 1, got {self.max_structures}")
         if self.train_params not in TRAIN_PARAMS:
             raise ValueError(f"train_params must be one of {', '.join(TRAIN_PARAMS)}, got {self.train_params!r}")
+        if self.grow_interactions < 0:
+            raise ValueError(f"grow_interactions must be >= 0, got {self.grow_interactions}")
         if self.trunk_lr is not None and self.trunk_lr < 0:
             raise ValueError(f"trunk_lr must be >= 0, got {self.trunk_lr}")
         if self.relative_group < 2:
@@ -276,10 +287,16 @@ class TrainSettings:
         if not 0 <= self.replay_fraction < 1:
             raise ValueError(f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
         if (
-            self.new_head or self.restart_head or self.replay or self.train_params != "all" or self.trunk_anchor
+            self.new_head
+            or self.restart_head
+            or self.replay
+            or self.train_params != "all"
+            or self.trunk_anchor
+            or self.grow_interactions
         ) and not self.init_from:
             raise ValueError(
-                "new_head, restart_head, replay, trunk_anchor and train_params other than 'all' need init_from "
+                "new_head, restart_head, replay, trunk_anchor, grow_interactions and train_params other than 'all' "
+                "need init_from "
                 "(a model to start from)"
             )
         if self.replay_split and not self.replay:

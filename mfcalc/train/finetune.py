@@ -15,6 +15,10 @@
 * **What trains**: everything, the heads (levels 1..L of every head; a head whose fidelity
   has no labels in the run gets no gradient and stays as it was), or the heads and the last
   interaction block; the trunk may have its own learning rate (``--trunk-lr``).
+* **Deeper** (``--grow-interactions N``): N interaction blocks are added on top, each started
+  as the identity (the output layer of every residual in it zero) with a zero energy head, so
+  the grown model predicts exactly what the file predicts (tested) and the new blocks learn
+  from there, far cheaper than training the deeper network from scratch.
 * **Branch** (``--train-params branch``): the new heads get private copies of the top
   ``--branch-blocks`` interaction blocks (default 1), started as the source's blocks, and only
   those copies and the new heads' own weights train.  Every other head reads nothing that
@@ -91,8 +95,10 @@ def resolve_settings(cfg: RunConfig, source: Source) -> None:
     file has."""
     conflicts = []
     branching = {"branch_blocks", "branch_heads"} if cfg.train.train_params == "branch" else set()
+    grow = cfg.train.grow_interactions
+    grown: Dict[str, Any] = {"n_interactions": source.settings.n_interactions + grow} if grow else {}
     for name in sorted(cfg.explicit_model & set(ModelSettings.architecture_fields()) - branching):
-        mine, theirs = getattr(cfg.model, name), getattr(source.settings, name)
+        mine, theirs = getattr(cfg.model, name), grown.get(name, getattr(source.settings, name))
         if name == "soft_max" and mine is None:
             continue
         if mine != theirs and not (
@@ -104,7 +110,13 @@ def resolve_settings(cfg: RunConfig, source: Source) -> None:
             f"--init-from {source.path}: a fine-tuned model keeps the file's architecture, but "
             f"{', '.join(conflicts)} was asked for; drop those settings"
         )
-    cfg.model = dataclasses.replace(source.settings, species=cfg.model.species, **_branch(cfg, source))
+    if grow and not source.settings.resnet:
+        raise ValueError(
+            f"--grow-interactions: {source.path} has plain (non-residual) blocks, which cannot start as the identity"
+        )
+    if grow and (source.settings.branch_blocks or cfg.train.train_params == "branch"):
+        raise ValueError("--grow-interactions adds shared blocks; it does not combine with branch heads")
+    cfg.model = dataclasses.replace(source.settings, species=cfg.model.species, **_branch(cfg, source), **grown)
     if "ensemble" not in cfg.explicit_train:  # every member is fine-tuned unless asked otherwise
         cfg.train.ensemble = source.ensemble.n_members
     if cfg.train.ensemble > source.ensemble.n_members:
@@ -282,6 +294,9 @@ def adapt_member(
     for key, value in dst.items():
         if key.startswith("heads.") or (private and key.startswith("branch.") and ".head." in key):
             continue
+        if key.startswith("blocks.") and int(key.split(".")[1]) >= len(member.blocks):  # a grown block
+            out[key] = torch.zeros_like(value) if ".residual.post." in key else value.clone()
+            continue
         if private and key.startswith("branch."):  # a new private block starts as the shared one
             _, index, _, rest = key.split(".", 3)  # branch.<j>.block.<rest>
             old = src[f"blocks.{n_int - private + int(index)}.{rest}"]
@@ -305,7 +320,7 @@ def adapt_member(
         weight, bias = torch.zeros_like(lin.weight), torch.zeros_like(lin.bias)
         for k, name in enumerate(fidelities):
             origin = (restart_from or {}).get(name) or (name if name in member.fidelities else new_from.get(name))
-            if origin is not None:
+            if origin is not None and n < len(source_heads):  # a grown level's head starts at zero
                 j = member.fidelities.index(origin)
                 weight[k], bias[k] = source_heads[n].weight[j], source_heads[n].bias[j]
         out[prefix + "weight"], out[prefix + "bias"] = weight, bias

@@ -495,3 +495,41 @@ def frozen_has_both_parts(run, data_file, split):
     want = set(geometry_keys(source.subset(np.union1d(split["test"], split["replay_test"]))))
     assert sorted(geometry_keys(got)) == sorted(want)
     assert np.isfinite(got.energy).all() and np.isfinite(got.forces["xtb"]).all()
+
+
+def test_a_grown_model_predicts_what_its_source_predicts_and_its_new_block_then_learns(source, tmp_path):
+    """--grow-interactions 1: one more block, started as the identity (its residuals' output
+    layers zero) with a zero head, so before any step every head predicts what the source
+    predicts (two geometries); after two epochs the
+    new block and its head have moved off zero; a stated depth that disagrees is a clear error."""
+    from mfcalc.config import TrainSettings
+
+    data = source.parent.parent / "hco.h5"
+    zero, trained = tmp_path / "zero", tmp_path / "trained"
+    grow = ("--grow-interactions", "1")
+    assert fine_tune(source, zero, "--epochs", "0", *grow, fidelities=(XTB, DFT), data=data) == 0
+    depth = export.load(str(source))[1][keys.META_HPARAMS]["n_interactions"]
+    assert export.load(str(zero / "model.pt"))[1][keys.META_HPARAMS]["n_interactions"] == depth + 1
+    z, x = ethanol()
+    for geometry in (x, x + 0.05 * torch.sin(torch.arange(x.numel(), dtype=x.dtype)).reshape(x.shape)):
+        before, after = energies(source, z, geometry), energies(zero / "model.pt", z, geometry)
+        assert after == pytest.approx(before, abs=1e-6)
+    module, meta = export.load(str(zero / "model.pt"))
+    block = export.eager_model(module, meta, str(zero / "model.pt")).member(0).blocks[depth]
+    posts = [block.residual.post] + [layer.residual.post for layer in block.atom_layers]
+    assert all(float(p.weight.abs().max()) == float(p.bias.abs().max()) == 0 for p in posts)  # the identity
+    assert float(next(iter(block.interaction.parameters())).abs().max()) > 0  # the rest as a fresh block
+    assert fine_tune(source, trained, "--epochs", "2", *grow, fidelities=(XTB, DFT), data=data) == 0
+    module, meta = export.load(str(trained / "model.pt"))
+    member = export.eager_model(module, meta, str(trained / "model.pt")).member(0)
+    assert float(member.blocks[depth].residual.post.weight.abs().max()) > 0
+    assert float(member.heads.linears()[depth + 1].weight.abs().max()) > 0
+    assert energies(trained / "model.pt", z, x)["dft"] != pytest.approx(energies(source, z, x)["dft"], abs=1e-6)
+    stated = ("--n-interactions", str(depth + 1))
+    assert fine_tune(source, tmp_path / "ok", "--epochs", "0", *grow, *stated, fidelities=(XTB, DFT), data=data) == 0
+    wrong = ("--n-interactions", str(depth))
+    assert fine_tune(source, tmp_path / "no", "--epochs", "0", *grow, *wrong, fidelities=(XTB, DFT), data=data) == 2
+    with pytest.raises(ValueError, match="grow_interactions"):
+        TrainSettings(grow_interactions=1).validate()
+    with pytest.raises(ValueError, match="grow_interactions must be >= 0"):
+        TrainSettings(init_from="m.pt", grow_interactions=-1).validate()
