@@ -18,7 +18,8 @@
 * **Deeper** (``--grow-interactions N``): N interaction blocks are added on top, each started
   as the identity (the output layer of every residual in it zero) with a zero energy head, so
   the grown model predicts exactly what the file predicts (tested) and the new blocks learn
-  from there, far cheaper than training the deeper network from scratch.
+  from there.  (On the campaign's data it did no better than training the file's network on
+  for the same epochs: data/README.md, row ``size study``.)
 * **Branch** (``--train-params branch``): the new heads get private copies of the top
   ``--branch-blocks`` interaction blocks (default 1), started as the source's blocks, and only
   those copies and the new heads' own weights train.  Every other head reads nothing that
@@ -104,7 +105,8 @@ def resolve_settings(cfg: RunConfig, source: Source) -> None:
         if mine != theirs and not (
             isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and float(mine) == float(theirs)
         ):
-            conflicts.append(f"{name} {mine} (the file has {theirs})")
+            grown_by = f", so {theirs} with --grow-interactions {grow}" if name in grown else ""
+            conflicts.append(f"{name} {mine} (the file has {getattr(source.settings, name)}{grown_by})")
     if conflicts:
         raise ValueError(
             f"--init-from {source.path}: a fine-tuned model keeps the file's architecture, but "

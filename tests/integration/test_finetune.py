@@ -497,7 +497,7 @@ def frozen_has_both_parts(run, data_file, split):
     assert np.isfinite(got.energy).all() and np.isfinite(got.forces["xtb"]).all()
 
 
-def test_a_grown_model_predicts_what_its_source_predicts_and_its_new_block_then_learns(source, tmp_path):
+def test_a_grown_model_predicts_what_its_source_predicts_and_its_new_block_then_learns(source, tmp_path, capsys):
     """--grow-interactions 1: one more block, started as the identity (its residuals' output
     layers zero) with a zero head, so before any step every head predicts what the source
     predicts (two geometries); after two epochs the
@@ -529,6 +529,10 @@ def test_a_grown_model_predicts_what_its_source_predicts_and_its_new_block_then_
     assert fine_tune(source, tmp_path / "ok", "--epochs", "0", *grow, *stated, fidelities=(XTB, DFT), data=data) == 0
     wrong = ("--n-interactions", str(depth))
     assert fine_tune(source, tmp_path / "no", "--epochs", "0", *grow, *wrong, fidelities=(XTB, DFT), data=data) == 2
+    assert (
+        f"n_interactions {depth} (the file has {depth}, so {depth + 1} with --grow-interactions 1)"
+        in capsys.readouterr().err
+    )
     with pytest.raises(ValueError, match="grow_interactions"):
         TrainSettings(grow_interactions=1).validate()
     with pytest.raises(ValueError, match="grow_interactions must be >= 0"):
