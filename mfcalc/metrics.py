@@ -195,14 +195,14 @@ def accumulate_stats(
     ``model_fidelities`` maps data fidelities to model heads by name; ``forces_mask``
     (``data.forces_mask()``) may be passed when the caller already has it (every epoch).
     ``predictions``: a dict that receives, in the same pass, the values behind the statistics
-    for parity plots: per data fidelity, where labelled, ``energy_ref`` / ``energy_pred``
-    (residual energies per structure, eV), ``n_atoms`` and ``forces_ref`` / ``forces_pred``
-    (components, eV/A).
+    for parity plots: per data fidelity, where labelled, ``structure`` (indices into ``data``),
+    ``energy_ref`` / ``energy_pred`` (residual energies per structure, eV), ``n_atoms`` and
+    ``forces_ref`` / ``forces_pred`` (components, eV/A, in the structures' atom order).
     ``molecule`` (S,) codes of ``data``'s structures and ``molecule_sums`` (max code + 1, F_data, 3):
     the per-molecule :func:`group_sums` are added into it in the same pass (relative energies).
     """
     total = torch.zeros(len(data.fidelities), 2, 3, dtype=torch.float64)
-    fields = ("energy_ref", "energy_pred", "n_atoms", "forces_ref", "forces_pred")
+    fields = ("structure", "energy_ref", "energy_pred", "n_atoms", "forces_ref", "forces_pred")
     parts: Dict[str, Dict[str, List[np.ndarray]]] = {name: {f: [] for f in fields} for name in data.fidelities}
     for batch, levels, pred_f, force_cols in _predicted_batches(
         model, data, structures, model_fidelities, batch_size, device, dtype, forces_mask
@@ -236,6 +236,7 @@ def _append_predictions(parts, fidelities: Sequence[str], batch, levels: Tensor,
     for k, name in enumerate(fidelities):
         have = batch.energy_mask[:, k].cpu().numpy()
         p = parts[name]
+        p["structure"].append(batch.index.cpu().numpy()[have])
         p["energy_ref"].append(batch.energy[:, k].cpu().numpy()[have])
         p["energy_pred"].append(levels[:, k].cpu().numpy()[have])
         p["n_atoms"].append(counts[have])

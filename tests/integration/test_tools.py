@@ -824,3 +824,75 @@ def test_size_study_trains_each_variant_on_one_split_and_scores_train_and_valid(
     assert os.path.getmtime(out / "narrow" / "model.pt") == stamp
     with pytest.raises(SystemExit):
         tool.main([*argv[:8], "--variant", "no-colon"])
+
+
+def test_ensemble_size_decomposes_the_shipped_ensemble_into_members_and_fits_the_k_curve(tmp_path, capsys):
+    """The shipped 4-member model on 160 reference structures: the all-member row is exactly
+    what mfcalc-eval reports for the ensemble (relE and forces, per head), which checks the
+    member split and the relE arithmetic; single members are worse on average; the fit
+    a + b/K is exact on data of that form; a one-member model is refused."""
+    import json
+
+    import numpy as np
+
+    from conftest import REFERENCE_H5
+    from mfcalc.config import RunConfig, load_run_data
+    from mfcalc.evaluate import evaluate
+
+    tool = load_tool("ensemble_size")
+    cfg = RunConfig.from_dict(
+        {
+            "data": [str(REFERENCE_H5)],
+            "fidelity": {
+                "xtb": {"energy": "gfn2_xtb.energy", "forces": "gfn2_xtb.forces"},
+                "dft": {"energy": "wb97x_dz.energy", "forces": "wb97x_dz.forces"},
+                "cc": {"energy": "ccsd(t)_dz.energy"},
+            },
+        }
+    )
+    (tmp_path / "config.toml").write_text(cfg.to_toml())
+    valid = np.sort(np.random.default_rng(0).choice(1024, 160, replace=False))
+    np.savez(tmp_path / "split.npz", valid=valid)
+    model = str(REPO / "models" / "default.pt")
+    argv = ["--model", model, "--config", str(tmp_path / "config.toml"), "--split", f"{tmp_path / 'split.npz'}:valid"]
+    assert tool.main([*argv, "--json", str(tmp_path / "out.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| cc | relE (kcal/mol) |" in table and "| dft | forces (kcal/mol/A) |" in table
+    result = json.loads((tmp_path / "out.json").read_text())
+    metrics, _ = evaluate(model, load_run_data(cfg, say=lambda m: None), valid)
+    for head in ("xtb", "dft", "cc"):
+        relative = result[head]["relative"]["by_size"]
+        assert [r["members"] for r in relative] == [1, 2, 3, 4]
+        assert relative[-1]["rmse"] == pytest.approx(metrics[head]["relative_rmse_kcal_mol"], rel=1e-6)
+        assert relative[0]["rmse"] > relative[-1]["rmse"]  # averaging members helps
+        assert relative[0]["best"] <= relative[0]["rmse"] <= relative[0]["worst"]
+        assert result[head]["relative"]["floor_rmse"] <= relative[-1]["rmse"] + 1e-9
+    for head in ("xtb", "dft"):
+        rmse = result[head]["forces"]["by_size"][-1]["rmse"]
+        assert rmse == pytest.approx(metrics[head]["forces_rmse_kcal_mol_a"], rel=1e-6)
+    assert "forces" not in result["cc"]  # no CCSD(T) forces in the data
+    a, b = tool.fit_floor_and_variance([1, 2, 3, 4], [0.5 + 2.0 / k for k in (1, 2, 3, 4)])
+    assert (a, b) == (pytest.approx(0.5), pytest.approx(2.0))
+
+
+def test_ensemble_size_refuses_a_single_model(trained_model, tmp_path):
+    import numpy as np
+
+    from conftest import REFERENCE_H5
+    from mfcalc.config import RunConfig
+
+    tool = load_tool("ensemble_size")
+    cfg = RunConfig.from_dict({"data": [str(REFERENCE_H5)], "fidelity": {"cc": {"energy": "ccsd(t)_dz.energy"}}})
+    (tmp_path / "config.toml").write_text(cfg.to_toml())
+    np.savez(tmp_path / "split.npz", valid=np.arange(40))
+    with pytest.raises(ValueError, match="two or more members"):
+        tool.main(
+            [
+                "--model",
+                str(trained_model),
+                "--config",
+                str(tmp_path / "config.toml"),
+                "--split",
+                f"{tmp_path / 'split.npz'}:valid",
+            ]
+        )
