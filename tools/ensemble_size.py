@@ -11,7 +11,7 @@ and extrapolates: what 8 or 16 members would give, and the floor no ensemble goe
 Scored per head: within-molecule relative energies (relE, what conformer rankings depend
 on) and force components.  No training; the test part is never scored.
 
-    python tools/ensemble_size.py --model data/campaign/default_v9/model.pt \\
+    python tools/ensemble_size.py --model models/default.pt \\
         --config data/campaign/default_v4/config.toml \\
         --split data/campaign/default_v4/split.npz:valid --json runs/ensemble_size.json
 """

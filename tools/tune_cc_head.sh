@@ -5,8 +5,8 @@
 # CCSD(T).  In the full build the ~2,000 CCSD(T) energies are a few per cent of each epoch and
 # the cc head ranks held-out conformers worse than the dft head; measured with
 # tools/label_effect.py (data/README.md, row `relative loss`), this stage brings its conformer
-# error from 0.95 to 0.81-0.86 kcal/mol; with CC_FROM=dft DFT_RELATIVE=4 on default_v4 it gave the
-# shipped default_v9 (0.62).  Then the base build's measurements are repeated.
+# error from 0.95 to 0.81-0.86 kcal/mol; with CC_FROM=dft DFT_RELATIVE=4 on default_v4 it gave
+# default_v9 (0.62), and on default_v11base the shipped default_v11.  Then the base build's measurements are repeated.
 #
 #   tools/tune_cc_head.sh BASE OUT      # e.g. data/campaign/default_v4 data/campaign/default_v5
 #
