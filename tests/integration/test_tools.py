@@ -896,3 +896,49 @@ def test_ensemble_size_refuses_a_single_model(trained_model, tmp_path):
                 f"{tmp_path / 'split.npz'}:valid",
             ]
         )
+
+
+def test_bench_twist_turns_the_bond_and_scores_models_and_levels_on_the_same_geometries(
+    trained_model, tmp_path, capsys
+):
+    """Formamide turned 90 degrees about C-N: the two geometries differ only in the turned
+    atoms, by 90 degrees of that torsion; GFN2-xTB puts the twist 15-35 kcal/mol up (the
+    conjugation the probe exists for); the model column is the head's own energy difference;
+    an unknown head or case is refused."""
+    import json
+
+    import numpy as np
+    import torch
+
+    pytest.importorskip("tblite")
+    from mfcalc import export, keys
+    from mfcalc.units import KCAL_MOL_EV
+
+    tool = load_tool("bench_twist")
+    numbers, pair = tool.twisted_pair("NC=O", "O=C-N-[H]", 0.0)
+    moved = np.linalg.norm(pair[1] - pair[0], axis=1) > 1e-6
+    assert 0 < moved.sum() < len(numbers) and sorted(numbers[moved]) == [1, 1]  # only the two amide hydrogens turn
+    out = tmp_path / "twist.json"
+    argv = ["--model", str(trained_model), "--heads", "cc", "--levels", "gfn2_xtb", "--cases", "formamide"]
+    assert tool.main([*argv, "--json", str(out)]) == 0
+    assert "| formamide |" in capsys.readouterr().out
+    row = json.loads(out.read_text())["formamide"]
+    assert 15.0 < row["gfn2_xtb"] < 35.0
+    model, meta = export.load(str(trained_model))
+    cc = list(meta[keys.META_FIDELITIES]).index("cc")
+    energies = []
+    for positions in pair:
+        e = model.double()(
+            torch.as_tensor(numbers),
+            torch.as_tensor(positions),
+            torch.zeros(len(numbers), dtype=torch.long),
+            1,
+            None,
+            None,
+        )[keys.ENERGY]
+        energies.append(float(e[0, cc]))
+    assert row[f"{trained_model} [cc]"] == pytest.approx((energies[1] - energies[0]) / KCAL_MOL_EV, abs=1e-6)
+    with pytest.raises(ValueError, match="no head caspt2"):
+        tool.main(["--model", str(trained_model), "--heads", "caspt2", "--levels", "--cases", "formamide"])
+    with pytest.raises(SystemExit):
+        tool.main(["--cases", "benzene"])
