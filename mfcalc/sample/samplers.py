@@ -6,9 +6,9 @@
   within an energy window is kept.
 * **Torsion scans**: every rotatable bond (single, not in a ring, neither end terminal nor
   linear; methyl and hydroxyl rotors included) is turned in steps through 360 degrees from the
-  lowest minimum.  *Relaxed* (default): at each step the dihedral is held (ASE ``FixInternals``)
-  while everything else relaxes, so the scan passes over the real barrier; *rigid*: only the
-  rotating group moves.
+  lowest minimum.  *Relaxed* (default): at each step the dihedrals of every substituent pair
+  across the bond are held (ASE ``FixInternals``), so the whole group turns, while everything
+  else relaxes, and the scan passes over the real barrier; *rigid*: only the rotating group moves.
 * **Normal modes** (ANI-1's sampling): at each minimum, the Hessian's modes i with force
   constants K_i are displaced by R_i = +-sqrt(3 c_i N_a k_B T / K_i), with random c_i >= 0
   whose sum is uniform in [0, 1], so the harmonic energy is at most 3/2 N_a k_B T.
@@ -174,6 +174,14 @@ def rotatable_torsions(mol: Any) -> List[Tuple[int, int, int, int]]:
     return out
 
 
+def _substituent_dihedrals(mol: Any, torsion: Tuple[int, int, int, int]) -> List[Tuple[int, int, int, int]]:
+    """The other dihedrals across bond b-c that turn with a-b-c-d: a-b-c-d_k and a_i-b-c-d."""
+    a, b, c, d = torsion
+    others_c = [n.GetIdx() for n in mol.GetAtomWithIdx(c).GetNeighbors() if n.GetIdx() not in (b, d)]
+    others_b = [n.GetIdx() for n in mol.GetAtomWithIdx(b).GetNeighbors() if n.GetIdx() not in (a, c)]
+    return [(a, b, c, k) for k in others_c] + [(i, b, c, d) for i in others_b]
+
+
 def _moving_side(mol: Any, b: int, c: int) -> np.ndarray:
     """Mask of the atoms on c's side of the bond b-c."""
     seen, stack = {c}, [c]
@@ -196,7 +204,14 @@ def torsion_scan(
     fmax: float = 0.05,
     max_steps: int = 200,
 ) -> List[Sample]:
-    """Geometries every ``step`` degrees around one torsion, starting from ``start``."""
+    """Geometries every ``step`` degrees around one torsion, starting from ``start``.
+
+    A relaxed scan holds the dihedral of *every* substituent pair across the bond (a-b-c-d_k
+    for each neighbour d_k of c, a_i-b-c-d for each neighbour a_i of b), each turned by the
+    same angle, so the whole group turns.  Holding a-b-c-d alone lets a cheaply inverting
+    atom undo the turn: an amide's NH2 wags its other hydrogen back into the plane and the
+    scan never crosses the C-N barrier (formamide's 90-degree point came out 12 kcal/mol up
+    with one half-turned NH2, instead of about 17 with the group turned)."""
     from ase import Atoms
     from ase.constraints import FixInternals
     from ase.optimize import BFGS
@@ -206,13 +221,16 @@ def torsion_scan(
     atoms.calc = engine.calculator(charge)
     mask = _moving_side(mol, b, c)
     phi0 = atoms.get_dihedral(a, b, c, d)
+    held = [(a, b, c, d)] + _substituent_dihedrals(mol, torsion)
+    held0 = [atoms.get_dihedral(*q) for q in held]
     checker = Checker(mol, start)
     samples = []
     for k in range(1, int(round(360.0 / step))):
         target = (phi0 + k * step) % 360.0
         atoms.set_dihedral(a, b, c, d, target, mask=mask)
         if relaxed:
-            atoms.set_constraint(FixInternals(dihedrals_deg=[[target, [a, b, c, d]]]))
+            targets = [[(phi + k * step) % 360.0, list(q)] for phi, q in zip(held0, held)]
+            atoms.set_constraint(FixInternals(dihedrals_deg=targets))
             BFGS(atoms, logfile=None).run(fmax=fmax, steps=max_steps)
             atoms.set_constraint()
         if checker.ok(atoms.positions):

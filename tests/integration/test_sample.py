@@ -187,3 +187,31 @@ def test_sampling_runs_on_one_thread_by_default_so_md_is_reproducible(tmp_path, 
         torch.set_num_threads(before)
     assert seen == [1, 1, 2]
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_a_relaxed_amide_scan_turns_the_whole_nh2_group_over_the_c_n_barrier(tmp_path):
+    """Formamide's C-N scan: at the 90-degree point both N-H bonds stand out of the O=C-N
+    plane (held one dihedral alone, the second hydrogen wagged back into the plane), and the
+    highest point lies above 15 kcal/mol at GFN2-xTB (one half-turned NH2 gave 12)."""
+    from ase.units import Hartree, kcal, mol
+
+    from mfcalc.label.levels import get_level
+
+    out = tmp_path / "formamide.extxyz"
+    assert sample_main(["NC=O", "--out", str(out), "--conformers", "--torsions", "--seed", "0"]) == 0
+    frames = ase.io.read(out, index=":")
+    scan = [a for a in frames if a.info["kind"] == "torsion"]
+    assert len(scan) == 11
+    z = scan[0].numbers
+    o, c, n = (int(np.flatnonzero(z == e)[0]) for e in (8, 6, 7))
+    nh = [h for h in np.flatnonzero(z == 1) if scan[0].get_distance(n, h) < 1.2]
+
+    def out_of_plane(atoms):  # |sin| of both O=C-N-H dihedrals
+        return [abs(np.sin(np.radians(atoms.get_dihedral(o, c, n, h)))) for h in nh]
+
+    quarter = min(scan, key=lambda a: abs(abs(np.sin(np.radians(a.info["angle"]))) - 1.0))
+    assert min(out_of_plane(quarter)) > 0.5, out_of_plane(quarter)
+    xtb = get_level("gfn2_xtb").compute
+    minimum = min(xtb(a.numbers, a.positions, 0, 1, False)[0] for a in frames if a.info["kind"] == "minimum")
+    highest = max(xtb(a.numbers, a.positions, 0, 1, False)[0] for a in scan)
+    assert (highest - minimum) * Hartree / (kcal / mol) > 15.0
