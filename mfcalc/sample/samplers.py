@@ -6,8 +6,9 @@
   within an energy window is kept.
 * **Torsion scans**: every rotatable bond (single, not in a ring, neither end terminal nor
   linear; methyl and hydroxyl rotors included) is turned in steps through 360 degrees from the
-  lowest minimum.  *Relaxed* (default): at each step the dihedrals of every substituent pair
-  across the bond are held (ASE ``FixInternals``), so the whole group turns, while everything
+  lowest minimum.  *Relaxed* (default): at each step the dihedral is held (ASE ``FixInternals``),
+  with those of every substituent of a three-connected end such as an amide nitrogen, so the
+  whole group turns, while everything
   else relaxes, and the scan crosses the barrier (for a conjugated nitrogen with the nitrogen
   kept planar, somewhat above the pyramidal transition state); *rigid*: only the rotating group moves.
 * **Normal modes** (ANI-1's sampling): at each minimum, the Hessian's modes i with force
@@ -176,11 +177,17 @@ def rotatable_torsions(mol: Any) -> List[Tuple[int, int, int, int]]:
 
 
 def _substituent_dihedrals(mol: Any, torsion: Tuple[int, int, int, int]) -> List[Tuple[int, int, int, int]]:
-    """The other dihedrals across bond b-c that turn with a-b-c-d: a-b-c-d_k and a_i-b-c-d."""
+    """The other dihedrals across bond b-c that must turn with a-b-c-d: a-b-c-d_k and a_i-b-c-d
+    for the substituents of a three-connected end (an amine or amide nitrogen, which can wag
+    or invert); a four-connected end cannot undo the turn, and holding its substituents too
+    over-determines the constraints (ASE's iteration then fails, e.g. for tert-butylamine)."""
     a, b, c, d = torsion
-    others_c = [n.GetIdx() for n in mol.GetAtomWithIdx(c).GetNeighbors() if n.GetIdx() not in (b, d)]
-    others_b = [n.GetIdx() for n in mol.GetAtomWithIdx(b).GetNeighbors() if n.GetIdx() not in (a, c)]
-    return [(a, b, c, k) for k in others_c] + [(i, b, c, d) for i in others_b]
+
+    def others(atom: int, skip: Tuple[int, int]) -> List[int]:
+        neighbours = [n.GetIdx() for n in mol.GetAtomWithIdx(atom).GetNeighbors()]
+        return [n for n in neighbours if n not in skip] if len(neighbours) == 3 else []
+
+    return [(a, b, c, k) for k in others(c, (b, d))] + [(i, b, c, d) for i in others(b, (a, c))]
 
 
 def _moving_side(mol: Any, b: int, c: int) -> np.ndarray:
@@ -207,9 +214,9 @@ def torsion_scan(
 ) -> List[Sample]:
     """Geometries every ``step`` degrees around one torsion, starting from ``start``.
 
-    A relaxed scan holds the dihedral of *every* substituent pair across the bond (a-b-c-d_k
-    for each neighbour d_k of c, a_i-b-c-d for each neighbour a_i of b), each turned by the
-    same angle, so the whole group turns.  Holding a-b-c-d alone lets a cheaply inverting
+    A relaxed scan holds, besides a-b-c-d, the dihedrals of the other substituents of a
+    three-connected end (a-b-c-d_k, a_i-b-c-d), each turned by the same angle, so the whole
+    group turns.  Holding a-b-c-d alone lets a cheaply inverting
     atom undo the turn: an amide's NH2 wagged its other hydrogen back into the plane and the
     scan never crossed the C-N barrier (formamide's 90-degree point came out 12 kcal/mol up at
     GFN2-xTB with one half-turned NH2, 24 with the group turned; the pyramidal transition state
@@ -231,9 +238,15 @@ def torsion_scan(
         target = (phi0 + k * step) % 360.0
         atoms.set_dihedral(a, b, c, d, target, mask=mask)
         if relaxed:
+            before = atoms.positions.copy()
             targets = [[(phi + k * step) % 360.0, list(q)] for phi, q in zip(held0, held)]
             atoms.set_constraint(FixInternals(dihedrals_deg=targets))
-            BFGS(atoms, logfile=None).run(fmax=fmax, steps=max_steps)
+            try:
+                BFGS(atoms, logfile=None).run(fmax=fmax, steps=max_steps)
+            except ValueError:  # ASE could not keep every held dihedral (its iteration diverged): skip the point
+                atoms.set_constraint()
+                atoms.positions = before
+                continue
             atoms.set_constraint()
         if checker.ok(atoms.positions):
             samples.append(

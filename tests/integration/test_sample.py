@@ -215,3 +215,33 @@ def test_a_relaxed_amide_scan_turns_the_whole_nh2_group_over_the_c_n_barrier(tmp
     minimum = min(xtb(a.numbers, a.positions, 0, 1, False)[0] for a in frames if a.info["kind"] == "minimum")
     highest = max(xtb(a.numbers, a.positions, 0, 1, False)[0] for a in scan)
     assert (highest - minimum) * Hartree / (kcal / mol) > 15.0
+
+
+def test_tert_butylamine_scans_complete_with_every_point(tmp_path):
+    """Holding every substituent of the four-connected carbon too once made ASE's FixInternals
+    fail and end the whole sampling run; only a three-connected end's substituents are held."""
+    out = tmp_path / "tbuNH2.extxyz"
+    assert sample_main(["CC(C)(C)N", "--out", str(out), "--torsions", "--seed", "0"]) == 0
+    scans = [a for a in ase.io.read(out, index=":") if a.info["kind"] == "torsion"]
+    assert len({a.info["torsion"] for a in scans}) == 4 and len(scans) == 4 * 11
+
+
+def test_a_scan_point_the_constraint_cannot_keep_is_skipped_not_fatal(tmp_path, monkeypatch):
+    """ASE raises ValueError when FixInternals cannot keep the held dihedrals: that point is
+    left out and the scan goes on from the last good geometry."""
+    from ase.optimize import BFGS
+
+    calls = {"n": 0}
+    run = BFGS.run
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ValueError("FixInternals.adjust_positions did not converge.")
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(BFGS, "run", flaky)
+    out = tmp_path / "methanol.extxyz"
+    assert sample_main(["CO", "--out", str(out), "--torsions", "--seed", "0"]) == 0
+    scans = [a for a in ase.io.read(out, index=":") if a.info["kind"] == "torsion"]
+    assert calls["n"] >= 11 and len(scans) == 10
