@@ -217,10 +217,9 @@ def torsion_scan(
     A relaxed scan holds, besides a-b-c-d, the dihedrals of the other substituents of a
     three-connected end (a-b-c-d_k, a_i-b-c-d), each turned by the same angle, so the whole
     group turns.  Holding a-b-c-d alone lets a cheaply inverting
-    atom undo the turn: an amide's NH2 wagged its other hydrogen back into the plane and the
-    scan never crossed the C-N barrier (formamide's 90-degree point came out 12 kcal/mol up at
-    GFN2-xTB with one half-turned NH2, 24 with the group turned; the pyramidal transition state
-    lies between)."""
+    atom undo the turn: an amide's NH2 wagged its other hydrogen back towards the plane for half
+    of the scan (formamide's -90-degree point came out 12 kcal/mol up at GFN2-xTB with one
+    half-turned NH2, 24 with the group turned; the pyramidal transition state lies between)."""
     from ase import Atoms
     from ase.constraints import FixInternals
     from ase.optimize import BFGS
