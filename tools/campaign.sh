@@ -8,6 +8,7 @@
 #   tools/campaign.sh sample       # round-0 candidates: minima, torsion scans, normal modes, MD (GFN2-xTB)
 #   tools/campaign.sh xtb          # GFN2-xTB energies+forces for every candidate -> data/campaign/campaign.h5
 #   tools/campaign.sh large        # round 3: 9-16-heavy-atom drugs and fragments, sampled and labelled with GFN2-xTB -> large.h5
+#   tools/campaign.sh twist        # round 7: torsion scans of bonds to a three-connected nitrogen, redone so the group turns -> twist.h5
 #   tools/campaign.sh heldout      # held-out benchmark structures -> data/benchmark/heldout.h5 (xTB, DFT, CCSD(T))
 #   tools/campaign.sh committee R  # train the round-R committee on everything labelled so far
 #   tools/campaign.sh select-dft R N / select-cc R N   # pick N structures with the round-R committee
@@ -25,7 +26,7 @@ B=data/benchmark
 W=${WORKERS:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 source tools/campaign_data.sh  # the training files, fidelity bindings and label targets, declared once
-stage=${1:?usage: tools/campaign.sh sample|xtb|large|heldout|committee|select-dft|select-dft-relaxed|select-dft-hbond|select-cc|select-cc-relaxed|dft|cc [ROUND] [N]}
+stage=${1:?usage: tools/campaign.sh sample|xtb|large|twist|heldout|committee|select-dft|select-dft-relaxed|select-dft-hbond|select-cc|select-cc-relaxed|dft|cc [ROUND] [N]}
 case $stage in
   sample)
     mfcalc-sample $C/small.smi $C/medium.smi --out $C/round0_candidates.extxyz --conformers --torsions \
@@ -39,6 +40,12 @@ case $stage in
     mfcalc-sample $C/large.smi --out $C/large_candidates.extxyz --conformers --torsions \
         --normal-modes 300,600,1000 --md 500,1000 --md-minima 1 --per-temperature 8 --window 5 --max-minima 8 --seed 0
     mfcalc-label $C/large_candidates.extxyz --levels gfn2_xtb --out $C/large.h5 --workers "$W" ;;
+  twist)
+    # round 7: the torsion scans of the molecules whose rotatable bonds end at a three-connected
+    # nitrogen, redone with that nitrogen's other substituents held (mfcalc.sample.samplers.torsion_scan):
+    # the first scans let it wag back, so the C-N barriers of amides were never crossed; its own file
+    mfcalc-sample $C/twist.smi --out $C/twist_candidates.extxyz --torsions --window 5 --max-minima 8 --seed 0
+    mfcalc-label $C/twist_candidates.extxyz --levels gfn2_xtb --out $C/twist.h5 --workers "$W" ;;
   heldout)
     mkdir -p $B
     # (a) every conformer within 5 kcal/mol (searched at GFN2-xTB with a 6 kcal/mol margin) of the
