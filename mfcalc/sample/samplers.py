@@ -8,9 +8,9 @@
   linear; methyl and hydroxyl rotors included) is turned in steps through 360 degrees from the
   lowest minimum.  *Relaxed* (default): at each step the dihedral is held (ASE ``FixInternals``),
   with those of every substituent of a three-connected end such as an amide nitrogen, so the
-  whole group turns, while everything
-  else relaxes, and the scan crosses the barrier (for a conjugated nitrogen with the nitrogen
-  kept planar, somewhat above the pyramidal transition state); *rigid*: only the rotating group moves.
+  whole group turns while everything else relaxes, and the scan crosses the barrier (for a
+  conjugated nitrogen kept planar, somewhat above the pyramidal transition state); *rigid*:
+  only the rotating group moves.
 * **Normal modes** (ANI-1's sampling): at each minimum, the Hessian's modes i with force
   constants K_i are displaced by R_i = +-sqrt(3 c_i N_a k_B T / K_i), with random c_i >= 0
   whose sum is uniform in [0, 1], so the harmonic energy is at most 3/2 N_a k_B T.
@@ -216,10 +216,11 @@ def torsion_scan(
 
     A relaxed scan holds, besides a-b-c-d, the dihedrals of the other substituents of a
     three-connected end (a-b-c-d_k, a_i-b-c-d), each turned by the same angle, so the whole
-    group turns.  Holding a-b-c-d alone lets a cheaply inverting
-    atom undo the turn: an amide's NH2 wagged its other hydrogen back towards the plane for half
-    of the scan (formamide's -90-degree point came out 12 kcal/mol up at GFN2-xTB with one
-    half-turned NH2, 24 with the group turned; the pyramidal transition state lies between)."""
+    group turns.  Holding a-b-c-d alone lets a cheaply inverting atom undo the turn: an amide's
+    NH2 wagged its other hydrogen back towards the plane for half of the scan (formamide's
+    -90-degree point came out 12 kcal/mol up at GFN2-xTB with one half-turned NH2, 24 with the
+    group turned; the pyramidal transition state lies between).  A point whose held dihedrals
+    ASE cannot keep is left out; the next starts from its rotated, unrelaxed geometry."""
     from ase import Atoms
     from ase.constraints import FixInternals
     from ase.optimize import BFGS

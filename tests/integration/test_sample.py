@@ -228,7 +228,7 @@ def test_tert_butylamine_scans_complete_with_every_point(tmp_path):
 
 def test_a_scan_point_the_constraint_cannot_keep_is_skipped_not_fatal(tmp_path, monkeypatch):
     """ASE raises ValueError when FixInternals cannot keep the held dihedrals: that point is
-    left out and the scan goes on from the last good geometry."""
+    left out and the scan goes on."""
     from ase.optimize import BFGS
 
     calls = {"n": 0}
