@@ -236,8 +236,9 @@ class TrainSettings:
     split_from: Optional[str] = field(
         default=None,
         metadata=_help(
-            "reuse the train/valid/test split of an earlier run on the same structures (its split.npz): a "
-            "build continued from that run's model on grown labels keeps its test structures unseen",
+            "reuse the train/valid/test split of an earlier run (its split.npz): on the same structures with "
+            "grown labels by row; on grown data by geometry (its config.toml next to the split names its "
+            "data), only new structures split anew; either way its test structures stay unseen",
             metavar="RUN/split.npz",
         ),
     )

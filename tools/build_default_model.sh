@@ -17,8 +17,10 @@
 # FEATURES (40), STRUCTURES (0: all), INSTALL (1: copy into models/; 0 for a trial build),
 # CONTINUE_FROM (an earlier build's directory, e.g. data/campaign/default_v4: start every member
 # from that build's model.pt on its split, so that labels added since to the same structures
-# train a few epochs (EPOCHS, e.g. 10) instead of a whole rebuild; its test rows stay unseen,
-# and mfcalc-train refuses data whose structures differ from the split's), RELATIVE (weight of
+# train a few epochs (EPOCHS, e.g. 10) instead of a whole rebuild; its test rows stay unseen), SPLIT_FROM
+# (an earlier build's split.npz for a fresh build on grown data: its structures keep their part,
+# found by geometry, and only new ones are split, so the new model is compared with the earlier
+# ones on the same validation structures; CONTINUE_FROM implies its build's split), RELATIVE (weight of
 # the cc head's within-molecule relative-energy term, --loss-weight cc:relative=W; 0: off).
 # Planning figure: about 150 s per epoch and member on one core for 47k structures (measured
 # for default_v3, with or without a labelling job on the other core); 324-340 s for 59k
@@ -61,7 +63,9 @@ if [[ -n ${CONTINUE_FROM:-} ]]; then
     done
     opt+=(--init-from "$CONTINUE_FROM/model.pt" --split-from "$CONTINUE_FROM/split.npz")
     lr=${LR:-3e-4}  # a warm restart: the members are trained already
+    [[ -z ${SPLIT_FROM:-} ]] || { echo "CONTINUE_FROM takes its build's split: leave SPLIT_FROM out" >&2; exit 2; }
 fi
+[[ -n ${SPLIT_FROM:-} ]] && opt+=(--split-from "$SPLIT_FROM")
 if [[ ! -f $out/model.pt ]]; then
     [[ -f $out/checkpoint.pt ]] && opt+=(--resume)
     mfcalc-train --data "${data[@]}" "${fid[@]}" --out "$out" --split-by random \

@@ -126,6 +126,58 @@ def read_split(path: str, n_structures: int) -> Dict[str, np.ndarray]:
     return split
 
 
+def grown_split(path: str, data: MFData, t_cfg: Any, say: Callable[[str], None]) -> Dict[str, np.ndarray]:
+    """An earlier run's split for data that may have grown since: the same structures (more
+    labels on the same geometries) keep its rows (:func:`read_split`); data with new structures
+    are matched to that run's own data (read with the ``config.toml`` next to its split) by
+    geometry, every structure it had keeps its part, and only the new ones are split, with this
+    run's fractions and seed, so its test structures stay unseen and a model trained on the
+    grown data can be compared with the earlier ones on the same validation structures."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"split_from: no split file {path}")
+    with np.load(path, allow_pickle=False) as z:
+        n_then = sum(len(z[k]) for k in z.files)
+    if n_then == len(data):
+        say(f"split from {path}")
+        return read_split(path, len(data))
+    config = os.path.join(os.path.dirname(path), "config.toml")
+    if not os.path.exists(config):
+        raise ValueError(
+            f"split_from: {path} splits {n_then} structures, but the data have {len(data)}: it belongs to other "
+            f"data, and no config.toml next to it says which, to match the structures by geometry"
+        )
+    if t_cfg.split_by != "random":
+        raise ValueError("split_from on grown data splits the new structures at random: set split_by = 'random'")
+    then_cfg = RunConfig.from_toml(config)
+    run_dir = os.path.dirname(os.path.abspath(path))
+
+    def local(f: str) -> str:  # a build kept in git reads its own copies (RUN/data/), wherever the clone lies
+        return f if os.path.exists(f) else os.path.join(run_dir, "data", os.path.basename(f))
+
+    then_cfg.data = [local(f) for f in then_cfg.data]
+    for fid in then_cfg.fidelities:
+        fid.files = [local(f) for f in fid.files]
+    then = load_run_data(then_cfg, say=lambda _m: None)
+    then_split = read_split(path, len(then))
+    then_keys, keys = geometry_keys(then), geometry_keys(data)
+    lost = len(set(then_keys) - set(keys))
+    if lost:
+        raise ValueError(
+            f"split_from: {path} belongs to other data: {lost} of its structures are not in these data "
+            "(a grown data set only gains structures)"
+        )
+    part_of: Dict[str, str] = {}
+    for part in ("train", "valid", "test"):  # later parts win, as for a replay
+        part_of.update((then_keys[int(i)], part) for i in then_split[part])
+    where = np.array([part_of.get(k, "") for k in keys], dtype=object)
+    new = np.flatnonzero(where == "")
+    fresh = split_indices(data.subset(new), t_cfg.valid_fraction, t_cfg.test_fraction, seed=t_cfg.seed)
+    for part, rows in fresh.items():
+        where[new[rows]] = part
+    say(f"split from {path}: {len(data) - len(new)} structures keep their part, {len(new)} new ones are split anew")
+    return {part: np.flatnonzero(where == part).astype(np.int64) for part in ("train", "valid", "test")}
+
+
 def read_replay_split(path: str, old: MFData, source: Optional[finetune.Source]) -> Dict[str, np.ndarray]:
     """The split of the run that trained on the replayed files (``read_split``), checked against
     that run's data fingerprint where its checkpoint lies next to the split: the same files read
@@ -176,8 +228,7 @@ def prepare_run(
         raise ValueError(f"data fidelities {data.fidelities} differ from the config's {bound}")
     rows = np.arange(len(data))
     if given_split is None and t_cfg.split_from and state is None:
-        given_split = read_split(t_cfg.split_from, len(data))
-        say(f"split from {t_cfg.split_from}")
+        given_split = grown_split(t_cfg.split_from, data, t_cfg, say)
     if given_split is not None and t_cfg.max_structures is not None:
         raise ValueError("a given split cannot be combined with max_structures")
     if t_cfg.max_structures is not None and t_cfg.max_structures < len(data):

@@ -413,6 +413,49 @@ def test_split_from_reuses_an_earlier_runs_split_on_grown_labels_and_refuses_oth
     assert "cannot be combined with max_structures" in capsys.readouterr().err
 
 
+def test_split_from_on_grown_data_keeps_every_old_structures_part_and_splits_only_the_new(tmp_path, capsys):
+    """A fresh build on data that gained structures (a new file) keeps run A's split for A's
+    structures, found by geometry through A's config.toml, and splits only the new ones; a split
+    without its config.toml, where the data differ, is refused."""
+    import shutil
+
+    import h5py
+
+    from mfcalc.config import RunConfig, load_run_data
+    from mfcalc.data.identity import geometry_keys
+
+    small, extra = tmp_path / "small.h5", tmp_path / "extra.h5"
+    with h5py.File(REFERENCE_H5) as f, h5py.File(small, "w") as g, h5py.File(extra, "w") as h:
+        names = list(f)
+        for name in names[:3]:
+            f.copy(f[name], g, name)
+        for name in names[3:5]:
+            f.copy(f[name], h, name)
+    fast = [a for a in SMALL if a not in ("--max-structures", "160")]
+    first = tmp_path / "a"
+    assert train_main(["--data", str(small), "--fidelity", DFT, "--out", str(first), *fast,
+                       "--epochs", "1", "--seed", "3"]) == 0  # fmt: skip
+    second = tmp_path / "b"
+    assert train_main(["--data", str(small), str(extra), "--fidelity", DFT, "--out", str(second), *fast,
+                       "--epochs", "1", "--seed", "4", "--split-from", str(first / "split.npz")]) == 0  # fmt: skip
+    assert "new ones are split anew" in capsys.readouterr().out
+
+    def parts(run):
+        keys = geometry_keys(load_run_data(RunConfig.from_toml(str(run / "config.toml")), say=lambda m: None))
+        with np.load(run / "split.npz") as z:
+            return {keys[int(i)]: part for part in z.files for i in z[part]}
+
+    a, b = parts(first), parts(second)
+    assert len(b) > len(a) and all(b[key] == part for key, part in a.items())
+    assert {"train", "valid", "test"} <= {b[key] for key in set(b) - set(a)}  # the new ones in every part
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(first / "split.npz", lone / "split.npz")
+    assert train_main(["--data", str(small), str(extra), "--fidelity", DFT, "--out", str(tmp_path / "c"), *fast,
+                       "--epochs", "1", "--split-from", str(lone / "split.npz")]) == 2  # fmt: skip
+    assert "no config.toml next to it" in capsys.readouterr().err
+
+
 def test_eval_scores_energies_relative_within_each_molecule(run_dir, capsys):
     """The relE column: each molecule's mean error removed, molecules with one structure left
     out; recomputed here by hand from the per-structure predictions, and reported by the
