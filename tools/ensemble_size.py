@@ -97,15 +97,16 @@ def study(predictions: List[Dict[str, Dict[str, np.ndarray]]], molecule: np.ndar
         members = [p[head] for p in predictions]
         if members[0]["energy_ref"].size == 0:
             continue
+        # every subset scored once; each measure reads its own number
+        errors = {
+            size: [squared_errors(members, subset, molecule) for subset in itertools.combinations(range(n), size)]
+            for size in range(1, n + 1)
+        }
         rows: Dict[str, Any] = {}
         for measure in ("relative", "forces"):
             by_size = []
             for size in range(1, n + 1):
-                values = []
-                for subset in itertools.combinations(range(n), size):
-                    errors = squared_errors(members, subset, molecule)
-                    if measure in errors and np.isfinite(errors[measure]):
-                        values.append(errors[measure])
+                values = [e[measure] for e in errors[size] if measure in e and np.isfinite(e[measure])]
                 if values:
                     by_size.append((size, float(np.mean(values)), float(np.min(values)), float(np.max(values))))
             if len(by_size) < n:
@@ -121,7 +122,7 @@ def study(predictions: List[Dict[str, Dict[str, np.ndarray]]], molecule: np.ndar
                 "extrapolated": {str(k): float(np.sqrt(max(a + b / k, 0.0))) for k in EXTRAPOLATE},
             }
         if rows:
-            rows["n_relative"] = squared_errors(members, [0], molecule)["n_relative"]
+            rows["n_relative"] = errors[1][0]["n_relative"]
             result[head] = rows
     return result
 
