@@ -541,7 +541,18 @@ def test_build_default_model_trains_on_the_committed_snapshot_and_restores_it(tm
     res = build()
     assert res.returncode == 3 and "--init-from runs/a/model.pt --split-from runs/a/split.npz" in res.stdout
     assert "--lr 3e-4" in res.stdout and "--loss-weight cc:relative=2" in res.stdout
-    del env["CONTINUE_FROM"], env["RELATIVE"]
+    env["LR"] = "1e-3"  # a warm restart at the full rate
+    assert "--lr 1e-3" in build().stdout
+    env["SPLIT_FROM"] = "runs/a/split.npz"  # a continued build has its split already
+    res = build()
+    assert res.returncode == 2 and "CONTINUE_FROM takes its build's split" in res.stderr
+    del env["CONTINUE_FROM"], env["RELATIVE"], env["LR"]
+
+    # a fresh build on grown data keeps an earlier build's split for its structures, at the full rate
+    res = build()
+    assert res.returncode == 3 and "--split-from runs/a/split.npz" in res.stdout and "--lr 1e-3" in res.stdout
+    assert "--init-from" not in res.stdout
+    del env["SPLIT_FROM"]
 
     # a new build on uncommitted labelled files is refused, naming the file
     shutil.rmtree(out)
