@@ -69,3 +69,44 @@ def test_select_cc_relaxed_picks_relaxed_small_unlabelled_structures_only(tmp_pa
         assert any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in new_relaxed)
     missing = run_stage(tmp_path, "select-cc-relaxed", "8", "5")  # no committee8.pt
     assert missing.returncode != 0 and "committee8.pt" in missing.stderr
+
+
+def test_twist_stages_pick_up_to_three_per_molecule_of_the_scans_within_each_levels_size(tmp_path):
+    """twist.h5 holds 6 ethanols (3 heavy atoms; one already labelled at wB97X), a benzene (6)
+    and a benzene pair (12). The wB97X stage may pick 3 new ethanols and the benzene (up to 8
+    heavy atoms); the CCSD(T) stage 3 ethanols only (up to 4)."""
+    scratch_repository(tmp_path)
+    campaign = tmp_path / "data" / "campaign"
+    with h5py.File(REFERENCE_H5) as f:
+        g = f["C2H6O1"]
+        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:6]
+        ethanol = [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
+    pair = molecule("C6H6")  # two benzenes 5 A apart: 12 heavy atoms, beyond both stages
+    pair += molecule("C6H6", positions=molecule("C6H6").positions + (0.0, 0.0, 5.0))
+    others = [(molecule("C6H6"), "c1ccccc1"), (pair, "c1ccccc1.c1ccccc1")]
+    store = LabelStore(str(campaign / "twist.h5"))
+    for z, x in ethanol:
+        store.record(store.add(z, x, smiles="CCO"), "gfn2_xtb", -15.0, np.zeros((len(z), 3)), 0.1)
+    for atoms, smiles in others:
+        store.record(
+            store.add(atoms.numbers, atoms.positions, smiles=smiles), "gfn2_xtb", -19.0, np.zeros((len(atoms), 3)), 0.1
+        )
+    store.close()
+    labelled = LabelStore(str(campaign / "dft.h5"))
+    labelled.record(labelled.add(*ethanol[0], smiles="CCO"), "wb97x_dz", -154.0, np.zeros((9, 3)), 10.0)
+    labelled.close()
+    shutil.copy(default_model_path(), campaign / "committee9.pt")
+
+    done = run_stage(tmp_path, "select-dft-twist", "9", "50")
+    assert done.returncode == 0, done.stderr
+    assert "1 candidate(s) already have wb97x_dz" in done.stdout
+    picked = ase.io.read(campaign / "round9_dft.extxyz", index=":")
+    assert sorted(a.info["smiles"] for a in picked) == ["CCO"] * 3 + ["c1ccccc1"]
+    new = [x for _, x in ethanol[1:]]
+    for atoms in (a for a in picked if a.info["smiles"] == "CCO"):
+        assert any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in new)
+
+    done = run_stage(tmp_path, "select-cc-twist", "9", "50")
+    assert done.returncode == 0, done.stderr
+    picked = ase.io.read(campaign / "round9_cc.extxyz", index=":")
+    assert [a.info["smiles"] for a in picked] == ["CCO"] * 3 and (campaign / "round9_cc_report.json").exists()
