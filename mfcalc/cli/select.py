@@ -27,9 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--by",
         default="spread",
-        metavar="spread|force-spread|heads:A,B",
-        help="member energy spread / sqrt(N) (default), member force spread, or the disagreement "
-        "of two heads after removing an element-wise offset",
+        metavar="spread|force-spread|heads:A,B|energy:LEVEL",
+        help="member energy spread / sqrt(N) (default), member force spread, the disagreement "
+        "of two heads after removing an element-wise offset, or the LEVEL energy stored in the candidate "
+        "HDF5 files above the lowest of the molecule (torsion-scan tops first: a barrier every member misses alike)",
     )
     p.add_argument("--fidelity", help="head whose spread is used (default: the model's default)")
     p.add_argument("--per-molecule", type=int, metavar="M", help="at most M structures of one molecule")
@@ -84,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             already_labelled,
             choose,
             committee_scores,
+            energy_above_lowest,
             format_report,
             matching_substructure,
             read_candidates,
@@ -110,7 +112,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             if len(keep) == 0:
                 raise ValueError(f"--smarts: no candidate molecule contains {args.smarts}")
             numbers, data = numbers[keep], data.subset(keep)
-        scores = committee_scores(args.model, data, args.by, args.fidelity, device=args.device)
+        by_energy = args.by.startswith("energy:")
+        spread_by = "spread" if by_energy else args.by  # the committee reports its spreads either way
+        scores = committee_scores(args.model, data, spread_by, args.fidelity, device=args.device)
+        if by_energy:
+            level = args.by[len("energy:") :]
+            if not level:
+                raise ValueError("--by energy:LEVEL names a level, e.g. energy:gfn2_xtb")
+            scores.score = np.where(scores.usable, energy_above_lowest(data, args.candidates, level), np.nan)
         note = unscorable_message(data, scores, export.load(args.model)[1][keys.META_SPECIES])
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)
@@ -134,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{int(keep.sum())} candidate(s) relaxed at {level} (forces below {limit:g} eV/A); others left out")
         picked = choose(scores.score, data, args.n, args.per_molecule, args.min_distance_change, seed=args.seed)
         baseline = (
-            committee_scores(args.compare_model, data, args.by, args.fidelity, device=args.device)
+            committee_scores(args.compare_model, data, spread_by, args.fidelity, device=args.device)
             if args.compare_model
             else None
         )

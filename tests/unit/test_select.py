@@ -172,6 +172,39 @@ def test_relaxed_keeps_only_candidates_whose_stored_forces_are_small(candidates,
     assert "LEVEL:FMAX" in capsys.readouterr().err
 
 
+def test_energy_criterion_picks_each_molecules_highest_stored_energies_first(candidates, tmp_path, capsys):
+    """--by energy:LEVEL ranks by the stored energy above the molecule's lowest, not by the
+    committee: ethanol frames 5 and 9 lie highest (1.0 and 0.8 eV up), methane's second frame
+    0.5 eV above its first; the planted structure, whose spread is largest, lies low."""
+    from mfcalc.label.store import LabelStore
+
+    frames = ase.io.read(candidates, index=":")
+    store_path = tmp_path / "xtb.h5"
+    store = LabelStore(str(store_path))
+    energy = {5: 1.0, 9: 0.8}  # eV above ethanol's lowest (-15 eV); the rest within 0.1
+    for k, atoms in enumerate(frames[:21]):
+        e = -15.0 + energy.get(k, 0.01 * (k % 10))
+        store.record(store.add(atoms.numbers, atoms.positions, smiles="CCO"), "gfn2_xtb", e / 27.211386, None, 0.1)
+    far = METHANE.copy()
+    far.positions *= 1.1
+    for atoms, e in ((METHANE, -8.0), (far, -7.5)):  # methane's energies are far below ethanol's lowest
+        store.record(store.add(atoms.numbers, atoms.positions, smiles="C"), "gfn2_xtb", e / 27.211386, None, 0.1)
+    store.close()
+    out = tmp_path / "picked.extxyz"
+    argv = [str(store_path), "--model", default_model_path(), "--out", str(out), "--by", "energy:gfn2_xtb"]
+    assert select_main([*argv, "--n", "3", "--per-molecule", "2"]) == 0
+    picked = ase.io.read(out, index=":")
+    assert [a.info["smiles"] for a in picked] == ["CCO", "C", "CCO"]  # labelling order: passes over molecules
+    assert np.allclose(picked[0].info["score"], 1.0, atol=1e-6) and np.allclose(picked[2].info["score"], 0.8, atol=1e-6)
+    assert np.allclose(picked[1].info["score"], 0.5, atol=1e-6)
+    assert np.allclose(np.sort(picked[1].positions, axis=0), np.sort(far.positions, axis=0))  # the store's atom order
+    assert np.allclose(np.sort(picked[0].positions, axis=0), np.sort(frames[5].positions, axis=0))
+    capsys.readouterr()
+    assert select_main([*argv[:-1], "energy:wb97x_dz", "--n", "3"]) == 2
+    assert "no candidate file is an HDF5 label file with wb97x_dz.energy" in capsys.readouterr().err
+    assert select_main([str(candidates), *argv[1:], "--n", "3"]) == 2  # extxyz: no stored energies
+
+
 def test_structures_without_a_smiles_count_per_formula(candidates):
     data = read_candidates([str(candidates)])
     codes, names = data.groups["smiles"]
