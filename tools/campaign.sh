@@ -110,9 +110,11 @@ case $stage in
     # the twist at GFN2-xTB level only, and the dft and cc heads, which the second stage tunes on
     # within-molecule energies, had no turned amide among their labels.  A shared bias that no
     # committee sees: the stratum is chosen by chemistry, the committee orders picks within it
+    # (round 8), or BY=energy:gfn2_xtb takes each scan's tops first (round 9: round 8's committee
+    # picks held few turned amides, e.g. formamide's highest wB97X pick lay 7 kcal/mol up)
     r=${2:?round}; n=${3:?how many}
-    if [[ $stage == select-dft-twist ]]; then level=dft heavy=8 by=(--by force-spread --fidelity dft)
-    else level=cc heavy=4 by=(--by spread --fidelity cc); fi
+    if [[ $stage == select-dft-twist ]]; then level=dft heavy=8 by=(--by "${BY:-force-spread}" --fidelity dft)
+    else level=cc heavy=4 by=(--by "${BY:-spread}" --fidelity cc); fi
     skip=(); [[ -f ${LABEL_STORE[$level]} ]] && skip=(--skip-labelled "${LABEL_STORE[$level]}:${LABEL_LEVEL[$level]}")
     mfcalc-select $C/twist.h5 --max-heavy-atoms "$heavy" --model $C/committee$r.pt --n "$n" "${by[@]}" \
         --per-molecule 3 "${skip[@]}" --out $C/round${r}_$level.extxyz --report $C/round${r}_${level}_report.json ;;

@@ -85,8 +85,8 @@ def test_twist_stages_pick_up_to_three_per_molecule_of_the_scans_within_each_lev
     pair += molecule("C6H6", positions=molecule("C6H6").positions + (0.0, 0.0, 5.0))
     others = [(molecule("C6H6"), "c1ccccc1"), (pair, "c1ccccc1.c1ccccc1")]
     store = LabelStore(str(campaign / "twist.h5"))
-    for z, x in ethanol:
-        store.record(store.add(z, x, smiles="CCO"), "gfn2_xtb", -15.0, np.zeros((len(z), 3)), 0.1)
+    for k, (z, x) in enumerate(ethanol):  # the later, the higher: ethanols 5 and 4 are the scan's top
+        store.record(store.add(z, x, smiles="CCO"), "gfn2_xtb", -15.0 + 0.01 * k, np.zeros((len(z), 3)), 0.1)
     for atoms, smiles in others:
         store.record(
             store.add(atoms.numbers, atoms.positions, smiles=smiles), "gfn2_xtb", -19.0, np.zeros((len(atoms), 3)), 0.1
@@ -105,6 +105,19 @@ def test_twist_stages_pick_up_to_three_per_molecule_of_the_scans_within_each_lev
     new = [x for _, x in ethanol[1:]]
     for atoms in (a for a in picked if a.info["smiles"] == "CCO"):
         assert any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in new)
+
+    env = {**os.environ, "BY": "energy:gfn2_xtb"}  # the scan tops first, by the stored GFN2-xTB energy
+    done = subprocess.run(
+        ["bash", str(tmp_path / "tools" / "campaign.sh"), "select-dft-twist", "9", "2"],
+        env={**env, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "scored by energy:gfn2_xtb" in done.stdout, done.stderr
+    picked = ase.io.read(campaign / "round9_dft.extxyz", index=":")
+    for atoms, (_, x) in zip(picked, (ethanol[5], ethanol[4])):
+        assert np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5)
 
     done = run_stage(tmp_path, "select-cc-twist", "9", "50")
     assert done.returncode == 0, done.stderr
