@@ -113,13 +113,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise ValueError(f"--smarts: no candidate molecule contains {args.smarts}")
             numbers, data = numbers[keep], data.subset(keep)
         by_energy = args.by.startswith("energy:")
+        if by_energy and not args.by[len("energy:") :]:
+            raise ValueError("--by energy:LEVEL names a level, e.g. energy:gfn2_xtb")
         spread_by = "spread" if by_energy else args.by  # the committee reports its spreads either way
         scores = committee_scores(args.model, data, spread_by, args.fidelity, device=args.device)
         if by_energy:
-            level = args.by[len("energy:") :]
-            if not level:
-                raise ValueError("--by energy:LEVEL names a level, e.g. energy:gfn2_xtb")
-            scores.score = np.where(scores.usable, energy_above_lowest(data, args.candidates, level), np.nan)
+            above = energy_above_lowest(data, args.candidates, args.by[len("energy:") :])
+            scores.score = np.where(scores.usable, above, np.nan)
         note = unscorable_message(data, scores, export.load(args.model)[1][keys.META_SPECIES])
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)

@@ -203,6 +203,9 @@ def test_energy_criterion_picks_each_molecules_highest_stored_energies_first(can
     assert select_main([*argv[:-1], "energy:wb97x_dz", "--n", "3"]) == 2
     assert "no candidate file is an HDF5 label file with wb97x_dz.energy" in capsys.readouterr().err
     assert select_main([str(candidates), *argv[1:], "--n", "3"]) == 2  # extxyz: no stored energies
+    capsys.readouterr()
+    assert select_main([*argv[:-1], "energy:", "--n", "3"]) == 2
+    assert "names a level" in capsys.readouterr().err
 
 
 def test_structures_without_a_smiles_count_per_formula(candidates):
