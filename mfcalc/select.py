@@ -135,8 +135,19 @@ def choose(
     min_distance_change: float = 0.1,
     group: str = "smiles",
     seed: int = 0,
+    fill_to: Optional[int] = None,
+    labelled: Optional[Dict[str, int]] = None,
 ) -> np.ndarray:
-    """Indices of up to ``n`` structures, highest score first, diverse (see the module docstring)."""
+    """Indices of up to ``n`` structures, highest score first, diverse (see the module docstring).
+
+    ``fill_to`` K caps each molecule at K structures *in all*, counting the ``labelled`` ones it
+    has already (:func:`labelled_per_molecule`): a coverage round, which gives every molecule
+    that the earlier rounds' committees passed over at least K labels and leaves those
+    that have K alone.
+    """
+    if fill_to is not None and fill_to < 1:
+        raise ValueError(f"--fill-to wants K >= 1, got {fill_to}")
+    labelled = labelled or {}
     if n < 0:
         raise ValueError(f"--n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
@@ -151,6 +162,8 @@ def choose(
             break
         mine = per.setdefault(str(molecule[i]), [])
         if per_molecule is not None and len(mine) >= per_molecule:
+            continue
+        if fill_to is not None and len(mine) + labelled.get(str(molecule[i]), 0) >= fill_to:
             continue
         d_i = _distances(data, int(i))
         if any(d.shape == d_i.shape and np.abs(d - d_i).max() < min_distance_change for d in mine):
@@ -181,20 +194,41 @@ def molecule_labels(data: MFData, group: str = "smiles") -> np.ndarray:
     return np.where(labels == "", formula, labels)
 
 
-def already_labelled(data: MFData, store: str, level: str) -> np.ndarray:
-    """(S,) True where the candidate's geometry carries a ``level`` energy in the label store
-    ``store`` (an HDF5 file of ``mfcalc-label``): such a candidate teaches nothing new."""
+def _labelled(store: str, level: str) -> tuple:
+    """The structures of the label file ``store`` and their geometry keys, with a (S,) mask of
+    those carrying a ``level`` energy."""
     from mfcalc.data.hdf5 import per_structure_values
     from mfcalc.data.identity import geometry_keys
 
     if not os.path.exists(store):
         raise FileNotFoundError(f"--skip-labelled: no label file {store}")
-    energies = per_structure_values(store, f"{level}.energy")
-    if energies is None:
-        return np.zeros(len(data), dtype=bool)
     stored = read_structures(store)[0]
-    done = {k for k, e in zip(geometry_keys(stored), energies) if np.isfinite(e)}
-    return np.array([k in done for k in geometry_keys(data)], dtype=bool)
+    energies = per_structure_values(store, f"{level}.energy")
+    done = np.zeros(len(stored), dtype=bool) if energies is None else np.isfinite(energies)
+    return stored, geometry_keys(stored), done
+
+
+def already_labelled(data: MFData, store: str, level: str) -> np.ndarray:
+    """(S,) True where the candidate's geometry carries a ``level`` energy in the label store
+    ``store`` (an HDF5 file of ``mfcalc-label``): such a candidate teaches nothing new."""
+    from mfcalc.data.identity import geometry_keys
+
+    _, stored_keys, done = _labelled(store, level)
+    labelled = {k for k, d in zip(stored_keys, done) if d}
+    return np.array([k in labelled for k in geometry_keys(data)], dtype=bool)
+
+
+def labelled_per_molecule(stores: Sequence[str]) -> Dict[str, int]:
+    """How many distinct geometries of each molecule (its SMILES, or formula) carry a label in
+    the label files, each given as ``FILE.h5:LEVEL``: what a coverage round (``fill_to`` of
+    :func:`choose`) counts as there already."""
+    geometries: Dict[str, set] = {}
+    for spec in stores:
+        store, _, level = spec.rpartition(":")
+        stored, stored_keys, done = _labelled(store, level)
+        for name, key in zip(molecule_labels(stored)[done], np.asarray(stored_keys, dtype=object)[done]):
+            geometries.setdefault(str(name), set()).add(key)
+    return {name: len(keys) for name, keys in geometries.items()}
 
 
 def relaxed(data: MFData, paths: Sequence[str], level: str, fmax: float) -> np.ndarray:

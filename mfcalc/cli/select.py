@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity", help="head whose spread is used (default: the model's default)")
     p.add_argument("--per-molecule", type=int, metavar="M", help="at most M structures of one molecule")
     p.add_argument(
+        "--fill-to",
+        type=int,
+        metavar="K",
+        help="a coverage round: at most K structures of one molecule in all, counting those the "
+        "--skip-labelled files already hold at their levels, so every molecule ends with K labels "
+        "and one that has K gets none",
+    )
+    p.add_argument(
         "--min-distance-change",
         type=float,
         default=0.1,
@@ -87,7 +95,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             committee_scores,
             energy_above_lowest,
             format_report,
+            labelled_per_molecule,
             matching_substructure,
+            molecule_labels,
             read_candidates,
             relaxed,
             report,
@@ -97,6 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.n > 0 and not args.out:
             raise ValueError("--out FILE is needed to write the picked structures")
+        if args.fill_to is not None and not args.skip_labelled:
+            raise ValueError("--fill-to counts the labels of the --skip-labelled files: name at least one")
         if args.max_heavy_atoms is not None and args.max_heavy_atoms < 1:
             raise ValueError(f"--max-heavy-atoms wants N >= 1, got {args.max_heavy_atoms}")
         data = read_candidates(args.candidates)
@@ -141,7 +153,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             keep = relaxed(data, args.candidates, level, limit)
             scores.score[~keep] = np.nan  # never picked
             print(f"{int(keep.sum())} candidate(s) relaxed at {level} (forces below {limit:g} eV/A); others left out")
-        picked = choose(scores.score, data, args.n, args.per_molecule, args.min_distance_change, seed=args.seed)
+        labelled = labelled_per_molecule(args.skip_labelled) if args.fill_to is not None else None
+        picked = choose(
+            scores.score,
+            data,
+            args.n,
+            args.per_molecule,
+            args.min_distance_change,
+            seed=args.seed,
+            fill_to=args.fill_to,
+            labelled=labelled,
+        )
+        if labelled is not None:
+            short = {str(m) for m in np.unique(molecule_labels(data)) if labelled.get(str(m), 0) < args.fill_to}
+            print(f"{len(short)} molecule(s) have fewer than {args.fill_to} labels: picked up to {args.fill_to} in all")
         baseline = (
             committee_scores(args.compare_model, data, spread_by, args.fidelity, device=args.device)
             if args.compare_model

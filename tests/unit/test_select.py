@@ -272,3 +272,45 @@ def test_smarts_keeps_only_molecules_with_the_motif(candidates, tmp_path, capsys
     assert "no candidate molecule contains [Cl]" in capsys.readouterr().err
     assert select_main([*argv, "--smarts", "[C"]) == 2
     assert "cannot read the pattern '[C'" in capsys.readouterr().err
+
+
+def test_fill_to_tops_up_each_molecule_counting_what_is_labelled(candidates, tmp_path, capsys):
+    """A coverage round.  The pool: the 22 ethanol snapshots and 10 methanol ones.  The label
+    files hold 3 ethanol geometries at wB97X (one in each of two files, one in both: counted
+    once) and 6 methanols at GFN2-xTB only.  With --fill-to 5 ethanol gets 2 picks (5 in all),
+    methanol 5; a methanol store at the level makes it full, and it gets none."""
+    from mfcalc.label.store import LabelStore
+
+    frames = ase.io.read(candidates, index=":")
+    with h5py.File(REFERENCE_H5) as f:
+        g = f["C1H4O1"]
+        methanol = [
+            Atoms(numbers=g["atomic_numbers"][()], positions=g["coordinates"][k], info={"smiles": "CO"})
+            for k in range(10)
+        ]
+    pool = tmp_path / "pool.extxyz"
+    ase.io.write(pool, [*frames, *methanol])
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    for path, rows in ((a, (0, 1)), (b, (1, 2))):
+        store = LabelStore(str(path))
+        for k in rows:
+            store.record(store.add(frames[k].numbers, frames[k].positions, smiles="CCO"), "wb97x_dz", -155.0, None, 1.0)
+        for m in methanol[:6]:
+            store.record(store.add(m.numbers, m.positions, smiles="CO"), "gfn2_xtb", -8.0, None, 0.1)
+        store.close()
+    out = tmp_path / "picked.extxyz"
+    argv = [str(pool), "--model", default_model_path(), "--n", "30", "--out", str(out), "--min-distance-change", "0"]
+    skip = ["--skip-labelled", f"{a}:wb97x_dz", "--skip-labelled", f"{b}:wb97x_dz"]
+    assert select_main([*argv, *skip, "--fill-to", "5"]) == 0
+    assert "2 molecule(s) have fewer than 5 labels" in capsys.readouterr().out
+    picked = [p.info["smiles"] for p in ase.io.read(out, index=":")]
+    assert picked.count("CCO") == 2 and picked.count("CO") == 5
+    assert select_main([*argv, *skip, "--fill-to", "5", "--per-molecule", "1"]) == 0  # both caps hold
+    assert sorted(p.info["smiles"] for p in ase.io.read(out, index=":")) == ["CCO", "CO"]
+    assert select_main([*argv, *skip, "--skip-labelled", f"{a}:gfn2_xtb", "--fill-to", "5"]) == 0
+    assert {p.info["smiles"] for p in ase.io.read(out, index=":")} == {"CCO"}  # 6 methanols at gfn2_xtb: full
+    capsys.readouterr()
+    assert select_main([*argv, "--fill-to", "5"]) == 2
+    assert "--fill-to counts the labels of the --skip-labelled files" in capsys.readouterr().err
+    assert select_main([*argv, *skip, "--fill-to", "0"]) == 2
+    assert "--fill-to wants K >= 1" in capsys.readouterr().err
