@@ -123,3 +123,41 @@ def test_twist_stages_pick_up_to_three_per_molecule_of_the_scans_within_each_lev
     assert done.returncode == 0, done.stderr
     picked = ase.io.read(campaign / "round9_cc.extxyz", index=":")
     assert [a.info["smiles"] for a in picked] == ["CCO"] * 3 and (campaign / "round9_cc_report.json").exists()
+
+
+def test_select_cc_fill_tops_up_every_small_molecule_counting_both_cc_stores(tmp_path):
+    """campaign.h5 holds 8 ethanols, 7 methanols and a benzene (6 heavy atoms, beyond the stage).
+    CCSD(T) labels: ethanols 0-1 in cc.h5, ethanol 2 and methanol 0 in mf_reference.h5.  With
+    K = 5 the stage tops ethanol up with 2 new picks and methanol with 4, none already labelled."""
+    scratch_repository(tmp_path)
+    campaign = tmp_path / "data" / "campaign"
+    with h5py.File(REFERENCE_H5) as f:
+        g = f["C2H6O1"]
+        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:8]
+        ethanol = [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
+        methanol = [(f["C1H4O1"]["atomic_numbers"][()], x) for x in f["C1H4O1"]["coordinates"][:7]]
+    benzene = molecule("C6H6")
+    store = LabelStore(str(campaign / "campaign.h5"))
+    for mol, smiles in ((ethanol, "CCO"), (methanol, "CO"), ([(benzene.numbers, benzene.positions)], "c1ccccc1")):
+        for z, x in mol:
+            store.record(store.add(z, x, smiles=smiles), "gfn2_xtb", -15.0, np.zeros((len(z), 3)), 0.1)
+    store.close()
+    for path, labelled in ((campaign / "cc.h5", ethanol[:2]), (tmp_path / "data" / "mf_reference.h5", ethanol[2:3])):
+        cc = LabelStore(str(path))
+        for z, x in labelled:
+            cc.record(cc.add(z, x, smiles="CCO"), "ccsd(t)_dz", -154.0, None, 10.0)
+        if path.name == "mf_reference.h5":
+            cc.record(cc.add(*methanol[0], smiles="CO"), "ccsd(t)_dz", -115.0, None, 10.0)
+        cc.close()
+    shutil.copy(default_model_path(), campaign / "committee10.pt")
+
+    done = run_stage(tmp_path, "select-cc-fill", "10", "5")
+    assert done.returncode == 0, done.stderr
+    assert "15 of 16 candidate(s) with at most 3 heavy atoms" in done.stdout
+    assert "2 molecule(s) have fewer than 5 labels" in done.stdout
+    picked = ase.io.read(campaign / "round10_cc.extxyz", index=":")
+    assert sorted(a.info["smiles"] for a in picked) == ["CCO"] * 2 + ["CO"] * 4
+    labelled = [x for _, x in ethanol[:3]] + [methanol[0][1]]
+    for atoms in picked:
+        same = [x for x in labelled if x.shape == atoms.positions.shape]
+        assert not any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in same)
