@@ -13,6 +13,10 @@ which is an ensemble of one):
   on (the head that saw the whole training domain; :func:`mfcalc.export.spread_check`),
   eV: above the threshold the calculator warns that the structure is outside the domain.
 
+A charge or spin the structure carries (``atoms.info["charge"]`` / ``["multiplicity"]``, or
+initial charges and magnetic moments) is no input of the network; one the model was not
+trained on, or an odd electron count where it knows closed shells only, gets a warning.
+
 The work is done by :class:`mfcalc.potential.Potential` (checks once per change of
 elements or cell, a pair list reused within its skin, one ``compute`` call per step);
 this module only speaks ASE.
@@ -21,12 +25,26 @@ this module only speaks ASE.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mfcalc.potential import ModelLike, Potential
+
+
+def electronic_state(atoms: Any) -> Tuple[int, Optional[int]]:
+    """``(charge, multiplicity)`` as ASE structures carry them: ``atoms.info["charge"]`` (else
+    the sum of the initial charges) and ``atoms.info["multiplicity"]`` (else one more than the
+    summed initial magnetic moments, where any is set; ``None`` leaves it to the electron count)."""
+    charge = atoms.info.get("charge")
+    if charge is None:
+        charge = float(atoms.get_initial_charges().sum())
+    multiplicity = atoms.info.get("multiplicity")
+    moments = atoms.get_initial_magnetic_moments()
+    if multiplicity is None and moments.any():
+        multiplicity = int(round(abs(float(moments.sum())))) + 1
+    return int(round(float(charge))), None if multiplicity is None else int(multiplicity)
 
 
 class MFCalculator(Calculator):
@@ -95,7 +113,9 @@ class MFCalculator(Calculator):
         want_stress = "stress" in properties
         if want_stress and not atoms.pbc.all():
             raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
-        results = self.potential.evaluate(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, want_stress)
+        results = self.potential.evaluate(
+            atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, want_stress, *electronic_state(atoms)
+        )
         warning = self.potential.outside_domain(results)
         if warning:
             warnings.warn(warning, stacklevel=2)

@@ -1,4 +1,5 @@
-"""Which elements a model knows: one check, one message, for every entry point."""
+"""What a model knows: its elements and its electronic states; one check, one message each, for
+every entry point."""
 
 from __future__ import annotations
 
@@ -48,3 +49,45 @@ def unlabelled_elements_warning(
         f"the {fidelity!r} head was trained on no energy of a structure containing {', '.join(symbols(missing))} "
         f"(its labels cover {', '.join(symbols(known))}): its energies here are extrapolated from the other levels"
     )
+
+
+def electronic_state_problem(
+    numbers: Sequence[int] | np.ndarray,
+    charge: int = 0,
+    multiplicity: Optional[int] = None,
+    domain: Optional[Dict[str, Any]] = None,
+) -> Optional[str]:
+    """Why a structure's electronic state lies outside the model's, or ``None``.
+
+    mfcalc networks see nuclei only, no charge or spin, so a model describes the one electronic
+    state of its training data: neutral closed-shell for mfcalc's data sources (``mfcalc-label``
+    and the reference files), unless the file's ``domain`` metadata lists others
+    (``charges``, ``multiplicities``).  A charged or open-shell input would be computed as if it
+    were that state: a number, but not this molecule's.  ``multiplicity`` ``None`` (an XYZ file,
+    an ASE structure) takes the lowest the electron count allows, so an odd count is a radical.
+    """
+    domain = domain or {}
+    charges = [int(q) for q in domain.get("charges", [0])]
+    multiplicities = [int(m) for m in domain.get("multiplicities", [1])]
+    electrons = int(np.sum(np.asarray(numbers, dtype=np.int64))) - int(charge)
+    if multiplicity is None:
+        multiplicity = 1 + electrons % 2
+    if int(charge) not in charges:
+        return (
+            f"a charge of {int(charge):+d}, while the model was trained on structures of charge "
+            f"{', '.join(f'{q:+d}' if q else '0' for q in charges)} only: its network has no charge input, "
+            "so it would describe these nuclei as if they carried that charge"
+        )
+    if (electrons - (int(multiplicity) - 1)) % 2 or int(multiplicity) < 1:
+        return f"spin multiplicity {multiplicity} is impossible with {electrons} electrons"
+    if int(multiplicity) not in multiplicities:
+        kind = (
+            "an open-shell species" + (" (a radical)" if multiplicity == 2 else "")
+            if multiplicity > 1
+            else "closed-shell"
+        )
+        return (
+            f"{electrons} electrons, spin multiplicity {multiplicity}: {kind}, while the model was trained on "
+            f"multiplicity {', '.join(map(str, multiplicities))} only (no spin input)"
+        )
+    return None

@@ -19,7 +19,7 @@ import copy
 import os
 import sys
 import warnings
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch
 from mfcalc import export, keys
 from mfcalc.data.fidelity import head_index
 from mfcalc.device import LARGE_SYSTEM_ATOMS, keep_freed_memory, resolve_device
-from mfcalc.elements import check_elements, unlabelled_elements_warning
+from mfcalc.elements import check_elements, electronic_state_problem, unlabelled_elements_warning
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.models import default_model_path
@@ -150,18 +150,26 @@ class Potential:
         if self._static_key is not None:  # the current structure's elements, against the new head
             self._warn_unlabelled(self._numbers.cpu().numpy())
 
+    def _warn_state(self, numbers: np.ndarray, charge: int, multiplicity: Optional[int]) -> None:
+        problem = electronic_state_problem(numbers, charge, multiplicity, self.metadata.get(keys.META_DOMAIN))
+        if problem:
+            warnings.warn(f"this structure has {problem}: outside the model's domain", stacklevel=4)
+
     def _warn_unlabelled(self, numbers: np.ndarray) -> None:
         unlabelled = unlabelled_elements_warning(numbers, self.metadata.get(keys.META_DOMAIN) or {}, self.fidelity)
         if unlabelled:
             warnings.warn(unlabelled, stacklevel=4)
 
     # ---- tensors that change only with the numbers, cell or periodicity ---------------------
-    def _static(self, numbers: np.ndarray, cell: Optional[np.ndarray], pbc: np.ndarray):
-        key = (numbers.tobytes(), None if cell is None else cell.tobytes(), pbc.tobytes())
+    def _static(
+        self, numbers: np.ndarray, cell: Optional[np.ndarray], pbc: np.ndarray, state: Tuple[int, Optional[int]]
+    ):
+        key = (numbers.tobytes(), None if cell is None else cell.tobytes(), pbc.tobytes(), state)
         if key != self._static_key:
             check_elements(numbers, self.species)
             if self.device.type == "cpu" and len(numbers) >= LARGE_SYSTEM_ATOMS:
                 keep_freed_memory()  # large tables would be page-faulted in again on every call
+            self._warn_state(numbers, *state)
             self._warn_unlabelled(numbers)
             if pbc.any() and (cell is None or abs(np.linalg.det(cell)) < 1e-9):
                 raise ValueError("a periodic structure needs a cell with non-zero volume")
@@ -203,9 +211,13 @@ class Potential:
         cell: Optional[np.ndarray] = None,
         pbc: Optional[np.ndarray] = None,
         stress: bool = False,
+        charge: int = 0,
+        multiplicity: Optional[int] = None,
     ) -> Dict[str, Any]:
         """Energy (eV), forces (eV/A), their member spreads and, with ``stress``, the (3, 3)
-        stress (eV/A^3) of one structure; positions and cell in Angstrom.
+        stress (eV/A^3) of one structure; positions and cell in Angstrom.  ``charge`` and
+        ``multiplicity`` (``None``: the lowest the electron count allows) are not inputs of the
+        network: a state the model was not trained on (a cation, a radical) gets a warning.
 
         Raises:
             ValueError: an element the model lacks (names the known ones), non-finite
@@ -213,7 +225,8 @@ class Potential:
         """
         numbers = np.asarray(numbers)
         pbc = np.zeros(3, dtype=bool) if pbc is None else np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
-        static = self._static(numbers, None if cell is None else np.asarray(cell, dtype=np.float64), pbc)
+        cell = None if cell is None else np.asarray(cell, dtype=np.float64)
+        static = self._static(numbers, cell, pbc, (int(charge), None if multiplicity is None else int(multiplicity)))
         numbers_t, mol, cell_t, pbc_t = static
         positions = np.asarray(positions)
         if positions.shape != (len(numbers), 3):

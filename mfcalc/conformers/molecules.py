@@ -44,10 +44,24 @@ def embed_smiles(smiles: str, n_conformers: int, seed: int = 0) -> Any:
     return mol
 
 
+SDF_SUFFIXES = (".sdf", ".mol", ".sd")
+
+
+def electronic_state(mol: Any, bonds_known: bool = True) -> Tuple[int, Optional[int]]:
+    """``(charge, spin multiplicity)`` of an RDKit molecule: its formal charges and radical
+    electrons, which a SMILES or an SDF states; a molecule built from bare geometry (XYZ) states
+    neither, so ``bonds_known=False`` gives ``(0, None)``: neutral, spin left to the electron count."""
+    if not bonds_known:
+        return 0, None
+    Chem = rdkit_chem()
+    radicals = sum(atom.GetNumRadicalElectrons() for atom in mol.GetAtoms())
+    return int(Chem.GetFormalCharge(mol)), int(radicals) + 1
+
+
 def read_conformers(path: str) -> Any:
     """Conformers of one molecule from an SDF or a multi-frame XYZ (any ASE format) file."""
     Chem = rdkit_chem()
-    if path.lower().endswith((".sdf", ".mol", ".sd")):
+    if path.lower().endswith(SDF_SUFFIXES):
         supplier = Chem.SDMolSupplier(path, removeHs=False)
         mols = list(supplier)
         if not mols or any(m is None for m in mols):

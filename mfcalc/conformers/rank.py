@@ -20,18 +20,20 @@ from mfcalc import export, keys
 from mfcalc.chem import rdkit_chem
 from mfcalc.conformers.hessian import SADDLE_CURVATURE, lowest_curvature
 from mfcalc.conformers.molecules import (
+    SDF_SUFFIXES,
     atomic_numbers,
     best_rmsd,
     bond_graph,
     conformer_coordinates,
     distinct,
+    electronic_state,
     embed_smiles,
     read_conformers,
 )
 from mfcalc.conformers.optimize import STALL_STEPS, model_evaluator, optimize
 from mfcalc.data.fidelity import head_index
 from mfcalc.device import resolve_device
-from mfcalc.elements import check_elements, unlabelled_elements_warning
+from mfcalc.elements import check_elements, electronic_state_problem, unlabelled_elements_warning
 from mfcalc.progress import ProgressLines, stderr_line
 from mfcalc.units import KCAL_MOL_EV
 
@@ -144,15 +146,20 @@ def rank(
 
     Raises:
         ValueError: invalid SMILES, unreadable or mixed file, element unknown to the model,
-            unknown fidelity.
+            a charge or spin state the model was not trained on, unknown fidelity.
     """
     say = log or stderr_line
     job = _load_model(model, fidelity, device)
-    mol = read_conformers(source) if os.path.exists(source) else embed_smiles(source, n_conformers, seed)
+    from_file = os.path.exists(source)
+    mol = read_conformers(source) if from_file else embed_smiles(source, n_conformers, seed)
     numbers = atomic_numbers(mol)
     check_elements(numbers, job.meta[keys.META_SPECIES])
     coords = conformer_coordinates(mol)
     smiles = rdkit_chem().MolToSmiles(rdkit_chem().RemoveHs(mol))
+    state = electronic_state(mol, bonds_known=not from_file or source.lower().endswith(SDF_SUFFIXES))
+    problem = electronic_state_problem(numbers, *state, job.meta.get(keys.META_DOMAIN))
+    if problem:
+        raise ValueError(f"{smiles} has {problem}; no ranking of it would mean anything")
     evaluate = model_evaluator(job.net, numbers, job.index, job.device)
     initial_spread = evaluate(coords)[2]
     initial_domain = _domain_spreads(job, numbers, coords, initial_spread)

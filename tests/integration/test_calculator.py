@@ -254,6 +254,39 @@ def test_unknown_element_is_named_with_the_model_species(calc64):
         atoms.get_potential_energy()
 
 
+def test_a_charged_or_open_shell_structure_is_warned_about(calc64):
+    """The network has no charge or spin input: the state comes from atoms.info, the initial
+    charges and magnetic moments, or else the electron count."""
+    methyl = Atoms("CH3", positions=[[0, 0, 0], [1.08, 0, 0], [-0.54, 0.94, 0], [-0.54, -0.94, 0]])
+    methane = Atoms(
+        "CH4",
+        positions=[[0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63], [0.63, -0.63, -0.63]],
+    )
+    cation = methane.copy()
+    cation.info["charge"] = 1
+    charged_atoms = methane.copy()
+    charged_atoms.set_initial_charges([1, 0, 0, 0, 0])
+    triplet = methane.copy()
+    triplet.set_initial_magnetic_moments([2, 0, 0, 0, 0])
+    cases = [
+        (methyl, "9 electrons, spin multiplicity 2"),
+        (cation, "a charge of +1"),
+        (charged_atoms, "a charge of +1"),
+    ]
+    cases += [(triplet, "10 electrons, spin multiplicity 3: an open-shell species,")]
+    for atoms, needle in cases:
+        atoms.calc = calc64
+        calc64.reset()  # ASE's change check does not look at atoms.info
+        with pytest.warns(UserWarning, match="outside the model's domain") as caught:
+            atoms.get_potential_energy()
+        assert any(needle in str(w.message) for w in caught), (needle, [str(w.message) for w in caught])
+        methane.calc = calc64  # neutral closed-shell: no warning (and the next case is a change of state)
+        calc64.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            methane.get_potential_energy()
+
+
 def test_nan_positions_are_a_clear_error(calc64):
     atoms = ethanol_atoms()
     atoms.positions[2, 1] = np.nan

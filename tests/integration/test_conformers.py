@@ -185,6 +185,32 @@ def test_bad_input_is_a_clear_error(tmp_path, case):
     assert rc == 2 and needle in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize(
+    "source, needle",
+    [
+        ("[NH4+]", "[NH4+] has a charge of +1, while the model was trained on structures of charge 0 only"),
+        ("C[CH2]", "[CH2]C has 17 electrons, spin multiplicity 2: an open-shell species (a radical)"),
+        ("methyl.xyz", "9 electrons, spin multiplicity 2"),  # a bare geometry: the electron count decides
+    ],
+)
+def test_a_charged_or_open_shell_molecule_is_refused_before_any_optimisation(source, needle, tmp_path):
+    """The default model knows neutral closed-shell molecules; a cation or a radical would be
+    optimised and ranked as if it were one, so the command stops with the reason, at once."""
+    if source.endswith(".xyz"):
+        ase.io.write(
+            tmp_path / source, Atoms("CH3", positions=[[0, 0, 0], [1.08, 0, 0], [-0.54, 0.94, 0], [-0.54, -0.94, 0]])
+        )
+    rc, out, err = run_cli(source, "--device", "cpu", cwd=tmp_path)
+    assert rc == 2 and needle in err and "Traceback" not in err, err
+    assert "step" not in err  # refused before the optimiser's first progress line
+
+
+def test_a_zwitterion_is_neutral_and_ranked():
+    """Formal charges that cancel (glycine's zwitterion) make a neutral closed-shell molecule."""
+    result = conformers.rank("[NH3+]CC(=O)[O-]", n_conformers=2, max_steps=5, device="cpu", log=lambda _: None)
+    assert len(result.records) == 2
+
+
 def test_a_saddle_point_is_pushed_off_and_only_the_minimum_is_ranked(ethanol_result, tmp_path):
     """Ethanol with its methyl group eclipsed is a stationary point by symmetry: the optimiser
     stops there (negative curvature along the methyl torsion). rank() must push it off and
