@@ -27,7 +27,7 @@ import torch
 from mfcalc import export, keys
 from mfcalc.data.fidelity import head_index
 from mfcalc.device import LARGE_SYSTEM_ATOMS, keep_freed_memory, resolve_device
-from mfcalc.elements import check_elements, electronic_state_problem, unlabelled_elements_warning
+from mfcalc.elements import check_elements, electronic_state_problem, symbols, unlabelled_elements_warning
 from mfcalc.model.ensemble import Ensemble
 from mfcalc.model.hipnn import MultiFidelityHipnn
 from mfcalc.models import default_model_path
@@ -224,6 +224,8 @@ class Potential:
                 positions, a periodic structure without a cell volume.
         """
         numbers = np.asarray(numbers)
+        if len(numbers) == 0:
+            raise ValueError("the structure has no atoms")
         pbc = np.zeros(3, dtype=bool) if pbc is None else np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
         cell = None if cell is None else np.asarray(cell, dtype=np.float64)
         static = self._static(numbers, cell, pbc, (int(charge), None if multiplicity is None else int(multiplicity)))
@@ -263,6 +265,10 @@ class Potential:
             "domain_std": self._domain_spread(out),
             "forces_std": out[keys.FORCES_STD].detach().cpu().numpy().astype(np.float64),
         }
+        if not (np.isfinite(results["energy"]) and np.isfinite(results["forces"]).all()):
+            raise ValueError(
+                f"the model gave a non-finite energy or forces: {_closest_pair(numbers, x, pf, ps, shifts @ cell_t[0])}"
+            )
         if stress:
             results["stress"] = out[keys.STRESS][0].detach().cpu().numpy().astype(np.float64)
         return results
@@ -286,6 +292,20 @@ class Potential:
                 "this structure is outside the model's training domain"
             )
         return None
+
+
+def _closest_pair(
+    numbers: np.ndarray, x: torch.Tensor, first: torch.Tensor, second: torch.Tensor, offsets: torch.Tensor
+) -> str:
+    """Where a non-finite result comes from, as a user can act on it: the closest two atoms
+    (atoms on top of each other have no bond direction, and the angular terms divide by it)."""
+    if len(first) == 0:
+        return "the structure has no pair of atoms within the cutoff"
+    d = (x[second] - x[first] + offsets).norm(dim=1)  # offsets: (P, 3) the lattice translations, A
+    k = int(torch.argmin(d))
+    i, j = int(first[k]), int(second[k])
+    a, b = symbols([int(numbers[i]), int(numbers[j])])
+    return f"atoms {i} ({a}) and {j} ({b}) are {float(d[k]):.3f} A apart"
 
 
 def _accepts_prepared(model: Any) -> bool:

@@ -287,6 +287,31 @@ def test_a_charged_or_open_shell_structure_is_warned_about(calc64):
             methane.get_potential_energy()
 
 
+def test_atoms_on_top_of_each_other_and_no_atoms_are_clear_errors(calc64):
+    """Coincident atoms have no bond direction: the model's angular terms give NaN, which must
+    not come back as an energy; the error names the two atoms, across a periodic image too."""
+    atoms = ethanol_atoms()
+    o, h = int(np.nonzero(atoms.numbers == 8)[0][0]), len(atoms) - 1
+    assert o < h and atoms.numbers[h] == 1
+    atoms.positions[h] = atoms.positions[o]  # an H onto the O
+    atoms.calc = calc64
+    with pytest.raises(
+        ValueError, match=rf"non-finite energy or forces: atoms {o} \(O\) and {h} \(H\) are 0.000 A apart"
+    ):
+        atoms.get_potential_energy()
+    periodic = ethanol_atoms()
+    periodic.set_cell([8.0, 8.0, 8.0])
+    periodic.pbc = True
+    periodic.positions[h] = periodic.positions[o] + [8.0, 0.0, 0.0]  # on the O's image
+    periodic.calc = calc64
+    with pytest.raises(ValueError, match=rf"atoms {o} \(O\) and {h} \(H\) are 0.000 A apart"):
+        periodic.get_potential_energy()
+    empty = Atoms()
+    empty.calc = calc64
+    with pytest.raises(ValueError, match="the structure has no atoms"):
+        empty.get_potential_energy()
+
+
 def test_nan_positions_are_a_clear_error(calc64):
     atoms = ethanol_atoms()
     atoms.positions[2, 1] = np.nan
