@@ -194,41 +194,37 @@ def molecule_labels(data: MFData, group: str = "smiles") -> np.ndarray:
     return np.where(labels == "", formula, labels)
 
 
-def _labelled(store: str, level: str) -> tuple:
-    """The structures of the label file ``store`` and their geometry keys, with a (S,) mask of
-    those carrying a ``level`` energy."""
+def labelled_geometries(store: str, level: str) -> Dict[str, str]:
+    """``{geometry key: molecule}`` of the structures in the label file ``store`` (an HDF5 file
+    of ``mfcalc-label``) that carry a ``level`` energy; the molecule is its SMILES, or formula."""
     from mfcalc.data.hdf5 import per_structure_values
     from mfcalc.data.identity import geometry_keys
 
     if not os.path.exists(store):
         raise FileNotFoundError(f"--skip-labelled: no label file {store}")
-    stored = read_structures(store)[0]
     energies = per_structure_values(store, f"{level}.energy")
-    done = np.zeros(len(stored), dtype=bool) if energies is None else np.isfinite(energies)
-    return stored, geometry_keys(stored), done
+    if energies is None:
+        return {}
+    stored = read_structures(store)[0]
+    return {k: str(m) for k, m, e in zip(geometry_keys(stored), molecule_labels(stored), energies) if np.isfinite(e)}
 
 
 def already_labelled(data: MFData, store: str, level: str) -> np.ndarray:
     """(S,) True where the candidate's geometry carries a ``level`` energy in the label store
-    ``store`` (an HDF5 file of ``mfcalc-label``): such a candidate teaches nothing new."""
+    ``store``: such a candidate teaches nothing new."""
     from mfcalc.data.identity import geometry_keys
 
-    _, stored_keys, done = _labelled(store, level)
-    labelled = {k for k, d in zip(stored_keys, done) if d}
-    return np.array([k in labelled for k in geometry_keys(data)], dtype=bool)
+    done = labelled_geometries(store, level)
+    return np.array([k in done for k in geometry_keys(data)], dtype=bool)
 
 
-def labelled_per_molecule(stores: Sequence[str]) -> Dict[str, int]:
-    """How many distinct geometries of each molecule (its SMILES, or formula) carry a label in
-    the label files, each given as ``FILE.h5:LEVEL``: what a coverage round (``fill_to`` of
-    :func:`choose`) counts as there already."""
-    geometries: Dict[str, set] = {}
-    for spec in stores:
-        store, _, level = spec.rpartition(":")
-        stored, stored_keys, done = _labelled(store, level)
-        for name, key in zip(molecule_labels(stored)[done], np.asarray(stored_keys, dtype=object)[done]):
-            geometries.setdefault(str(name), set()).add(key)
-    return {name: len(keys) for name, keys in geometries.items()}
+def labelled_per_molecule(geometries: Dict[str, str]) -> Dict[str, int]:
+    """How many distinct labelled geometries (:func:`labelled_geometries`, several files merged)
+    each molecule has: what a coverage round (``fill_to`` of :func:`choose`) counts as there already."""
+    counts: Dict[str, int] = {}
+    for molecule in geometries.values():
+        counts[molecule] = counts.get(molecule, 0) + 1
+    return counts
 
 
 def relaxed(data: MFData, paths: Sequence[str], level: str, fmax: float) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from mfcalc.cli.common import run_cli
 
@@ -88,13 +88,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         import numpy as np
 
         from mfcalc import export, keys
+        from mfcalc.data.identity import geometry_keys
         from mfcalc.files import atomic_write_text
         from mfcalc.select import (
-            already_labelled,
             choose,
             committee_scores,
             energy_above_lowest,
             format_report,
+            labelled_geometries,
             labelled_per_molecule,
             matching_substructure,
             molecule_labels,
@@ -135,11 +136,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         note = unscorable_message(data, scores, export.load(args.model)[1][keys.META_SPECIES])
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)
+        geometries: Dict[str, str] = {}  # every labelled geometry of the --skip-labelled files: its molecule
+        keys_of_candidates = geometry_keys(data) if args.skip_labelled else []
         for spec in args.skip_labelled:
             store, sep, level = spec.rpartition(":")
             if not sep or not store or not level:
                 raise ValueError(f"--skip-labelled wants FILE.h5:LEVEL, got {spec!r}")
-            done = already_labelled(data, store, level)
+            stored = labelled_geometries(store, level)
+            done = np.array([k in stored for k in keys_of_candidates], dtype=bool)
+            geometries.update(stored)
             scores.score[done] = np.nan  # never picked
             print(f"{int(done.sum())} candidate(s) already have {level} in {store}: left out")
         if args.relaxed:
@@ -153,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             keep = relaxed(data, args.candidates, level, limit)
             scores.score[~keep] = np.nan  # never picked
             print(f"{int(keep.sum())} candidate(s) relaxed at {level} (forces below {limit:g} eV/A); others left out")
-        labelled = labelled_per_molecule(args.skip_labelled) if args.fill_to is not None else None
+        labelled = labelled_per_molecule(geometries) if args.fill_to is not None else None
         picked = choose(
             scores.score,
             data,
