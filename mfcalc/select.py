@@ -227,12 +227,12 @@ def labelled_per_molecule(geometries: Dict[str, str]) -> Dict[str, int]:
     return counts
 
 
-def relaxed(data: MFData, paths: Sequence[str], level: str, fmax: float) -> np.ndarray:
-    """(S,) True where the candidate's ``level`` forces, read from those of ``paths`` that are
-    HDF5 label files carrying them, are all below ``fmax`` eV/Angstrom per component: minima
-    and relaxed scan points, the conformational energetics that conformer ranking rests on.
-    A committee's largest spreads are mostly on hot, distorted structures; this stratum
-    makes sure the expensive level also sees the structures users rank."""
+def relaxed_geometries(paths: Sequence[str], level: str, fmax: float) -> set:
+    """Geometry keys of the structures of ``paths`` (those that are HDF5 label files with
+    ``level`` forces) whose forces are all below ``fmax`` eV/Angstrom per component: minima and
+    relaxed scan points, the conformational energetics that conformer ranking rests on.  A
+    committee's largest spreads are mostly on hot, distorted structures; this stratum makes
+    sure the expensive level also sees the structures users rank."""
     from mfcalc.data.dataset import HDF5_SUFFIXES
     from mfcalc.data.fidelity import parse_fidelity
     from mfcalc.data.hdf5 import list_keys, read_hdf5
@@ -251,7 +251,7 @@ def relaxed(data: MFData, paths: Sequence[str], level: str, fmax: float) -> np.n
             largest[key] = min(f, largest.get(key, np.inf))
     if not largest:
         raise ValueError(f"--relaxed: no candidate file is an HDF5 label file with {level}.forces")
-    return np.array([largest.get(k, np.inf) < fmax for k in geometry_keys(data)], dtype=bool)
+    return {k for k, f in largest.items() if f < fmax}
 
 
 def energy_above_lowest(data: MFData, paths: Sequence[str], level: str) -> np.ndarray:

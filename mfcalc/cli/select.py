@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="a coverage round: at most K structures of one molecule in all, counting those the "
-        "--skip-labelled files already hold at their levels, so every molecule ends with K labels "
-        "and one that has K gets none",
+        "--skip-labelled files already hold at their levels (with --relaxed, the relaxed ones only), so "
+        "every molecule ends with K labels and one that has K gets none",
     )
     p.add_argument(
         "--min-distance-change",
@@ -100,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             matching_substructure,
             molecule_labels,
             read_candidates,
-            relaxed,
+            relaxed_geometries,
             report,
             unscorable_message,
             write_selected,
@@ -137,13 +137,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if note:
             print(f"{PROG}: {note}", file=sys.stderr)
         geometries: Dict[str, str] = {}  # every labelled geometry of the --skip-labelled files: its molecule
-        keys_of_candidates = geometry_keys(data) if args.skip_labelled else []
+        candidate_keys = geometry_keys(data) if args.skip_labelled or args.relaxed else []
         for spec in args.skip_labelled:
             store, sep, level = spec.rpartition(":")
             if not sep or not store or not level:
                 raise ValueError(f"--skip-labelled wants FILE.h5:LEVEL, got {spec!r}")
             stored = labelled_geometries(store, level)
-            done = np.array([k in stored for k in keys_of_candidates], dtype=bool)
+            done = np.array([k in stored for k in candidate_keys], dtype=bool)
             geometries.update(stored)
             scores.score[done] = np.nan  # never picked
             print(f"{int(done.sum())} candidate(s) already have {level} in {store}: left out")
@@ -155,8 +155,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 limit = float("nan")
             if not sep or not level or not limit > 0:
                 raise ValueError(f"--relaxed wants LEVEL:FMAX with FMAX > 0 in eV/A, got {args.relaxed!r}")
-            keep = relaxed(data, args.candidates, level, limit)
+            at_rest = relaxed_geometries(args.candidates, level, limit)
+            keep = np.array([k in at_rest for k in candidate_keys], dtype=bool)
             scores.score[~keep] = np.nan  # never picked
+            geometries = {k: m for k, m in geometries.items() if k in at_rest}  # --fill-to counts this stratum
             print(f"{int(keep.sum())} candidate(s) relaxed at {level} (forces below {limit:g} eV/A); others left out")
         labelled = labelled_per_molecule(geometries) if args.fill_to is not None else None
         picked = choose(

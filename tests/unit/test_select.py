@@ -314,3 +314,31 @@ def test_fill_to_tops_up_each_molecule_counting_what_is_labelled(candidates, tmp
     assert "--fill-to counts the labels of the --skip-labelled files" in capsys.readouterr().err
     assert select_main([*argv, *skip, "--fill-to", "0"]) == 2
     assert "--fill-to wants K >= 1" in capsys.readouterr().err
+
+
+def test_fill_to_with_relaxed_counts_the_relaxed_labels_only(candidates, tmp_path, capsys):
+    """Frames 3 and 7 of the ethanol pool are relaxed (GFN2-xTB forces 0.01 eV/A), the rest not.
+    Labelled at wB97X: frame 3 (relaxed) and frames 0-1 (hot).  Topping the relaxed stratum up
+    to 2 picks frame 7 alone: the hot labels do not count there (counted, ethanol would be full)."""
+    from ase.units import Hartree
+
+    from mfcalc.label.store import LabelStore
+
+    frames = ase.io.read(candidates, index=":")
+    xtb, dft = tmp_path / "xtb.h5", tmp_path / "dft.h5"
+    store = LabelStore(str(xtb))
+    for k, atoms in enumerate(frames[:20]):
+        forces = np.full((len(atoms), 3), (0.01 if k in (3, 7) else 0.5) / Hartree)
+        store.record(store.add(atoms.numbers, atoms.positions, smiles="CCO"), "gfn2_xtb", -15.0, forces, 0.1)
+    store.close()
+    labels = LabelStore(str(dft))
+    for k in (0, 1, 3):
+        labels.record(labels.add(frames[k].numbers, frames[k].positions, smiles="CCO"), "wb97x_dz", -155.0, None, 1.0)
+    labels.close()
+    out = tmp_path / "picked.extxyz"
+    argv = [str(xtb), "--model", default_model_path(), "--n", "10", "--out", str(out), "--relaxed", "gfn2_xtb:0.05"]
+    assert select_main([*argv, "--skip-labelled", f"{dft}:wb97x_dz", "--fill-to", "2"]) == 0
+    (picked,) = ase.io.read(out, index=":")
+    assert np.allclose(np.sort(picked.positions, axis=0), np.sort(frames[7].positions, axis=0), atol=1e-5)
+    assert select_main([*argv, "--skip-labelled", f"{dft}:wb97x_dz", "--fill-to", "1"]) == 0
+    assert "picked 0" in capsys.readouterr().out  # frame 3 fills it
