@@ -161,3 +161,52 @@ def test_select_cc_fill_tops_up_every_small_molecule_counting_both_cc_stores(tmp
     for atoms in picked:
         same = [x for x in labelled if x.shape == atoms.positions.shape]
         assert not any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in same)
+
+
+def test_select_dft_relaxed_fill_tops_up_each_molecules_labelled_minima(tmp_path):
+    """campaign.h5: 6 ethanols (4 relaxed), 3 relaxed methanols; twist.h5: a relaxed benzene pair
+    (12 heavy atoms, beyond the stage).  dft.h5 holds one relaxed and one hot ethanol.  With
+    K = 2 the stage picks one more relaxed ethanol and two methanols, none hot, none labelled;
+    COMMITTEE names the committee file."""
+    scratch_repository(tmp_path)
+    campaign = tmp_path / "data" / "campaign"
+    with h5py.File(REFERENCE_H5) as f:
+        g = f["C2H6O1"]
+        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:6]
+        ethanol = [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
+        methanol = [(f["C1H4O1"]["atomic_numbers"][()], x) for x in f["C1H4O1"]["coordinates"][:3]]
+    pair = molecule("C6H6")
+    pair += molecule("C6H6", positions=molecule("C6H6").positions + (0.0, 0.0, 5.0))
+
+    def record(store, z, x, smiles, size):  # forces of `size` eV/A; the file holds Hartree/A
+        store.record(store.add(z, x, smiles=smiles), "gfn2_xtb", -15.0, np.full((len(z), 3), size / Hartree), 0.1)
+
+    store = LabelStore(str(campaign / "campaign.h5"))
+    for k, (z, x) in enumerate(ethanol):
+        record(store, z, x, "CCO", 0.5 if k < 2 else 0.01)
+    for z, x in methanol:
+        record(store, z, x, "CO", 0.01)
+    store.close()
+    twist = LabelStore(str(campaign / "twist.h5"))
+    record(twist, pair.numbers, pair.positions, "c1ccccc1.c1ccccc1", 0.01)
+    twist.close()
+    labelled = LabelStore(str(campaign / "dft.h5"))
+    for z, x in (ethanol[0], ethanol[2]):  # one hot, one relaxed
+        labelled.record(labelled.add(z, x, smiles="CCO"), "wb97x_dz", -154.0, np.zeros((9, 3)), 10.0)
+    labelled.close()
+    shutil.copy(default_model_path(), campaign / "committee10.pt")
+
+    env = {**os.environ, "COMMITTEE": str(campaign / "committee10.pt")}
+    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(
+        ["bash", str(tmp_path / "tools" / "campaign.sh"), "select-dft-relaxed-fill", "11", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    picked = ase.io.read(campaign / "round11_dft.extxyz", index=":")
+    assert sorted(a.info["smiles"] for a in picked) == ["CCO", "CO", "CO"]
+    (new,) = [a for a in picked if a.info["smiles"] == "CCO"]
+    assert any(np.allclose(np.sort(new.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for _, x in ethanol[3:])
