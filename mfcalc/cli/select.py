@@ -172,8 +172,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             labelled=labelled,
         )
         if labelled is not None:
-            short = {str(m) for m in np.unique(molecule_labels(data)) if labelled.get(str(m), 0) < args.fill_to}
-            print(f"{len(short)} molecule(s) have fewer than {args.fill_to} labels: picked up to {args.fill_to} in all")
+            open_ = np.unique(molecule_labels(data)[np.isfinite(scores.score)])  # molecules with a candidate left
+            short = [m for m in open_ if labelled.get(str(m), 0) < args.fill_to]
+            print(
+                f"{len(short)} molecule(s) with candidates left have fewer than {args.fill_to} labels: "
+                f"picked up to {args.fill_to} in all"
+            )
         baseline = (
             committee_scores(args.compare_model, data, spread_by, args.fidelity, device=args.device)
             if args.compare_model

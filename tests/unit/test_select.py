@@ -302,7 +302,7 @@ def test_fill_to_tops_up_each_molecule_counting_what_is_labelled(candidates, tmp
     argv = [str(pool), "--model", default_model_path(), "--n", "30", "--out", str(out), "--min-distance-change", "0"]
     skip = ["--skip-labelled", f"{a}:wb97x_dz", "--skip-labelled", f"{b}:wb97x_dz"]
     assert select_main([*argv, *skip, "--fill-to", "5"]) == 0
-    assert "2 molecule(s) have fewer than 5 labels" in capsys.readouterr().out
+    assert "2 molecule(s) with candidates left have fewer than 5 labels" in capsys.readouterr().out
     picked = [p.info["smiles"] for p in ase.io.read(out, index=":")]
     assert picked.count("CCO") == 2 and picked.count("CO") == 5
     assert select_main([*argv, *skip, "--fill-to", "5", "--per-molecule", "1"]) == 0  # both caps hold
