@@ -29,6 +29,24 @@ B=data/benchmark
 W=${WORKERS:-1}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 source tools/campaign_data.sh  # the training files, fidelity bindings and label targets, declared once
+# skip=(--skip-labelled STORE:LEVEL ...) for a kind's label store (dft or cc) and any further files
+# labelled at its level, those that exist
+skip_labelled() {
+    local kind=$1 f
+    shift
+    skip=()
+    for f in "${LABEL_STORE[$kind]}" "$@"; do
+        if [[ -f $f ]]; then skip+=(--skip-labelled "$f:${LABEL_LEVEL[$kind]}"); fi
+    done
+}
+# pool=(campaign.h5 and those of the further candidate files that exist)
+candidate_pool() {
+    local f
+    pool=("$C/campaign.h5")
+    for f in "$@"; do
+        if [[ -f $f ]]; then pool+=("$f"); fi
+    done
+}
 stage=${1:?usage: tools/campaign.sh sample|xtb|large|twist|heldout|committee|select-dft|select-dft-relaxed|select-dft-hbond|select-dft-twist|select-cc-twist|select-cc|select-cc-relaxed|select-cc-fill|select-dft-relaxed-fill|dft|cc [ROUND] [N]}
 case $stage in
   sample)
@@ -78,8 +96,7 @@ case $stage in
     # candidates: every GFN2-xTB structure, the drug-sized round 3 included once it exists (rounds
     # 1 and 2 picked from campaign.h5 alone; their pick files are in git, so they are not re-run)
     r=${2:?round}; n=${3:?how many}
-    pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
-    skip=(); [[ -f ${LABEL_STORE[dft]} ]] && skip=(--skip-labelled "${LABEL_STORE[dft]}:${LABEL_LEVEL[dft]}")
+    candidate_pool $C/large.h5; skip_labelled dft
     mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by "${BY:-force-spread}" --fidelity dft \
         --per-molecule 40 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-dft-relaxed)
@@ -87,8 +104,7 @@ case $stage in
     # picked by the same committee spread; the committee's picks elsewhere are mostly hot,
     # distorted structures, and the dft head then ranks conformers far worse than wB97X does
     r=${2:?round}; n=${3:?how many}
-    pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
-    skip=(); [[ -f ${LABEL_STORE[dft]} ]] && skip=(--skip-labelled "${LABEL_STORE[dft]}:${LABEL_LEVEL[dft]}")
+    candidate_pool $C/large.h5; skip_labelled dft
     mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by "${BY:-force-spread}" --fidelity dft --relaxed gfn2_xtb:0.05 \
         --per-molecule 12 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-dft-hbond)
@@ -101,8 +117,7 @@ case $stage in
     r=${2:?round}; n=${3:?how many}
     donor='[OX2H,SX2H,$([NX3;H1,H2;!$(N-[#6]=[#8])])]' acceptor='[#7,#8,#9,#16,#17]'
     motif="[\$($donor-[CX4]-[#6]~$acceptor),\$($donor-[CX4]-[#6]-[#6]~$acceptor)]"
-    pool=($C/campaign.h5); [[ -f $C/large.h5 ]] && pool+=($C/large.h5)
-    skip=(); [[ -f ${LABEL_STORE[dft]} ]] && skip=(--skip-labelled "${LABEL_STORE[dft]}:${LABEL_LEVEL[dft]}")
+    candidate_pool $C/large.h5; skip_labelled dft
     mfcalc-select "${pool[@]}" --model $C/committee$r.pt --n "$n" --by "${BY:-spread}" --fidelity dft --smarts "$motif" \
         --relaxed gfn2_xtb:0.05 --per-molecule 12 "${skip[@]}" --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
   select-dft-twist|select-cc-twist)
@@ -117,13 +132,13 @@ case $stage in
     r=${2:?round}; n=${3:?how many}
     if [[ $stage == select-dft-twist ]]; then level=dft heavy=8 by=(--by "${BY:-force-spread}" --fidelity dft)
     else level=cc heavy=4 by=(--by "${BY:-spread}" --fidelity cc); fi
-    skip=(); [[ -f ${LABEL_STORE[$level]} ]] && skip=(--skip-labelled "${LABEL_STORE[$level]}:${LABEL_LEVEL[$level]}")
+    skip_labelled $level
     mfcalc-select $C/twist.h5 --max-heavy-atoms "$heavy" --model $C/committee$r.pt --n "$n" "${by[@]}" \
         --per-molecule 3 "${skip[@]}" --out $C/round${r}_$level.extxyz --report $C/round${r}_${level}_report.json ;;
   select-cc)
     r=${2:?round}; n=${3:?how many}
     python tools/pick_frames.py $C/campaign.h5 --max-heavy-atoms 4 --out $C/cc_pool.extxyz
-    skip=(); [[ -f ${LABEL_STORE[cc]} ]] && skip=(--skip-labelled "${LABEL_STORE[cc]}:${LABEL_LEVEL[cc]}")
+    skip_labelled cc
     mfcalc-select $C/cc_pool.extxyz --model $C/committee$r.pt --n "$n" --by heads:cc,dft \
         --per-molecule 25 "${skip[@]}" --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
   select-cc-relaxed)
@@ -132,7 +147,7 @@ case $stage in
     # to conformer energies (data/README.md, default_v4).  At most 12 per molecule, picked in passes
     # over the molecules, so that labelling in file order gives every molecule relative energies early
     r=${2:?round}; n=${3:?how many}
-    skip=(); [[ -f ${LABEL_STORE[cc]} ]] && skip=(--skip-labelled "${LABEL_STORE[cc]}:${LABEL_LEVEL[cc]}")
+    skip_labelled cc
     mfcalc-select $C/campaign.h5 --max-heavy-atoms 4 --relaxed gfn2_xtb:0.05 --model $C/committee$r.pt --n "$n" \
         --by heads:cc,dft --per-molecule 12 "${skip[@]}" --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
   select-cc-fill)
@@ -143,8 +158,7 @@ case $stage in
     # head never saw their bonds stretch at CCSD(T) level, and a triple bond is where CCSD(T) and
     # wB97X differ most (data/README.md).  The committee orders the picks within each molecule
     r=${2:?round}; k=${3:?labels per molecule}
-    skip=()
-    for store in "${LABEL_STORE[cc]}" data/mf_reference.h5; do [[ -f $store ]] && skip+=(--skip-labelled "$store:${LABEL_LEVEL[cc]}"); done
+    skip_labelled cc data/mf_reference.h5
     mfcalc-select $C/campaign.h5 --max-heavy-atoms "${HEAVY:-3}" --model $C/committee$r.pt --n "${N:-100000}" \
         --by "${BY:-heads:cc,dft}" --fill-to "$k" "${skip[@]}" --out $C/round${r}_cc.extxyz --report $C/round${r}_cc_report.json ;;
   select-dft-relaxed-fill)
@@ -156,8 +170,7 @@ case $stage in
     # which the cc head starts from, knew their conformer energies at GFN2-xTB level only.
     # COMMITTEE names another round's committee file (a copy of the shipped model is one already)
     r=${2:?round}; k=${3:?relaxed labels per molecule}
-    pool=($C/campaign.h5); for f in $C/large.h5 $C/twist.h5; do [[ -f $f ]] && pool+=("$f"); done
-    skip=(); [[ -f ${LABEL_STORE[dft]} ]] && skip=(--skip-labelled "${LABEL_STORE[dft]}:${LABEL_LEVEL[dft]}")
+    candidate_pool $C/large.h5 $C/twist.h5; skip_labelled dft
     mfcalc-select "${pool[@]}" --max-heavy-atoms "${HEAVY:-8}" --model "${COMMITTEE:-$C/committee$r.pt}" --n "${N:-100000}" \
         --by "${BY:-force-spread}" --fidelity dft --relaxed gfn2_xtb:0.05 --fill-to "$k" "${skip[@]}" \
         --out $C/round${r}_dft.extxyz --report $C/round${r}_dft_report.json ;;
