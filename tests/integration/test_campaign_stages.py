@@ -26,10 +26,27 @@ def scratch_repository(root):
     (root / "data" / "training_files.txt").write_text("")
 
 
-def run_stage(root, *args):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+def run_stage(root, *args, **settings):
+    """tools/campaign.sh ARGS with this Python's commands first on PATH; ``settings`` are extra
+    environment variables (BY=..., COMMITTEE=...)."""
+    env = {**os.environ, **settings, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
         ["bash", str(root / "tools" / "campaign.sh"), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def reference_geometries(formula, smiles, n):
+    """The first ``n`` (atomic numbers, positions) of one molecule in the reference data."""
+    with h5py.File(REFERENCE_H5) as f:
+        g = f[formula]
+        rows = np.nonzero(g["smiles"][()] == smiles.encode())[0][:n]
+        return [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
+
+
+def same_geometry(atoms, x):
+    """A pick is that geometry (the store may order atoms its own way: compare as sorted rows)."""
+    return atoms.positions.shape == x.shape and np.allclose(
+        np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5
     )
 
 
@@ -39,10 +56,7 @@ def test_select_cc_relaxed_picks_relaxed_small_unlabelled_structures_only(tmp_pa
     The stage may pick only the 10 new relaxed ethanols, at most 12 per molecule."""
     scratch_repository(tmp_path)
     campaign = tmp_path / "data" / "campaign"
-    with h5py.File(REFERENCE_H5) as f:
-        g = f["C2H6O1"]
-        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:14]
-        ethanol = [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
+    ethanol = reference_geometries("C2H6O1", "CCO", 14)
     benzene = molecule("C6H6")
     store = LabelStore(str(campaign / "campaign.h5"))
     for k, (z, x) in enumerate(ethanol):
@@ -65,8 +79,8 @@ def test_select_cc_relaxed_picks_relaxed_small_unlabelled_structures_only(tmp_pa
     assert (campaign / "round9_cc_report.json").exists()
     assert len(picked) == 10 and all(a.info["smiles"] == "CCO" for a in picked)
     new_relaxed = [x for _, x in ethanol[4:]]
-    for atoms in picked:  # the store may order atoms its own way: compare as sorted rows
-        assert any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in new_relaxed)
+    for atoms in picked:
+        assert any(same_geometry(atoms, x) for x in new_relaxed)
     missing = run_stage(tmp_path, "select-cc-relaxed", "8", "5")  # no committee8.pt
     assert missing.returncode != 0 and "committee8.pt" in missing.stderr
 
@@ -77,10 +91,7 @@ def test_twist_stages_pick_up_to_three_per_molecule_of_the_scans_within_each_lev
     heavy atoms); the CCSD(T) stage 3 ethanols only (up to 4)."""
     scratch_repository(tmp_path)
     campaign = tmp_path / "data" / "campaign"
-    with h5py.File(REFERENCE_H5) as f:
-        g = f["C2H6O1"]
-        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:6]
-        ethanol = [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
+    ethanol = reference_geometries("C2H6O1", "CCO", 6)
     pair = molecule("C6H6")  # two benzenes 5 A apart: 12 heavy atoms, beyond both stages
     pair += molecule("C6H6", positions=molecule("C6H6").positions + (0.0, 0.0, 5.0))
     others = [(molecule("C6H6"), "c1ccccc1"), (pair, "c1ccccc1.c1ccccc1")]
@@ -104,20 +115,13 @@ def test_twist_stages_pick_up_to_three_per_molecule_of_the_scans_within_each_lev
     assert sorted(a.info["smiles"] for a in picked) == ["CCO"] * 3 + ["c1ccccc1"]
     new = [x for _, x in ethanol[1:]]
     for atoms in (a for a in picked if a.info["smiles"] == "CCO"):
-        assert any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in new)
+        assert any(same_geometry(atoms, x) for x in new)
 
-    env = {**os.environ, "BY": "energy:gfn2_xtb"}  # the scan tops first, by the stored GFN2-xTB energy
-    done = subprocess.run(
-        ["bash", str(tmp_path / "tools" / "campaign.sh"), "select-dft-twist", "9", "2"],
-        env={**env, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_stage(tmp_path, "select-dft-twist", "9", "2", BY="energy:gfn2_xtb")  # the scan tops first
     assert done.returncode == 0 and "scored by energy:gfn2_xtb" in done.stdout, done.stderr
     picked = ase.io.read(campaign / "round9_dft.extxyz", index=":")
     for atoms, (_, x) in zip(picked, (ethanol[5], ethanol[4])):
-        assert np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5)
+        assert same_geometry(atoms, x)
 
     done = run_stage(tmp_path, "select-cc-twist", "9", "50")
     assert done.returncode == 0, done.stderr
@@ -131,11 +135,7 @@ def test_select_cc_fill_tops_up_every_small_molecule_counting_both_cc_stores(tmp
     K = 5 the stage tops ethanol up with 2 new picks and methanol with 4, none already labelled."""
     scratch_repository(tmp_path)
     campaign = tmp_path / "data" / "campaign"
-    with h5py.File(REFERENCE_H5) as f:
-        g = f["C2H6O1"]
-        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:8]
-        ethanol = [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
-        methanol = [(f["C1H4O1"]["atomic_numbers"][()], x) for x in f["C1H4O1"]["coordinates"][:7]]
+    ethanol, methanol = reference_geometries("C2H6O1", "CCO", 8), reference_geometries("C1H4O1", "CO", 7)
     benzene = molecule("C6H6")
     store = LabelStore(str(campaign / "campaign.h5"))
     for mol, smiles in ((ethanol, "CCO"), (methanol, "CO"), ([(benzene.numbers, benzene.positions)], "c1ccccc1")):
@@ -159,8 +159,7 @@ def test_select_cc_fill_tops_up_every_small_molecule_counting_both_cc_stores(tmp
     assert sorted(a.info["smiles"] for a in picked) == ["CCO"] * 2 + ["CO"] * 4
     labelled = [x for _, x in ethanol[:3]] + [methanol[0][1]]
     for atoms in picked:
-        same = [x for x in labelled if x.shape == atoms.positions.shape]
-        assert not any(np.allclose(np.sort(atoms.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for x in same)
+        assert not any(same_geometry(atoms, x) for x in labelled)
 
 
 def test_select_dft_relaxed_fill_tops_up_each_molecules_labelled_minima(tmp_path):
@@ -170,11 +169,7 @@ def test_select_dft_relaxed_fill_tops_up_each_molecules_labelled_minima(tmp_path
     COMMITTEE names the committee file."""
     scratch_repository(tmp_path)
     campaign = tmp_path / "data" / "campaign"
-    with h5py.File(REFERENCE_H5) as f:
-        g = f["C2H6O1"]
-        rows = np.nonzero(g["smiles"][()] == b"CCO")[0][:6]
-        ethanol = [(g["atomic_numbers"][()], g["coordinates"][k]) for k in rows]
-        methanol = [(f["C1H4O1"]["atomic_numbers"][()], x) for x in f["C1H4O1"]["coordinates"][:3]]
+    ethanol, methanol = reference_geometries("C2H6O1", "CCO", 6), reference_geometries("C1H4O1", "CO", 3)
     pair = molecule("C6H6")
     pair += molecule("C6H6", positions=molecule("C6H6").positions + (0.0, 0.0, 5.0))
 
@@ -196,17 +191,9 @@ def test_select_dft_relaxed_fill_tops_up_each_molecules_labelled_minima(tmp_path
     labelled.close()
     shutil.copy(default_model_path(), campaign / "committee10.pt")
 
-    env = {**os.environ, "COMMITTEE": str(campaign / "committee10.pt")}
-    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
-    done = subprocess.run(
-        ["bash", str(tmp_path / "tools" / "campaign.sh"), "select-dft-relaxed-fill", "11", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_stage(tmp_path, "select-dft-relaxed-fill", "11", "2", COMMITTEE=str(campaign / "committee10.pt"))
     assert done.returncode == 0, done.stderr
     picked = ase.io.read(campaign / "round11_dft.extxyz", index=":")
     assert sorted(a.info["smiles"] for a in picked) == ["CCO", "CO", "CO"]
     (new,) = [a for a in picked if a.info["smiles"] == "CCO"]
-    assert any(np.allclose(np.sort(new.positions, axis=0), np.sort(x, axis=0), atol=1e-5) for _, x in ethanol[3:])
+    assert any(same_geometry(new, x) for _, x in ethanol[3:])
