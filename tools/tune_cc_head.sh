@@ -18,7 +18,9 @@
 # one), DFT_RELATIVE (empty: off; W: the committed wB97X store trains too, with its own
 # within-molecule term --loss-weight dft:relative=W, so that the dft head, which the cc head starts
 # from, ranks conformers better; EPOCHS then defaults to 16, about the optimiser steps of 40 epochs
-# over the CCSD(T) energies alone).  Resumable: run it again after a kill.  The stores are taken as committed at the
+# over the CCSD(T) energies alone), SEED (0: the members' shuffling and the new structures'
+# split; another seed repeats the stage on the same data, which measures how far two runs of one
+# recipe differ).  Resumable: run it again after a kill.  The stores are taken as committed at the
 # first start (tools/snapshot_data.sh, as the build does); the replay is the base build's own snapshot
 # (BASE/data, restored from git by running the build script on BASE again), split as the base
 # build split it, so the base's test structures stay unseen here too; the CCSD(T) structures
@@ -62,7 +64,7 @@ if [[ ! -f $out/model.pt ]]; then
         --out "$out" --replay "${replay[@]}" --replay-split "$base/split.npz" --replay-fraction 0.25 \
         --ensemble "${MEMBERS:-4}" --member-workers "${MEMBER_WORKERS:-1}" \
         --epochs "$epochs" --early-stopping "$epochs" --lr-schedule cosine --lr 3e-4 --trunk-lr 1e-4 \
-        "${weights[@]}" --seed 0 --device cpu "${opt[@]}"
+        "${weights[@]}" --seed "${SEED:-0}" --device cpu "${opt[@]}"
 fi
 # the files it trained on, as committed: the base build's snapshot and this stage's stores
 python tools/record_sources.py "$out/model.pt" "$base/data_source" "$out/data_source"
