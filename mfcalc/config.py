@@ -200,6 +200,16 @@ class TrainSettings:
             "times their summed squared change is added to the loss (kcal/mol); 0: off",
         ),
     )
+    head_anchor: float = field(
+        default=0.0,
+        metadata=_help(
+            "fine-tune: pull the trainable energy heads towards the weights they start from (a restarted "
+            "head: those of the head it restarts from; L2-SP): this weight times their summed squared "
+            "change over their summed squared starting weights is added to the loss (kcal/mol per unit "
+            "relative change), so that a few labels of a new level teach a correction to the head it "
+            "starts from rather than a head of their own; 0: off",
+        ),
+    )
     replay: Optional[List[str]] = field(
         default=None,
         metadata=_help(
@@ -277,8 +287,8 @@ class TrainSettings:
             raise ValueError(
                 f"relative_group must be >= 2 (structures compared within a molecule), got {self.relative_group}"
             )
-        if self.trunk_anchor < 0:
-            raise ValueError(f"trunk_anchor must be >= 0, got {self.trunk_anchor}")
+        if self.trunk_anchor < 0 or self.head_anchor < 0:
+            raise ValueError(f"trunk_anchor and head_anchor must be >= 0, got {self.trunk_anchor}, {self.head_anchor}")
         if isinstance(self.replay, str):  # TOML: replay = "one.h5"
             self.replay = [self.replay]
         if self.replay is not None and (
@@ -293,10 +303,12 @@ class TrainSettings:
             or self.replay
             or self.train_params != "all"
             or self.trunk_anchor
+            or self.head_anchor
             or self.grow_interactions
         ) and not self.init_from:
             raise ValueError(
-                "new_head, restart_head, replay, trunk_anchor, grow_interactions and train_params other than 'all' "
+                "new_head, restart_head, replay, trunk_anchor, head_anchor, grow_interactions and train_params "
+                "other than 'all' "
                 "need init_from "
                 "(a model to start from)"
             )

@@ -10,6 +10,7 @@
 #   tools/campaign.sh large        # round 3: 9-16-heavy-atom drugs and fragments, sampled and labelled with GFN2-xTB -> large.h5
 #   tools/campaign.sh twist        # round 7: torsion scans of bonds to a three-connected nitrogen, redone so the group turns -> twist.h5
 #   tools/campaign.sh heldout      # held-out benchmark structures -> data/benchmark/heldout.h5 (xTB, DFT, CCSD(T))
+#   tools/campaign.sh validation   # conformers of 8 training molecules at CCSD(T) -> data/benchmark/validation.h5 (never trained on)
 #   tools/campaign.sh committee R  # train the round-R committee on everything labelled so far
 #   tools/campaign.sh select-dft R N / select-cc R N   # pick N structures with the round-R committee
 #   tools/campaign.sh select-dft-relaxed R N           # the same among minima and relaxed scan points only
@@ -47,7 +48,7 @@ candidate_pool() {
         if [[ -f $f ]]; then pool+=("$f"); fi
     done
 }
-stage=${1:?usage: tools/campaign.sh sample|xtb|large|twist|heldout|committee|select-dft|select-dft-relaxed|select-dft-hbond|select-dft-twist|select-cc-twist|select-cc|select-cc-relaxed|select-cc-fill|select-dft-relaxed-fill|dft|cc [ROUND] [N]}
+stage=${1:?usage: tools/campaign.sh sample|xtb|large|twist|heldout|validation|committee|select-dft|select-dft-relaxed|select-dft-hbond|select-dft-twist|select-cc-twist|select-cc|select-cc-relaxed|select-cc-fill|select-dft-relaxed-fill|dft|cc [ROUND] [N]}
 case $stage in
   sample)
     mfcalc-sample $C/small.smi $C/medium.smi --out $C/round0_candidates.extxyz --conformers --torsions \
@@ -82,6 +83,16 @@ case $stage in
         --workers "$W" --drop-unlabelled
     mfcalc-label $B/conformers.extxyz $B/small.extxyz --levels ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W"
     mfcalc-label $B/small.extxyz --levels ccsd\(t\)_dz --forces ccsd\(t\)_dz --out $B/heldout.h5 --workers "$W" ;;
+  validation)
+    # the lowest 6 GFN2-xTB minima within 5 kcal/mol of 8 training molecules with 5-6 heavy atoms
+    # (validation_conformers.smi says how they were chosen), at GFN2-xTB, wB97X and CCSD(T): the cc
+    # head's conformer energies beyond its 1-4-heavy-atom labels, measured without the held-out set.
+    # Its own file in data/benchmark, which no training run reads
+    mkdir -p $B
+    mfcalc-sample $C/validation_conformers.smi --out $B/validation_conformers.extxyz --conformers --window 5 \
+        --max-minima 6 --n-embed 50 --seed 0
+    mfcalc-label $B/validation_conformers.extxyz --levels gfn2_xtb,wb97x_dz --out $B/validation.h5 --workers "$W"
+    mfcalc-label $B/validation_conformers.extxyz --levels ccsd\(t\)_dz --out $B/validation.h5 --workers "$W" ;;
   committee)
     r=${2:?round}
     [[ -f $C/committee$r.pt ]] && { echo "$C/committee$r.pt exists (remove it to train round $r's committee again)"; exit 0; }

@@ -20,7 +20,8 @@
 # from, ranks conformers better; EPOCHS then defaults to 16, about the optimiser steps of 40 epochs
 # over the CCSD(T) energies alone), SEED (0: the members' shuffling and the new structures'
 # split; another seed repeats the stage on the same data, which measures how far two runs of one
-# recipe differ).  Resumable: run it again after a kill.  The stores are taken as committed at the
+# recipe differ), HEAD_ANCHOR (empty: off; W: --head-anchor W, L2-SP on the heads, so that the
+# cc head restarted from the dft head stays a correction to it).  Resumable: run it again after a kill.  The stores are taken as committed at the
 # first start (tools/snapshot_data.sh, as the build does); the replay is the base build's own snapshot
 # (BASE/data, restored from git by running the build script on BASE again), split as the base
 # build split it, so the base's test structures stay unseen here too; the CCSD(T) structures
@@ -60,6 +61,7 @@ opt=()
 if [[ ! -f $out/model.pt ]]; then
     [[ -f $out/checkpoint.pt ]] && opt+=(--resume)
     [[ -n ${CC_FROM:-} ]] && opt+=(--restart-head "cc=$CC_FROM")
+    [[ -n ${HEAD_ANCHOR:-} ]] && opt+=(--head-anchor "$HEAD_ANCHOR")
     mfcalc-train --init-from "$base/model.pt" --data "${snapshots[@]}" "${bindings[@]}" \
         --out "$out" --replay "${replay[@]}" --replay-split "$base/split.npz" --replay-fraction 0.25 \
         --ensemble "${MEMBERS:-4}" --member-workers "${MEMBER_WORKERS:-1}" \

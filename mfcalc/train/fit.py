@@ -229,19 +229,29 @@ def _draw_chunks(chunks: List[np.ndarray], n: int, rng: np.random.Generator) -> 
     return np.concatenate(picked)
 
 
-class TrunkAnchor:
-    """L2-SP for fine-tuning: ``weight * sum((w - w_start)**2)`` over the trainable trunk
-    weights, so that a few new labels move the shared representation only as far as they must
-    and the old heads keep their accuracy.  ``w_start`` is the model fine-tuning starts from
+class Anchor:
+    """L2-SP for fine-tuning, one term per group of trainable parameters:
+    ``weight * sum((w - w_start)**2)``, divided by ``sum(w_start**2)`` for a ``relative`` group.
+    The trunk (absolute): a few new labels move the shared representation only as far as they
+    must, and the old heads keep their accuracy.  The heads (relative: their weights are small,
+    about 1e-2, so the weight reads as the price of a relative change): a restarted head stays a
+    correction to the one it started from.  ``w_start`` is the model fine-tuning starts from
     (rebuilt the same way on resume)."""
 
-    def __init__(self, params: List[nn.Parameter], weight: float):
-        self.params = params
-        self.start = [p.detach().clone() for p in params]
-        self.weight = weight
+    def __init__(self, groups: List[Tuple[List[nn.Parameter], float, bool]]):
+        self.groups = []
+        for params, weight, relative in groups:
+            if params:
+                start = [p.detach().clone() for p in params]
+                scale = 1.0 / max(float(sum((p0**2).sum() for p0 in start)), 1e-30) if relative else 1.0
+                self.groups.append((params, start, weight * scale))
 
     def penalty(self) -> Tensor:
-        return self.weight * torch.stack([((p - p0) ** 2).sum() for p, p0 in zip(self.params, self.start)]).sum()
+        terms = [
+            weight * torch.stack([((p - p0) ** 2).sum() for p, p0 in zip(params, start)]).sum()
+            for params, start, weight in self.groups
+        ]
+        return torch.stack(terms).sum()
 
 
 def _train_epoch(
@@ -256,7 +266,7 @@ def _train_epoch(
     dtype: torch.dtype,
     label: str,
     deadline: Optional[float],
-    anchor: Optional[TrunkAnchor] = None,
+    anchor: Optional[Anchor] = None,
     progress: bool = True,
 ) -> Tuple[float, bool]:
     """One pass over ``batches`` (global batches of structure indices); returns (mean loss, out of
@@ -349,11 +359,14 @@ def fit_member(
     groups = trainable_groups(model, settings.train_params, settings.lr, settings.trunk_lr)
     params = [p for g in groups for p in g["params"]]
     anchor = None
-    if settings.trunk_anchor > 0:  # before a resume loads later weights: the start is the source's
+    if settings.trunk_anchor > 0 or settings.head_anchor > 0:  # before a resume loads later weights: the source's
         trainable = {id(p) for p in params}
         branches: List[Any] = list(model.branch)  # private blocks of branch heads (typed loosely)
         trunk = list(model.blocks.parameters()) + [p for b in branches for p in b.block.parameters()]
-        anchor = TrunkAnchor([p for p in trunk if id(p) in trainable], settings.trunk_anchor)
+        heads = [p for lin in model.heads.linears()[1:] for p in lin.parameters()]
+        heads += [p for b in branches for p in b.head.parameters()]
+        pulled = [(trunk, settings.trunk_anchor, False), (heads, settings.head_anchor, True)]
+        anchor = Anchor([([p for p in ps if id(p) in trainable], w, rel) for ps, w, rel in pulled if w > 0])
     opt = torch.optim.Adam(groups, lr=settings.lr)
     sched = Schedule(settings, opt)
     rng = np.random.default_rng([settings.seed, member])

@@ -429,6 +429,29 @@ def test_trunk_anchor_holds_the_trunk_near_the_source_model(source, tmp_path):
     assert train_main(["--data", str(hco), "--fidelity", XTB, "--out", str(tmp_path / "x"), "--trunk-anchor", "1"]) == 2
 
 
+def test_head_anchor_keeps_a_restarted_head_near_the_head_it_restarts_from(source, tmp_path):
+    """--head-anchor (L2-SP on the energy heads): the dft head restarted from the xtb head
+    (--restart-head dft=xtb) moves far less from the xtb head's weights with a strong pull than
+    without, while the trunk still trains; without --init-from it is an error."""
+    hco = source.parent.parent / "hco.h5"
+    src = export.eager_model(*export.load(str(source)), str(source)).member(0).state_dict()
+    heads = [k for k in src if k.startswith("heads.levels.") and not k.startswith("heads.levels.0")]
+    assert heads
+
+    def head_change(out, *extra):
+        args = ["--epochs", "3", "--min-epochs", "0", "--restart-head", "dft=xtb", *extra]
+        assert fine_tune(source, out, *args, fidelities=(XTB, DFT), data=hco) == 0
+        tuned = torch.load(out / "checkpoint.pt", weights_only=False)["finished"][0]
+        assert any(not torch.equal(tuned[k], src[k]) for k in tuned if k.startswith("blocks."))
+        dft, xtb = 1, 0  # rows of each head layer: the file's fidelities xtb, dft
+        return sum(float(((tuned[k][dft] - src[k][xtb]) ** 2).sum()) for k in heads)
+
+    free = head_change(tmp_path / "free")
+    held = head_change(tmp_path / "held", "--head-anchor", "1000")
+    assert free > 0 and held < 0.1 * free, (held, free)
+    assert train_main(["--data", str(hco), "--fidelity", XTB, "--out", str(tmp_path / "x"), "--head-anchor", "1"]) == 2
+
+
 def test_replay_split_keeps_the_source_runs_test_structures_out_of_training(tmp_path, capsys):
     """--replay-split RUN/split.npz: the replayed rows are split exactly as the run that trained
     on those files split them; a split or checkpoint of other data is refused by name."""

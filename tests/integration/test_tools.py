@@ -608,7 +608,7 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
     )
     assert "--init-from runs/base/model.pt --data runs/tuned/data/cc.h5" in res.stdout
     assert "--loss-weight cc:relative=2" in res.stdout and "--epochs 7 --early-stopping 7" in res.stdout
-    assert "--restart-head cc=dft" in res.stdout and "--seed 0" in res.stdout
+    assert "--restart-head cc=dft" in res.stdout and "--seed 0" in res.stdout and "--head-anchor" not in res.stdout
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     assert (clone / "runs" / "tuned" / "data_source").read_text().split() == [head, "data/campaign/cc.h5"]
     committed = subprocess.run(["git", "show", "HEAD:data/campaign/cc.h5"], cwd=clone, capture_output=True).stdout
@@ -620,7 +620,7 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
 
     # DFT_RELATIVE: the committed wB97X store trains too, with its own relative term, over fewer epochs
     del env["EPOCHS"]
-    env["DFT_RELATIVE"], env["SEED"] = "3", "5"
+    env["DFT_RELATIVE"], env["SEED"], env["HEAD_ANCHOR"] = "3", "5", "100"
     res = subprocess.run(
         ["bash", "tools/tune_cc_head.sh", "runs/base", "runs/tuned_dft"],
         cwd=clone,
@@ -633,6 +633,7 @@ def test_tune_cc_head_fine_tunes_a_finished_build_on_the_committed_cc_store_with
     assert "--fidelity cc=ccsd(t)_dz.energy --fidelity dft=wb97x_dz.energy,wb97x_dz.forces" in res.stdout
     assert "--loss-weight cc:relative=2 --loss-weight dft:relative=3" in res.stdout
     assert "--epochs 16 --early-stopping 16" in res.stdout and "--seed 5" in res.stdout
+    assert "--head-anchor 100" in res.stdout
     listed = (clone / "runs" / "tuned_dft" / "data_source").read_text().split()
     assert listed == [head, "data/campaign/cc.h5", "data/campaign/dft.h5"]
     committed = subprocess.run(["git", "show", "HEAD:data/campaign/dft.h5"], cwd=clone, capture_output=True).stdout
