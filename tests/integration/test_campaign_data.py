@@ -65,3 +65,29 @@ def test_no_held_out_molecule_is_in_a_training_file_or_list(trained_on):
     assert not held & trained_on and not held & listed
     # labelled rows only: the file still holds unlabelled rows of the two molecules the bug put in
     assert smiles_in(REPO / "data" / "benchmark" / "heldout.h5", labelled_only=True) <= held
+
+
+def test_the_conformer_validation_set_is_of_training_molecules_and_no_training_file(trained_on):
+    """data/benchmark/validation.h5 validates: its molecules are training molecules (medium.smi),
+    none held out, chosen by the rule its list states, and no build trains on the file."""
+    from rdkit.Chem import rdMolDescriptors
+
+    chosen = read_smiles_list(str(CAMPAIGN / "validation_conformers.smi"))
+    medium = sorted(read_smiles_list(str(CAMPAIGN / "medium.smi")))
+    rule = [
+        s
+        for s in medium
+        if Chem.MolFromSmiles(s).GetNumHeavyAtoms() in (5, 6)
+        and rdMolDescriptors.CalcNumRotatableBonds(Chem.MolFromSmiles(s)) >= 2
+    ][::3]
+    assert chosen == rule
+    held = {
+        canonical(s)
+        for n in ("heldout_conformers", "heldout_small")
+        for s in read_smiles_list(str(CAMPAIGN / f"{n}.smi"))
+    }
+    assert not {canonical(s) for s in chosen} & held and {canonical(s) for s in chosen} <= trained_on
+    path = REPO / "data" / "benchmark" / "validation.h5"
+    assert path not in TRAINING_FILES
+    if path.exists():
+        assert smiles_in(path) <= {canonical(s) for s in chosen}
